@@ -1,0 +1,1 @@
+"""Site side: the runtime that answers the server's phases, and the trainers."""

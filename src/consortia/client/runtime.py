@@ -1,0 +1,66 @@
+"""A site: its local data and trainer, answering the server's messages.
+
+The same ``Site`` object answers in-process (debug fleet), in a worker process (pool
+fleet) and behind ``consortia client`` (gRPC), so site code is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from consortia.client.trainers.base import Trainer
+from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes, InvalidMessageError
+
+
+@dataclass
+class SiteData:
+    """A site's examples: a training part and an optional local evaluation part."""
+
+    x_train: Any
+    y_train: Any
+    x_eval: Any = None
+    y_eval: Any = None
+
+    @property
+    def num_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def num_eval(self) -> int:
+        return 0 if self.y_eval is None else len(self.y_eval)
+
+
+class Site:
+    def __init__(self, site_id: str, trainer: Trainer, data: SiteData) -> None:
+        self.site_id = site_id
+        self.trainer = trainer
+        self.data = data
+
+    def handle(self, message: Any) -> FitRes | EvaluateRes:
+        if isinstance(message, FitIns):
+            return self.fit(message)
+        if isinstance(message, EvaluateIns):
+            return self.evaluate(message)
+        raise InvalidMessageError(f"site {self.site_id}: unexpected message {type(message).__name__}")
+
+    def fit(self, ins: FitIns) -> FitRes:
+        n = self.data.num_train
+        if n == 0:
+            # A site with no data contributes nothing (weight 0) rather than failing.
+            delta = np.zeros_like(ins.weights)
+            return FitRes(self.site_id, ins.round, delta, 0, {})
+        local, metrics = self.trainer.fit(
+            ins.weights, self.data.x_train, self.data.y_train, ins.settings, ins.seed
+        )
+        delta = np.subtract(local, ins.weights, dtype=ins.weights.dtype)
+        return FitRes(self.site_id, ins.round, delta, n, metrics)
+
+    def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
+        n = self.data.num_eval
+        if n == 0:
+            return EvaluateRes(self.site_id, ins.round, 0, {})
+        metrics = self.trainer.evaluate(ins.weights, self.data.x_eval, self.data.y_eval)
+        return EvaluateRes(self.site_id, ins.round, n, metrics)
