@@ -44,7 +44,9 @@ class Site:
             return self.fit(message)
         if isinstance(message, EvaluateIns):
             return self.evaluate(message)
-        raise InvalidMessageError(f"site {self.site_id}: unexpected message {type(message).__name__}")
+        raise InvalidMessageError(
+            f"site {self.site_id}: unexpected message {type(message).__name__}"
+        )
 
     def fit(self, ins: FitIns) -> FitRes:
         n = self.data.num_train

@@ -81,7 +81,9 @@ def _check_header(reply: FitRes | EvaluateRes, site: str, round_: int) -> None:
     if reply.round != round_:
         raise InvalidMessageError(f"reply for round {reply.round} arrived in round {round_}")
     if not isinstance(reply.num_examples, int) or reply.num_examples < 0:
-        raise InvalidMessageError(f"num_examples must be a non-negative int, got {reply.num_examples!r}")
+        raise InvalidMessageError(
+            f"num_examples must be a non-negative int, got {reply.num_examples!r}"
+        )
     for k, v in reply.metrics.items():
         if not isinstance(k, str) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise InvalidMessageError(f"metric {k!r} must be a finite number, got {v!r}")

@@ -23,7 +23,9 @@ SPEC_KEY = "consortia.spec"
 DIGEST_KEY = "consortia.digest"
 
 
-def model_to_bytes(spec: ModelSpec, vector: np.ndarray, extra: dict[str, str] | None = None) -> bytes:
+def model_to_bytes(
+    spec: ModelSpec, vector: np.ndarray, extra: dict[str, str] | None = None
+) -> bytes:
     meta = {SPEC_KEY: spec.to_json(), DIGEST_KEY: model_digest(spec, vector), **(extra or {})}
     arrays = {k: np.ascontiguousarray(v) for k, v in spec.unflatten(vector).items()}
     return st_save(arrays, metadata=meta)

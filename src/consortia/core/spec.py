@@ -85,7 +85,9 @@ class ModelSpec:
         missing = [n for n in self.names if n not in arrays]
         extra = [n for n in arrays if n not in set(self.names)]
         if missing or extra:
-            raise SpecMismatchError(f"arrays do not match spec: missing {missing}, unexpected {extra}")
+            raise SpecMismatchError(
+                f"arrays do not match spec: missing {missing}, unexpected {extra}"
+            )
         out = np.empty(self.size, dtype=self.vector_dtype)
         for e, (a, b) in zip(self.entries, self.offsets(), strict=True):
             arr = np.asarray(arrays[e.name])

@@ -1,0 +1,42 @@
+"""``consortia simulate JOB``: run a job's federation of virtual sites on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from rich.console import Console
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("simulate", help="run a federation of simulated sites from a job file")
+    p.add_argument("job", type=Path, help="job file (TOML)")
+    p.add_argument("--rounds", type=int, help="override the job's number of rounds")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>)")
+    p.add_argument("--seed", type=int, help="override the job's seed")
+    p.add_argument("--debug", action="store_true", help="run sites one by one in this process")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from consortia.monitor.progress import summary_table
+    from consortia.simulation import simulate
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    console = Console(stderr=False)
+    try:
+        result = simulate(
+            args.job,
+            rounds=args.rounds,
+            out=args.out,
+            seed=args.seed,
+            debug=args.debug,
+            progress=not args.quiet,
+        )
+    except RoundFailedError:
+        raise
+    if not args.quiet:
+        console.print(summary_table(result.summary))
+    return 0

@@ -1,0 +1,171 @@
+"""PyTorch trainer: the user's ``nn.Module`` is built by their factory and used as is.
+
+The module's own ``state_dict`` (parameters and buffers) defines the spec, so a saved
+model loads straight back into the user's class with its original keys; nothing wraps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from consortia.core.errors import ConfigError
+from consortia.core.messages import TrainSettings
+from consortia.core.spec import ModelSpec
+
+_LOSSES: dict[str, Callable[[], nn.Module]] = {
+    "cross_entropy": nn.CrossEntropyLoss,
+    "mse": nn.MSELoss,
+    "bce_with_logits": nn.BCEWithLogitsLoss,
+}
+
+_TORCH_TO_NUMPY = {
+    torch.float16: "float16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.int8: "int8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.uint8: "uint8",
+    torch.bool: "bool",
+}
+
+
+def module_spec(module: nn.Module) -> ModelSpec:
+    """Spec of a module's state_dict, in its own key order."""
+    arrays = {}
+    for k, t in module.state_dict().items():
+        if t.dtype not in _TORCH_TO_NUMPY:
+            raise ConfigError(f"tensor {k!r} has dtype {t.dtype}, which consortia cannot carry")
+        arrays[k] = np.empty(tuple(t.shape), dtype=_TORCH_TO_NUMPY[t.dtype])
+    return ModelSpec.from_arrays(arrays)
+
+
+def module_to_vector(
+    module: nn.Module, spec: ModelSpec | None = None
+) -> tuple[ModelSpec, np.ndarray]:
+    spec = spec or module_spec(module)
+    state = module.state_dict()
+    vec = np.empty(spec.size, dtype=spec.vector_dtype)
+    for e, (a, b) in zip(spec.entries, spec.offsets(), strict=True):
+        vec[a:b] = state[e.name].detach().cpu().reshape(-1).numpy()
+    return spec, vec
+
+
+def vector_to_module(module: nn.Module, spec: ModelSpec, vector: np.ndarray) -> None:
+    """Copy a vector into the module's existing tensors in place (no new module, no rename)."""
+    spec.check_vector(vector)
+    state = module.state_dict()
+    with torch.no_grad():
+        for e, (a, b) in zip(spec.entries, spec.offsets(), strict=True):
+            t = state[e.name]
+            src = torch.from_numpy(np.ascontiguousarray(vector[a:b])).reshape(t.shape)
+            if not t.dtype.is_floating_point:
+                src = torch.round(src)
+            t.copy_(src.to(t.dtype))
+
+
+@contextlib.contextmanager
+def _single_thread_seeded(seed: int) -> Iterator[None]:
+    """One intra-op thread and a private RNG stream: the same site gives the same update
+    whichever process runs it, and the caller's global torch state is left untouched."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _make_optimizer(params: Any, s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    raise ConfigError(f"train.optimizer: unknown optimiser {s.optimizer!r} (sgd or adam)")
+
+
+class TorchTrainer:
+    """Local SGD/Adam for a user's module, with an optional FedProx proximal term."""
+
+    def __init__(self, model_factory: Callable[[], nn.Module], loss: str = "cross_entropy") -> None:
+        if loss not in _LOSSES:
+            raise ConfigError(f"task.loss: unknown loss {loss!r}; choose from {sorted(_LOSSES)}")
+        self._factory = model_factory
+        self._loss_name = loss
+        self._model: nn.Module | None = None
+        self._spec: ModelSpec | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        """One module per process, reused every round: building it is the slow part."""
+        if self._model is None:
+            self._model = self._factory()
+            if not isinstance(self._model, nn.Module):
+                raise ConfigError("the model factory must return a torch.nn.Module")
+            self._spec = module_spec(self._model)
+        return self._model
+
+    @property
+    def spec(self) -> ModelSpec:
+        _ = self.model
+        assert self._spec is not None
+        return self._spec
+
+    def initial(self) -> tuple[ModelSpec, np.ndarray]:
+        with torch.random.fork_rng(devices=[]):
+            fresh = self._factory()
+        return module_to_vector(fresh, self.spec)
+
+    def fit(
+        self, weights: np.ndarray, x: Any, y: Any, settings: TrainSettings, seed: int
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        model, spec = self.model, self.spec
+        vector_to_module(model, spec, weights)
+        xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+        loss_fn = _LOSSES[self._loss_name]()
+        params = [p for p in model.parameters() if p.requires_grad]
+        anchors = [p.detach().clone() for p in params] if settings.proximal_mu > 0 else []
+        total, batches = 0.0, 0
+        with _single_thread_seeded(seed):
+            opt = _make_optimizer(params, settings)
+            model.train()
+            n = len(yt)
+            for _ in range(settings.local_epochs):
+                perm = torch.randperm(n)
+                for start in range(0, n, settings.batch_size):
+                    idx = perm[start : start + settings.batch_size]
+                    opt.zero_grad()
+                    loss = loss_fn(model(xt[idx]), yt[idx])
+                    if anchors:
+                        # FedProx (Li et al. 2020): mu/2 ||w - w_global||^2 keeps sites close.
+                        prox = sum(
+                            ((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True)
+                        )
+                        loss = loss + 0.5 * settings.proximal_mu * prox
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach())
+                    batches += 1
+        _, local = module_to_vector(model, spec)
+        return local, {"loss": total / max(batches, 1)}
+
+    def evaluate(self, weights: np.ndarray, x: Any, y: Any) -> dict[str, float]:
+        model = self.model
+        vector_to_module(model, self.spec, weights)
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.as_tensor(x))
+            yt = torch.as_tensor(y)
+            metrics = {"loss": float(_LOSSES[self._loss_name]()(out, yt))}
+            if self._loss_name == "cross_entropy":
+                metrics["accuracy"] = float((out.argmax(1) == yt).float().mean())
+        return metrics

@@ -1,0 +1,179 @@
+"""The job file: one TOML document, validated by pydantic, shared by simulation and deployment.
+
+``[task]``, ``[train]``, ``[strategy]`` and ``[evaluation]`` describe the learning job and
+mean the same wherever it runs; ``[simulation]`` (virtual sites and how data is split
+among them) is read only by ``consortia simulate``. Unknown keys are errors, because a
+misspelt privacy or strategy setting silently ignored is worse than a refused file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from consortia.core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Strict):
+    framework: Literal["torch", "sklearn", "numpy"]
+    app: str = Field(
+        description="Python file (relative to the job file) or module with the task's functions"
+    )
+    model: str = "make_model"
+    data: str = "load_data"
+    loss: str = "cross_entropy"
+    fit: str = "fit"
+    evaluate: str = "evaluate"
+
+
+class TrainConfig(_Strict):
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    proximal_mu: float = Field(0.0, ge=0)
+
+
+class ServerOptimizerConfig(_Strict):
+    name: Literal["sgd", "momentum", "adam", "yogi", "adagrad"] | None = None
+    lr: float | None = Field(None, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class StrategyConfig(_Strict):
+    preset: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    sites_per_round: int | None = Field(None, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    min_sites: int = Field(1, ge=1)
+    min_replies: int | None = Field(None, ge=1)
+    deadline_s: float = Field(600.0, gt=0)
+    aggregator: Literal["weighted_mean", "mean"] = "weighted_mean"
+    server_optimizer: ServerOptimizerConfig = ServerOptimizerConfig()
+
+    @model_validator(mode="after")
+    def _one_size(self) -> StrategyConfig:
+        if self.sites_per_round is None and self.fraction is None:
+            raise ValueError("give sites_per_round or fraction")
+        if self.sites_per_round is not None and self.fraction is not None:
+            raise ValueError("give sites_per_round or fraction, not both")
+        return self
+
+
+class EvaluationConfig(_Strict):
+    central_every: int = Field(1, ge=0)
+    federated_every: int = Field(0, ge=0)
+    federated_sites: int | None = Field(None, ge=1)
+    federated_fraction: float | None = Field(None, gt=0, le=1)
+    deadline_s: float = Field(600.0, gt=0)
+
+
+class PartitionConfig(_Strict):
+    method: Literal["iid", "dirichlet", "quantity", "shards"] = "iid"
+    seed: int = 0
+    alpha: float | None = Field(None, gt=0)
+    distribution: Literal["lognormal", "powerlaw"] | None = None
+    sigma: float | None = Field(None, gt=0)
+    exponent: float | None = Field(None, gt=0)
+    min_size: int | None = Field(None, ge=0)
+    classes_per_site: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _needs(self) -> PartitionConfig:
+        if self.method == "dirichlet" and self.alpha is None:
+            raise ValueError("the dirichlet method needs alpha")
+        if self.method == "shards" and self.classes_per_site is None:
+            raise ValueError("the shards method needs classes_per_site")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The method's own parameters, for ``consortia.data.make_partition``."""
+        keys = {
+            "iid": (),
+            "dirichlet": ("alpha",),
+            "quantity": ("distribution", "sigma", "exponent", "min_size"),
+            "shards": ("classes_per_site",),
+        }[self.method]
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class SimulationConfig(_Strict):
+    sites: int = Field(ge=1)
+    workers: int = Field(2, ge=1)
+    local_eval_fraction: float = Field(0.0, ge=0, lt=1)
+    partition: PartitionConfig = PartitionConfig()
+
+
+class JobConfig(_Strict):
+    name: str = "job"
+    rounds: int = Field(ge=1)
+    seed: int = 0
+    task: TaskConfig
+    train: TrainConfig = TrainConfig()
+    strategy: StrategyConfig
+    evaluation: EvaluationConfig = EvaluationConfig()
+    simulation: SimulationConfig | None = None
+
+    @model_validator(mode="after")
+    def _federated_eval_needs_data(self) -> JobConfig:
+        ev = self.evaluation
+        if ev.federated_every > 0:
+            if ev.federated_sites is None and ev.federated_fraction is None:
+                raise ValueError(
+                    "evaluation.federated_every needs federated_sites or federated_fraction"
+                )
+            if self.simulation is not None and self.simulation.local_eval_fraction == 0:
+                raise ValueError(
+                    "federated evaluation in simulation needs simulation.local_eval_fraction > 0 "
+                    "(each site's held-out share)"
+                )
+        return self
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a setting consortia knows)"
+        elif err["type"] == "missing":
+            msg = "required setting is missing"
+        lines.append(f"{path}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_job(data: dict[str, Any], origin: str = "job") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_describe(exc)}") from None
+
+
+def load_job(path: str | Path) -> JobConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read job file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_job(data, str(path))

@@ -1,0 +1,1 @@
+"""Records of a run: metrics file, TensorBoard events, checkpoints, progress display."""

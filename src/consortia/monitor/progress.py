@@ -1,0 +1,67 @@
+"""Progress bar and summary table on the terminal (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from consortia.server.rounds import LoopState, RoundRecord
+
+
+class ProgressBar:
+    def __init__(
+        self, total_rounds: int, start_round: int = 0, console: Console | None = None
+    ) -> None:
+        self._progress = Progress(
+            TextColumn("round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            "rounds", total=total_rounds, completed=start_round, acc="-"
+        )
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def on_round(self, record: RoundRecord, state: LoopState) -> None:
+        acc = record.metrics.get("accuracy", record.metrics.get("federated_accuracy"))
+        self._progress.update(
+            self._task, completed=record.round, acc="-" if acc is None else f"{acc:.4f}"
+        )
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"consortia run: {summary.get('job', '')}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    keys = ["status", "rounds_completed", "seconds", "failures"]
+    for k in keys:
+        if k in summary:
+            table.add_row(k, str(summary[k]))
+    for k, v in (summary.get("final_metrics") or {}).items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    for k in ("model", "model_digest", "run_dir", "error"):
+        if summary.get(k):
+            table.add_row(k, str(summary[k]))
+    return table

@@ -1,0 +1,94 @@
+"""The run folder: everything a finished (or failed) run leaves behind.
+
+Layout: ``job.toml`` (copy), ``partition.json`` (sites' sizes and label histograms),
+``metrics.jsonl`` (one object per round), ``checkpoints/round_NNNN.safetensors``,
+``model.safetensors`` (final global model), ``tensorboard/`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from consortia.core.serialize import save_model
+from consortia.core.spec import ModelSpec
+from consortia.server.rounds import LoopState, RoundRecord
+
+
+def default_run_dir(root: str | Path = "runs") -> Path:
+    return Path(root) / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+
+    def write_job(self, text: str, name: str = "job.toml") -> None:
+        (self.path / name).write_text(text)
+
+    def write_partition(self, sites: list[str], histograms: np.ndarray) -> None:
+        _write_json(
+            self.path / "partition.json",
+            {
+                "sites": {
+                    s: {"examples": int(h.sum()), "labels": [int(v) for v in h]}
+                    for s, h in zip(sites, histograms, strict=True)
+                }
+            },
+        )
+
+    def write_model(self, spec: ModelSpec, weights: np.ndarray) -> str:
+        return save_model(self.path / "model.safetensors", spec, weights)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        _write_json(self.path / "summary.json", summary)
+
+
+class MetricsFile:
+    """metrics.jsonl, one line per round, flushed so a crash loses at most the round running."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self._path = folder.path / "metrics.jsonl"
+        self._path.write_text("")
+        self.history: list[dict[str, Any]] = []
+
+    def on_round(self, record: RoundRecord, state: LoopState) -> None:
+        row = record.to_json()
+        self.history.append(row)
+        with self._path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class Checkpoints:
+    """Global model (and server-optimiser state) after every ``every`` rounds."""
+
+    def __init__(self, folder: RunFolder, spec: ModelSpec, every: int = 1) -> None:
+        self._dir = folder.path / "checkpoints"
+        self._spec = spec
+        self._every = max(1, every)
+        self.last: LoopState | None = None
+
+    def on_round(self, record: RoundRecord, state: LoopState) -> None:
+        self.last = state
+        if state.round % self._every:
+            return
+        save_model(self._dir / f"round_{state.round:04d}.safetensors", self._spec, state.weights)
+        if state.optimizer_state:
+            save_file(
+                {k: np.ascontiguousarray(v) for k, v in state.optimizer_state.items()},
+                str(self._dir / f"round_{state.round:04d}.optimizer.safetensors"),
+            )

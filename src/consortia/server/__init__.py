@@ -1,0 +1,1 @@
+"""Server side: the round loop (the only place rounds are driven) and its records."""
