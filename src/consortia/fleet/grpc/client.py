@@ -1,0 +1,324 @@
+"""The site end of a deployment: dial out to the server, answer its requests, stay connected.
+
+``run_site`` keeps one stream to the server open, answers every request with the same
+``Site.handle`` used in simulation, sends heartbeats, and reconnects on its own with
+capped exponential backoff (with jitter, so sites do not reconnect in lockstep). One
+worker thread runs the site's code, so a site never trains twice at once, even across a
+reconnect. It returns cleanly when ``stop`` is set or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from consortia.client.runtime import Site
+from consortia.core.errors import ConsortiaError
+from consortia.core.messages import EvaluateIns, FitIns, InvalidMessageError
+from consortia.fleet.grpc import codec
+from consortia.fleet.grpc import federation_pb2 as pb
+from consortia.fleet.grpc import federation_pb2_grpc as pb_grpc
+from consortia.fleet.grpc.credentials import site_credentials
+
+log = logging.getLogger("consortia.client")
+
+_POLL_S = 0.1  # how quickly the sender notices stop, cancellation and silence
+_PERMANENT = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+_END = object()
+
+
+class SiteConnectionError(ConsortiaError):
+    """The server refused this site for good, or every allowed attempt failed."""
+
+
+@dataclass(frozen=True)
+class _Work:
+    conn: _Connection
+    binding: pb.Binding
+    message: FitIns | EvaluateIns
+
+
+class _Connection:
+    """One stream to the server: what to send up it, and when it went quiet."""
+
+    def __init__(self, site: Site, stop: threading.Event, chunk_bytes: int, heartbeat_s: float):
+        self.site = site
+        self.stop = stop
+        self.chunk_bytes_in = chunk_bytes  # the largest chunk we accept (told in hello)
+        self.chunk_bytes = chunk_bytes  # what we send: lowered to the server's limit on welcome
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = 3 * heartbeat_s
+        self.out: queue.Queue[object] = queue.Queue()
+        self.ended = threading.Event()
+        self.cancelled: set[int] = set()
+        self.last_seen = time.monotonic()
+        self.call: Any = None
+        self.job_id: str | None = None
+
+    def end(self) -> None:
+        self.ended.set()
+        self.out.put(_END)
+
+    def outgoing(self, hello: pb.Hello) -> Iterator[pb.SiteMessage]:
+        yield pb.SiteMessage(hello=hello)
+        next_beat, beat = time.monotonic() + self.heartbeat_s, 0
+        while not self.ended.is_set():
+            now = time.monotonic()
+            if self.stop.is_set() or now - self.last_seen > self.dead_after_s:
+                if not self.stop.is_set():
+                    log.warning(
+                        "server silent for %.1f s; dropping the connection", now - self.last_seen
+                    )
+                if self.call is not None:
+                    self.call.cancel()
+                return
+            try:
+                item = self.out.get(timeout=_POLL_S)
+            except queue.Empty:
+                if now >= next_beat:
+                    beat += 1
+                    yield pb.SiteMessage(heartbeat=pb.Heartbeat(sequence=beat))
+                    next_beat = now + self.heartbeat_s
+                continue
+            if item is _END:
+                return
+            assert isinstance(item, tuple)
+            reply, vector = item
+            rid = reply.binding.request_id
+            if rid in self.cancelled:
+                continue
+            yield pb.SiteMessage(reply=reply)
+            if vector is not None:
+                for chunk in codec.iter_chunks(vector, rid, self.chunk_bytes):
+                    if rid in self.cancelled or self.ended.is_set():
+                        break  # the server drops what remains of a withdrawn request
+                    yield pb.SiteMessage(chunk=chunk)
+            next_beat = time.monotonic() + self.heartbeat_s
+
+
+class _Receiver:
+    """Turns the server's stream into work items, checking each message on the way."""
+
+    def __init__(self, conn: _Connection, work: queue.Queue[_Work], max_model_bytes: int):
+        self.conn = conn
+        self.work = work
+        self.max_model_bytes = max_model_bytes
+        self.current: tuple[pb.Request, codec.VectorAssembler] | None = None
+
+    def _refuse(self, binding: pb.Binding, reason: str) -> None:
+        log.warning("refused request %d from the server: %s", binding.request_id, reason)
+        self.conn.out.put((codec.error_reply(binding, f"site refused the request: {reason}"), None))
+
+    def on_message(self, msg: pb.ServerMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "request":
+            self._on_request(msg.request)
+        elif kind == "chunk":
+            self._on_chunk(msg.chunk)
+        elif kind == "cancel":
+            rid = msg.cancel.request_id
+            self.conn.cancelled.add(rid)
+            if self.current is not None and self.current[1].request_id == rid:
+                self.current = None
+            log.info("server withdrew request %d: %s", rid, msg.cancel.reason)
+        elif kind != "heartbeat":
+            log.warning("ignored unexpected %s message from the server", kind or "empty")
+
+    def _on_request(self, req: pb.Request) -> None:
+        if self.current is not None:
+            self._refuse(
+                self.current[0].binding, "a new request arrived before its model was complete"
+            )
+            self.current = None
+        b = req.binding
+        try:
+            if b.job_id != self.conn.job_id:
+                raise InvalidMessageError(
+                    f"request for job {b.job_id!r}, connected to {self.conn.job_id!r}"
+                )
+            expected = {pb.PHASE_FIT: "fit", pb.PHASE_EVALUATE: "evaluate"}.get(b.phase)
+            if expected is None or req.WhichOneof("body") != expected:
+                raise InvalidMessageError(f"request body does not match phase {b.phase}")
+            asm = codec.VectorAssembler(
+                req.vector, b.request_id, self.conn.chunk_bytes_in, self.max_model_bytes
+            )
+        except InvalidMessageError as exc:
+            self._refuse(b, str(exc))
+            return
+        log.info(
+            "round %d %s: receiving model (%.1f MB)",
+            b.round,
+            codec.PHASE_NAMES[b.phase],
+            asm.array.nbytes / 1e6,
+        )
+        self.current = (req, asm)
+
+    def _on_chunk(self, chunk: pb.Chunk) -> None:
+        if self.current is None or self.current[1].request_id != chunk.request_id:
+            if chunk.request_id not in self.conn.cancelled:
+                log.warning("ignored a chunk for request %d that is not arriving", chunk.request_id)
+            return
+        req, asm = self.current
+        try:
+            if not asm.add(chunk):
+                return
+            message = codec.request_from_pb(req, asm.result())
+        except InvalidMessageError as exc:
+            self.current = None
+            self._refuse(req.binding, str(exc))
+            return
+        self.current = None
+        self.work.put(_Work(self.conn, req.binding, message))
+
+
+def _worker(work: queue.Queue[_Work | None], site: Site) -> None:
+    """Run the site's code one request at a time; results go to the connection they came on."""
+    while (item := work.get()) is not None:
+        b, conn = item.binding, item.conn
+        if conn.ended.is_set() or b.request_id in conn.cancelled:
+            continue
+        label = f"round {b.round} {codec.PHASE_NAMES[b.phase]}"
+        log.info("%s: working", label)
+        try:
+            result = site.handle(item.message)
+            reply, vector = codec.reply_to_pb(result, b, conn.chunk_bytes)
+        except Exception as exc:  # the site's own code failed: tell the server why, keep serving
+            log.exception("%s: the site's code failed", label)
+            reply, vector = codec.error_reply(b, f"{type(exc).__name__}: {exc}"), None
+        if not conn.ended.is_set():
+            conn.out.put((reply, vector))
+            log.info("%s: reply sent", label)
+
+
+def _channel(
+    address: str, site_dir: Path | None, chunk_bytes: int, target_name: str | None
+) -> grpc.Channel:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", chunk_bytes + codec.MESSAGE_OVERHEAD_BYTES),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+    if site_dir is None:
+        return grpc.insecure_channel(address, options=options)
+    if target_name:
+        options.append(("grpc.ssl_target_name_override", target_name))
+    return grpc.secure_channel(address, site_credentials(site_dir), options=options)
+
+
+def run_site(
+    server_address: str,
+    site: Site,
+    pki_dir: str | Path | None = None,
+    *,
+    insecure: bool = False,
+    stop: threading.Event | None = None,
+    chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+    max_model_bytes: int = 8 * 2**30,
+    heartbeat_s: float = 5.0,
+    initial_backoff_s: float = 0.5,
+    max_backoff_s: float = 30.0,
+    max_attempts: int | None = None,
+    server_name: str | None = None,
+) -> None:
+    """Serve ``site`` to the server at ``server_address`` until ``stop`` is set or Ctrl-C.
+
+    ``pki_dir`` is the site's folder from ``consortia keys add-site`` (site.pem, site.key,
+    ca.pem). ``max_attempts`` bounds consecutive failed connection attempts (None: retry
+    forever); a server that refuses the site's certificate ends the run at once with
+    ``SiteConnectionError``. ``server_name`` overrides the name the server's certificate
+    is checked against (when dialling an address its certificate does not list).
+    """
+    if pki_dir is None and not insecure:
+        raise ConsortiaError("run_site needs the site's pki_dir (TLS always) unless insecure=True")
+    if insecure:
+        log.warning("INSECURE connection to %s: no TLS; for local experiments only", server_address)
+    site_dir = None if insecure else Path(str(pki_dir))
+    stop = stop or threading.Event()
+    work: queue.Queue[_Work | None] = queue.Queue()
+    worker = threading.Thread(target=_worker, args=(work, site), name="site-worker", daemon=True)
+    worker.start()
+    failures = 0
+    conn: _Connection | None = None
+    try:
+        while not stop.is_set():
+            conn = _Connection(site, stop, chunk_bytes, heartbeat_s)
+            welcomed = _serve_once(
+                server_address, site, site_dir, conn, work, max_model_bytes, server_name
+            )
+            if stop.is_set():
+                break
+            failures = 0 if welcomed else failures + 1
+            if max_attempts is not None and failures >= max_attempts:
+                raise SiteConnectionError(
+                    f"could not connect to {server_address} after {failures} attempt(s)"
+                )
+            delay = min(max_backoff_s, initial_backoff_s * 2 ** max(0, failures - 1))
+            delay *= random.uniform(0.5, 1.0)
+            log.info("reconnecting to %s in %.1f s", server_address, delay)
+            stop.wait(delay)
+    except KeyboardInterrupt:
+        log.info("interrupted")
+    finally:
+        stop.set()
+        if conn is not None:
+            if conn.call is not None:
+                conn.call.cancel()
+            conn.end()
+        work.put(None)
+    log.info("site %s stopped", site.site_id)
+
+
+def _serve_once(
+    address: str,
+    site: Site,
+    site_dir: Path | None,
+    conn: _Connection,
+    work: queue.Queue[Any],
+    max_model_bytes: int,
+    server_name: str | None,
+) -> bool:
+    """One connection's life; True if the server welcomed us (resets the backoff)."""
+    receiver = _Receiver(conn, work, max_model_bytes)
+    welcomed = False
+    hello = pb.Hello(
+        site_name=site.site_id,
+        protocol_version=codec.PROTOCOL_VERSION,
+        max_chunk_bytes=conn.chunk_bytes,
+    )
+    log.info("connecting to %s", address)
+    with _channel(address, site_dir, conn.chunk_bytes, server_name) as channel:
+        try:
+            conn.call = pb_grpc.FederationStub(channel).Connect(conn.outgoing(hello))
+            for msg in conn.call:
+                conn.last_seen = time.monotonic()
+                if msg.WhichOneof("kind") == "welcome":
+                    w = msg.welcome
+                    conn.job_id = w.job_id
+                    conn.chunk_bytes = min(conn.chunk_bytes, w.max_chunk_bytes or conn.chunk_bytes)
+                    conn.dead_after_s = 3 * max(conn.heartbeat_s, w.heartbeat_interval_s)
+                    welcomed = True
+                    log.info("connected to %s as %s (job %s)", address, w.site_name, w.job_id)
+                elif welcomed:
+                    receiver.on_message(msg)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            if code in _PERMANENT:
+                raise SiteConnectionError(f"server refused site {site.site_id}: {details}") from exc
+            if not conn.stop.is_set():
+                log.warning(
+                    "connection to %s lost: %s %s", address, getattr(code, "name", code), details
+                )
+        finally:
+            conn.end()
+    return welcomed

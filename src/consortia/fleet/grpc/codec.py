@@ -1,0 +1,298 @@
+"""Between the round protocol's typed messages and the wire's protobuf messages.
+
+Vectors are cut into raw little-endian chunks on the way out (one chunk in memory at a
+time) and written straight into a preallocated array on the way in, so neither side ever
+holds a model twice or a whole model inside one protobuf message. Every decode step
+checks what it reads and raises ``InvalidMessageError`` naming the problem; nothing here
+unpickles or evaluates network data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from consortia.core.messages import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    InvalidMessageError,
+    TrainSettings,
+)
+from consortia.fleet.grpc import federation_pb2 as pb
+
+PROTOCOL_VERSION = 1
+DEFAULT_CHUNK_BYTES = 2 * 2**20
+# Headroom above the chunk size for a message's non-vector fields (binding, metrics).
+MESSAGE_OVERHEAD_BYTES = 256 * 2**10
+MAX_METRICS = 256
+MAX_NAME_CHARS = 128
+MAX_REASON_CHARS = 2000
+MAX_EXAMPLES = 2**53  # beyond this a float weight cannot represent the count exactly
+
+_DTYPES: dict[int, np.dtype] = {
+    pb.DTYPE_FLOAT16: np.dtype("<f2"),
+    pb.DTYPE_FLOAT32: np.dtype("<f4"),
+    pb.DTYPE_FLOAT64: np.dtype("<f8"),
+}
+_DTYPE_CODES: dict[str, pb.DType] = {
+    "float16": pb.DTYPE_FLOAT16,
+    "float32": pb.DTYPE_FLOAT32,
+    "float64": pb.DTYPE_FLOAT64,
+}
+PHASE_NAMES: dict[int, str] = {pb.PHASE_FIT: "fit", pb.PHASE_EVALUATE: "evaluate"}
+
+
+def phase_of(message: Any) -> pb.Phase:
+    """The wire phase of a server-side request; anything else cannot be sent."""
+    if isinstance(message, FitIns):
+        return pb.PHASE_FIT
+    if isinstance(message, EvaluateIns):
+        return pb.PHASE_EVALUATE
+    raise InvalidMessageError(
+        f"the gRPC fleet can send FitIns or EvaluateIns, not {type(message).__name__}"
+    )
+
+
+def wire_dtype(array: np.ndarray) -> np.dtype:
+    """The little-endian dtype ``array`` travels as; only float vectors travel."""
+    code = _DTYPE_CODES.get(np.dtype(array.dtype).name)
+    if code is None:
+        raise InvalidMessageError(
+            f"vectors of dtype {array.dtype} cannot travel; use float16/32/64"
+        )
+    return _DTYPES[code]
+
+
+def num_chunks(nbytes: int, chunk_bytes: int) -> int:
+    return max(1, math.ceil(nbytes / chunk_bytes))
+
+
+def vector_info(array: np.ndarray, chunk_bytes: int) -> pb.VectorInfo:
+    if array.ndim != 1:
+        raise InvalidMessageError(f"vectors travel flat (1-D), got shape {array.shape}")
+    dt = wire_dtype(array)
+    return pb.VectorInfo(
+        length=array.shape[0],
+        dtype=_DTYPE_CODES[dt.name],
+        num_chunks=num_chunks(array.shape[0] * dt.itemsize, chunk_bytes),
+    )
+
+
+def iter_chunks(array: np.ndarray, request_id: int, chunk_bytes: int) -> Iterator[pb.Chunk]:
+    """Yield the vector's bytes as Chunk messages, one ``chunk_bytes`` copy at a time."""
+    le = np.ascontiguousarray(array, dtype=wire_dtype(array))  # no copy when already LE + C
+    raw = le.view(np.uint8)
+    for i in range(num_chunks(raw.size, chunk_bytes)):
+        data = raw[i * chunk_bytes : (i + 1) * chunk_bytes].tobytes()
+        yield pb.Chunk(request_id=request_id, index=i, data=data)
+
+
+class VectorAssembler:
+    """Receives a vector's chunks in order into a preallocated array; checks every step.
+
+    Memory is one array of exactly the announced size (which the caller has checked
+    against what it expects or is willing to hold) plus the chunk being copied.
+    """
+
+    def __init__(
+        self, info: pb.VectorInfo, request_id: int, max_chunk_bytes: int, max_bytes: int
+    ) -> None:
+        dt = _DTYPES.get(info.dtype)
+        if dt is None:
+            raise InvalidMessageError(f"unknown vector dtype code {info.dtype}")
+        nbytes = info.length * dt.itemsize
+        if nbytes > max_bytes:
+            raise InvalidMessageError(
+                f"vector of {info.length} {dt.name} values ({nbytes} bytes) exceeds the limit "
+                f"of {max_bytes} bytes"
+            )
+        min_chunks = num_chunks(nbytes, max_chunk_bytes)
+        if not min_chunks <= info.num_chunks <= max(1, nbytes):
+            raise InvalidMessageError(
+                f"{info.num_chunks} chunks cannot carry {nbytes} bytes "
+                f"(at most {max_chunk_bytes} bytes per chunk)"
+            )
+        self.request_id = request_id
+        self.array = np.empty(info.length, dtype=dt)
+        self._raw = self.array.view(np.uint8)
+        self._expected_chunks = info.num_chunks
+        self._max_chunk = max_chunk_bytes
+        self._next = 0
+        self._filled = 0
+
+    @property
+    def complete(self) -> bool:
+        return self._next == self._expected_chunks and self._filled == self._raw.size
+
+    def add(self, chunk: pb.Chunk) -> bool:
+        """Copy one chunk in; return True once the vector is complete."""
+        if chunk.request_id != self.request_id:
+            raise InvalidMessageError(
+                f"chunk for request {chunk.request_id} while receiving request {self.request_id}"
+            )
+        if chunk.index != self._next:
+            raise InvalidMessageError(f"chunk {chunk.index} arrived, expected chunk {self._next}")
+        size = len(chunk.data)
+        if size > self._max_chunk:
+            raise InvalidMessageError(f"chunk of {size} bytes exceeds {self._max_chunk} bytes")
+        end = self._filled + size
+        if end > self._raw.size:
+            raise InvalidMessageError(
+                f"chunks carry more than the announced {self._raw.size} bytes"
+            )
+        self._raw[self._filled : end] = np.frombuffer(chunk.data, dtype=np.uint8)
+        self._filled = end
+        self._next += 1
+        if self._next == self._expected_chunks and self._filled != self._raw.size:
+            raise InvalidMessageError(
+                f"all {self._expected_chunks} chunks arrived with {self._filled} of "
+                f"{self._raw.size} bytes"
+            )
+        return self.complete
+
+    def result(self) -> np.ndarray:
+        """The vector in native byte order (a no-op view on little-endian machines)."""
+        if not self.complete:
+            raise InvalidMessageError("vector is incomplete")
+        out = self.array.astype(self.array.dtype.newbyteorder("="), copy=False)
+        if not np.isfinite(out).all():
+            raise InvalidMessageError("vector holds NaN or infinite values")
+        return out
+
+
+# ---- settings and metrics -------------------------------------------------------------
+
+
+def settings_to_pb(s: TrainSettings) -> pb.TrainSettings:
+    extra: dict[str, pb.Scalar] = {}
+    for k, v in s.extra.items():
+        if isinstance(v, bool):
+            extra[k] = pb.Scalar(flag=v)
+        elif isinstance(v, (int, np.integer)):
+            extra[k] = pb.Scalar(integer=int(v))
+        elif isinstance(v, (float, np.floating)):
+            extra[k] = pb.Scalar(number=float(v))
+        elif isinstance(v, str):
+            extra[k] = pb.Scalar(text=v)
+        else:
+            raise InvalidMessageError(
+                f"TrainSettings.extra[{k!r}] is a {type(v).__name__}; only bool, int, float "
+                "and str travel to sites"
+            )
+    return pb.TrainSettings(
+        local_epochs=s.local_epochs,
+        batch_size=s.batch_size,
+        optimizer=s.optimizer,
+        lr=s.lr,
+        momentum=s.momentum,
+        weight_decay=s.weight_decay,
+        proximal_mu=s.proximal_mu,
+        extra=extra,
+    )
+
+
+def _scalar(v: pb.Scalar) -> bool | int | float | str:
+    kind = v.WhichOneof("value")
+    if kind is None:
+        raise InvalidMessageError("empty setting value")
+    value: bool | int | float | str = getattr(v, kind)
+    return value
+
+
+def settings_from_pb(s: pb.TrainSettings) -> TrainSettings:
+    for name in ("lr", "momentum", "weight_decay", "proximal_mu"):
+        if not math.isfinite(getattr(s, name)):
+            raise InvalidMessageError(f"training setting {name} is not finite")
+    return TrainSettings(
+        local_epochs=s.local_epochs,
+        batch_size=s.batch_size,
+        optimizer=s.optimizer,
+        lr=s.lr,
+        momentum=s.momentum,
+        weight_decay=s.weight_decay,
+        proximal_mu=s.proximal_mu,
+        extra={k: _scalar(v) for k, v in s.extra.items()},
+    )
+
+
+def metrics_to_pb(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in metrics.items()}
+
+
+def metrics_from_pb(metrics: Mapping[str, float]) -> dict[str, float]:
+    if len(metrics) > MAX_METRICS:
+        raise InvalidMessageError(f"{len(metrics)} metrics exceed the limit of {MAX_METRICS}")
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if not k or len(k) > MAX_NAME_CHARS:
+            raise InvalidMessageError(f"metric name of {len(k)} characters is not allowed")
+        if not math.isfinite(v):
+            raise InvalidMessageError(f"metric {k!r} is not finite ({v})")
+        out[k] = float(v)
+    return out
+
+
+def num_examples_from_pb(n: int) -> int:
+    if n > MAX_EXAMPLES:
+        raise InvalidMessageError(f"num_examples {n} is implausibly large")
+    return int(n)
+
+
+# ---- requests (server -> site) ----------------------------------------------------------
+
+
+def request_to_pb(
+    message: FitIns | EvaluateIns, job_id: str, request_id: int, chunk_bytes: int
+) -> pb.Request:
+    binding = pb.Binding(
+        job_id=job_id, round=message.round, phase=phase_of(message), request_id=request_id
+    )
+    vector = vector_info(message.weights, chunk_bytes)
+    if isinstance(message, FitIns):
+        if message.seed < 0:
+            raise InvalidMessageError(f"seed must be non-negative, got {message.seed}")
+        fit = pb.FitInstruction(settings=settings_to_pb(message.settings), seed=message.seed)
+        return pb.Request(binding=binding, vector=vector, fit=fit)
+    return pb.Request(binding=binding, vector=vector, evaluate=pb.EvaluateInstruction())
+
+
+def request_from_pb(req: pb.Request, weights: np.ndarray) -> FitIns | EvaluateIns:
+    """Build the site-side message once the weights are assembled; body must match phase."""
+    body = req.WhichOneof("body")
+    phase = req.binding.phase
+    if phase == pb.PHASE_FIT and body == "fit":
+        return FitIns(req.binding.round, weights, settings_from_pb(req.fit.settings), req.fit.seed)
+    if phase == pb.PHASE_EVALUATE and body == "evaluate":
+        return EvaluateIns(req.binding.round, weights)
+    raise InvalidMessageError(f"request body {body!r} does not fit phase {phase}")
+
+
+# ---- replies (site -> server) -----------------------------------------------------------
+
+
+def reply_to_pb(
+    result: FitRes | EvaluateRes, binding: pb.Binding, chunk_bytes: int
+) -> tuple[pb.Reply, np.ndarray | None]:
+    """The reply header, and the vector that must follow it in chunks (fit only)."""
+    if isinstance(result, FitRes) and binding.phase == pb.PHASE_FIT:
+        delta = np.asarray(result.delta)
+        fit = pb.FitResult(num_examples=result.num_examples, metrics=metrics_to_pb(result.metrics))
+        return pb.Reply(binding=binding, vector=vector_info(delta, chunk_bytes), fit=fit), delta
+    if isinstance(result, EvaluateRes) and binding.phase == pb.PHASE_EVALUATE:
+        ev = pb.EvaluateResult(
+            num_examples=result.num_examples, metrics=metrics_to_pb(result.metrics)
+        )
+        return pb.Reply(binding=binding, evaluate=ev), None
+    raise InvalidMessageError(
+        f"site answered a {PHASE_NAMES.get(binding.phase, '?')} request with "
+        f"{type(result).__name__}"
+    )
+
+
+def error_reply(binding: pb.Binding, reason: str) -> pb.Reply:
+    return pb.Reply(binding=binding, error=pb.SiteError(reason=reason[:MAX_REASON_CHARS]))

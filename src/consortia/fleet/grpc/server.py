@@ -1,0 +1,292 @@
+"""``GrpcFleet``: the server end of a real deployment, behind the ordinary Fleet interface.
+
+Sites connect out to this server over mutual TLS and keep one stream open; ``send()``
+pushes each request down its site's stream and yields outcomes in request order within
+the deadline. A site's name is the common name of its client certificate (signed by the
+federation CA, not revoked): nothing it sends can change who it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from consortia.core.errors import ConsortiaError
+from consortia.core.messages import InvalidMessageError
+from consortia.fleet.base import Failure, Fleet, Outcome
+from consortia.fleet.grpc import codec
+from consortia.fleet.grpc import federation_pb2 as pb
+from consortia.fleet.grpc import federation_pb2_grpc as pb_grpc
+from consortia.fleet.grpc.credentials import server_credentials
+from consortia.fleet.grpc.session import Pending, Session
+from consortia.security.pki import PkiError, RevocationWatcher, check_site_name
+
+log = logging.getLogger("consortia.fleet.grpc")
+
+_HELLO_TIMEOUT_S = 10.0
+_REMEMBERED_REQUESTS = 100_000  # closed request ids kept to name duplicates and replays
+
+
+class SitesTimeoutError(ConsortiaError):
+    """Fewer sites than needed connected in time."""
+
+
+class GrpcFleet(Fleet):
+    """A gRPC server that sites dial into; implements ``Fleet`` for the round loop.
+
+    ``address`` may use port 0; the bound port is ``self.port``. ``pki_dir`` is a folder
+    made by ``consortia keys init``; ``insecure=True`` (no TLS, names taken on trust from
+    the site) exists only for local experiments and logs a warning.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:0",
+        *,
+        job_id: str,
+        pki_dir: str | Path | None = None,
+        insecure: bool = False,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        heartbeat_s: float = 5.0,
+        dead_after_s: float | None = None,
+        max_sites: int = 64,
+    ) -> None:
+        if not insecure and pki_dir is None:
+            raise ConsortiaError("GrpcFleet needs pki_dir (TLS always) unless insecure=True")
+        if chunk_bytes < 1024:
+            raise ConsortiaError(f"chunk_bytes must be at least 1024, got {chunk_bytes}")
+        self.job_id = job_id
+        self.chunk_bytes = chunk_bytes
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s if dead_after_s is not None else 3 * heartbeat_s
+        self.insecure = insecure
+        self._revocations = None if insecure else RevocationWatcher(Path(str(pki_dir)))
+        self._sessions: dict[str, Session] = {}
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._closed_requests: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        self._latest_round = 0
+        self.refusals: deque[tuple[str, str]] = deque(maxlen=1000)
+        self.refusal_count = 0
+        max_msg = chunk_bytes + codec.MESSAGE_OVERHEAD_BYTES
+        options = [
+            ("grpc.max_receive_message_length", max_msg),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ]
+        # One worker drains each site's outgoing stream; a few spare ones refuse extras.
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=max_sites + 4, thread_name_prefix="grpc-fleet"),
+            options=options,
+            maximum_concurrent_rpcs=max_sites,
+        )
+        pb_grpc.add_FederationServicer_to_server(_Servicer(self), self._server)
+        if insecure:
+            log.warning(
+                "INSECURE gRPC fleet on %s: no TLS, sites are who they claim to be. "
+                "Use only for local experiments.",
+                address,
+            )
+            self.port = self._server.add_insecure_port(address)
+        else:
+            creds = server_credentials(Path(str(pki_dir)))
+            self.port = self._server.add_secure_port(address, creds)
+        if self.port == 0:
+            raise ConsortiaError(f"cannot listen on {address}")
+        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+        self._server.start()
+        log.info("gRPC fleet for job %r listening on %s", job_id, self.address)
+
+    # ---- Fleet ---------------------------------------------------------------------------
+
+    def sites(self) -> list[str]:
+        with self._cond:
+            return sorted(s for s, sess in self._sessions.items() if not sess.closed.is_set())
+
+    def wait_for_sites(self, n: int, timeout: float) -> list[str]:
+        """Block until at least ``n`` sites are connected; return them, sorted."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while len(self.sites()) < n:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise SitesTimeoutError(
+                        f"only {len(self.sites())} of {n} sites connected after {timeout:g} s: "
+                        f"{self.sites()}"
+                    )
+                self._cond.wait(left)
+            return self.sites()
+
+    def send(self, requests: Sequence[tuple[str, Any]], deadline_s: float) -> Iterator[Outcome]:
+        """Dispatch every request now; the returned iterator collects them in order."""
+        deadline = time.monotonic() + deadline_s
+        items: list[Pending | Failure] = []
+        for site, message in requests:
+            phase = codec.phase_of(message)
+            with self._cond:
+                session = self._sessions.get(site)
+                self._latest_round = max(self._latest_round, int(message.round))
+            if session is None or session.closed.is_set():
+                items.append(Failure(site, "not connected"))
+                continue
+            p = Pending(next(self._ids), site, message, phase)
+            session.submit(p)
+            items.append(p)
+        return self._collect(items, deadline, deadline_s)
+
+    def _collect(
+        self, items: list[Pending | Failure], deadline: float, deadline_s: float
+    ) -> Iterator[Outcome]:
+        try:
+            for item in items:
+                if isinstance(item, Failure):
+                    yield item
+                    continue
+                if not item.done.wait(max(0.0, deadline - time.monotonic())):
+                    reason = f"no reply within the {deadline_s:g} s deadline"
+                    if item.resolve(Failure(item.site, reason)):
+                        self._expire(item, reason)
+                assert item.outcome is not None
+                yield item.outcome
+        finally:  # the caller stopped early: nothing stays open behind its back
+            for item in items:
+                if isinstance(item, Pending) and item.resolve(Failure(item.site, "abandoned")):
+                    self._expire(item, "abandoned")
+
+    def _expire(self, p: Pending, reason: str) -> None:
+        with self._cond:
+            session = self._sessions.get(p.site)
+        if session is not None:
+            session.expire(p, reason)
+        else:
+            self.record_closed(p.request_id, "expired")
+
+    def close(self) -> None:
+        for s in list(self._sessions.values()):
+            s.close("server shutting down")
+        self._server.stop(grace=0.5).wait(2.0)
+
+    # ---- bookkeeping used by sessions ----------------------------------------------------
+
+    def refuse(self, site: str, reason: str) -> None:
+        """Log and count a refused message or connection; nothing else changes."""
+        log.warning("refused from %s: %s", site, reason)
+        with self._cond:
+            self.refusal_count += 1
+            self.refusals.append((site, reason))
+
+    def record_closed(self, request_id: int, how: str) -> None:
+        with self._cond:
+            self._closed_requests[request_id] = (how, "")
+            while len(self._closed_requests) > _REMEMBERED_REQUESTS:
+                self._closed_requests.popitem(last=False)
+
+    def explain_unknown(self, b: pb.Binding) -> str:
+        """Why a reply matches no open request: duplicate, late, stale or invented."""
+        what = f"round {b.round} {codec.PHASE_NAMES.get(b.phase, f'phase {b.phase}')}"
+        with self._cond:
+            closed = self._closed_requests.get(b.request_id)
+            latest = self._latest_round
+        if closed is not None and closed[0] == "answered":
+            return f"second reply for {what} (request {b.request_id}) refused"
+        if closed is not None and closed[0] == "expired":
+            return f"reply for {what} arrived after its deadline; refused"
+        if b.round < latest:
+            return f"stale reply for {what}; the federation is at round {latest}"
+        return f"reply for {what} matches no open request ({b.request_id})"
+
+    def session_opened(self, session: Session) -> None:
+        with self._cond:
+            old = self._sessions.get(session.site)
+            self._sessions[session.site] = session
+            self._cond.notify_all()
+        if old is not None:
+            old.close("replaced by a new connection from the same site")
+        log.info("site %s connected (%d connected)", session.site, len(self.sites()))
+
+    def session_closed(self, session: Session, reason: str) -> None:
+        with self._cond:
+            if self._sessions.get(session.site) is session:
+                del self._sessions[session.site]
+            self._cond.notify_all()
+        log.info("site %s left: %s", session.site, reason)
+
+    def identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> str:
+        """The site's name from its certificate (or, insecure, its word); raises if refused."""
+        if self.insecure:
+            return check_site_name(hello.site_name)
+        auth = context.auth_context()
+        names = auth.get("x509_common_name", [])
+        pems = auth.get("x509_pem_cert", [])
+        if len(names) != 1 or len(pems) != 1:
+            raise PkiError("no client certificate presented")
+        name = check_site_name(names[0].decode("utf-8", "replace"))
+        serial = x509.load_pem_x509_certificate(pems[0]).serial_number
+        assert self._revocations is not None
+        if self._revocations.is_revoked(serial):
+            raise PkiError(f"certificate of site {name!r} (serial {serial:x}) is revoked")
+        if hello.site_name and hello.site_name != name:
+            raise PkiError(
+                f"site claims to be {hello.site_name!r} but its certificate says {name!r}"
+            )
+        return name
+
+
+class _Servicer(pb_grpc.FederationServicer):
+    def __init__(self, fleet: GrpcFleet) -> None:
+        self.fleet = fleet
+
+    def Connect(  # name fixed by the generated service
+        self, request_iterator: Iterator[pb.SiteMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.ServerMessage]:
+        fleet = self.fleet
+        peer = context.peer()
+        # A peer that never says hello must not hold a worker thread forever.
+        timer = threading.Timer(_HELLO_TIMEOUT_S, context.cancel)
+        timer.start()
+        try:
+            first = next(request_iterator)
+        except Exception:  # the peer left or was cancelled before saying hello
+            return iter(())
+        finally:
+            timer.cancel()
+        try:
+            if first.WhichOneof("kind") != "hello":
+                raise InvalidMessageError("the first message must be hello")
+            if first.hello.protocol_version != codec.PROTOCOL_VERSION:
+                raise InvalidMessageError(
+                    f"protocol version {first.hello.protocol_version}, server speaks "
+                    f"{codec.PROTOCOL_VERSION}"
+                )
+            site = fleet.identify(context, first.hello)
+        except (PkiError, InvalidMessageError, ValueError) as exc:
+            fleet.refuse(peer, f"connection refused: {exc}")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        their_max = first.hello.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES
+        session = Session(fleet, site, chunk_bytes=min(fleet.chunk_bytes, their_max))
+        fleet.session_opened(session)
+        context.add_callback(lambda: session.close("disconnected (stream ended)"))
+        threading.Thread(
+            target=session.read, args=(request_iterator,), name=f"read-{site}", daemon=True
+        ).start()
+        welcome = pb.Welcome(
+            job_id=fleet.job_id,
+            protocol_version=codec.PROTOCOL_VERSION,
+            max_chunk_bytes=fleet.chunk_bytes,
+            heartbeat_interval_s=fleet.heartbeat_s,
+            site_name=site,
+        )
+        return session.outgoing(welcome)

@@ -1,0 +1,278 @@
+"""One connected site on the server: its outgoing queue, its open requests, its replies.
+
+A ``Session`` lives as long as the site's stream. Two threads touch it: gRPC's handler
+thread drains ``outgoing()`` (requests cut into chunks lazily, heartbeats when idle) and a
+reader thread feeds every incoming message to ``on_message``, which validates it and
+resolves the matching ``Pending``. Anything that does not belong is refused with a logged
+reason and changes nothing; when the stream ends, every open request becomes a Failure.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from consortia.core.messages import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    InvalidMessageError,
+)
+from consortia.fleet.base import Failure, Outcome, Reply
+from consortia.fleet.grpc import codec
+from consortia.fleet.grpc import federation_pb2 as pb
+
+if TYPE_CHECKING:
+    from consortia.fleet.grpc.server import GrpcFleet
+
+
+@dataclass
+class Pending:
+    """One request in flight; resolved exactly once (reply, failure or expiry)."""
+
+    request_id: int
+    site: str
+    message: FitIns | EvaluateIns
+    phase: int
+    request: pb.Request | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def resolve(self, outcome: Outcome) -> bool:
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self.outcome = outcome
+            self.done.set()
+            return True
+
+    @property
+    def label(self) -> str:
+        return f"round {self.message.round} {codec.PHASE_NAMES[self.phase]}"
+
+
+_CLOSE = object()
+
+
+class Session:
+    def __init__(self, fleet: GrpcFleet, site: str, chunk_bytes: int) -> None:
+        self.fleet = fleet
+        self.site = site
+        self.chunk_bytes = chunk_bytes
+        self.closed = threading.Event()
+        self.last_seen = time.monotonic()
+        self._out: queue.Queue[object] = queue.Queue()
+        self._pending: dict[int, Pending] = {}
+        self._lock = threading.Lock()
+        # The reply whose vector is arriving: (pending, reply header, assembler).
+        self._assembly: tuple[Pending, pb.Reply, codec.VectorAssembler] | None = None
+        self._skip: int | None = None  # chunks of a refused reply are dropped silently
+
+    # ---- server -> site ------------------------------------------------------------------
+
+    def submit(self, p: Pending) -> None:
+        """Queue a request; built here so an unsendable message fails the caller at once."""
+        p.request = codec.request_to_pb(
+            p.message, self.fleet.job_id, p.request_id, self.chunk_bytes
+        )
+        with self._lock:
+            if self.closed.is_set():
+                p.resolve(Failure(self.site, "disconnected before the request was sent"))
+                return
+            self._pending[p.request_id] = p
+        self._out.put(p)
+
+    def expire(self, p: Pending, reason: str) -> None:
+        """The deadline passed: forget the request and tell the site to drop it."""
+        with self._lock:
+            self._pending.pop(p.request_id, None)
+        self.fleet.record_closed(p.request_id, "expired")
+        if not self.closed.is_set():
+            self._out.put(
+                pb.ServerMessage(cancel=pb.Cancel(request_id=p.request_id, reason=reason))
+            )
+
+    def outgoing(self, welcome: pb.Welcome) -> Iterator[pb.ServerMessage]:
+        """What gRPC sends down the stream; pulled one message at a time (backpressure)."""
+        yield pb.ServerMessage(welcome=welcome)
+        beat = 0
+        while not self.closed.is_set():
+            try:
+                item = self._out.get(timeout=self.fleet.heartbeat_s)
+            except queue.Empty:
+                silent = time.monotonic() - self.last_seen
+                if silent > self.fleet.dead_after_s:
+                    self.close(f"no message for {silent:.1f} s (heartbeat lost)")
+                    return
+                beat += 1
+                yield pb.ServerMessage(heartbeat=pb.Heartbeat(sequence=beat))
+                continue
+            if item is _CLOSE:
+                return
+            if isinstance(item, pb.ServerMessage):
+                yield item
+            elif isinstance(item, Pending) and not item.done.is_set():
+                yield from self._stream_request(item)
+
+    def _stream_request(self, p: Pending) -> Iterator[pb.ServerMessage]:
+        assert p.request is not None
+        yield pb.ServerMessage(request=p.request)
+        for chunk in codec.iter_chunks(p.message.weights, p.request_id, self.chunk_bytes):
+            if p.done.is_set() or self.closed.is_set():
+                reason = "request withdrawn while being sent"
+                yield pb.ServerMessage(cancel=pb.Cancel(request_id=p.request_id, reason=reason))
+                return
+            yield pb.ServerMessage(chunk=chunk)
+
+    # ---- site -> server ------------------------------------------------------------------
+
+    def read(self, messages: Iterable[pb.SiteMessage]) -> None:
+        """Reader thread body: consume the site's stream until it ends, then close."""
+        reason = "disconnected"
+        try:
+            for msg in messages:
+                self.last_seen = time.monotonic()
+                self.on_message(msg)
+        except Exception as exc:  # grpc raises its own types when the peer vanishes
+            reason = f"disconnected ({type(exc).__name__})"
+        finally:
+            self.close(reason)
+
+    def on_message(self, msg: pb.SiteMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        try:
+            if kind == "heartbeat":
+                return
+            if kind == "reply":
+                self._on_reply(msg.reply)
+            elif kind == "chunk":
+                self._on_chunk(msg.chunk)
+            else:
+                raise InvalidMessageError(f"unexpected {kind or 'empty'} message after hello")
+        except InvalidMessageError as exc:
+            self.fleet.refuse(self.site, str(exc))
+
+    def _take(self, request_id: int) -> Pending | None:
+        with self._lock:
+            return self._pending.pop(request_id, None)
+
+    def _fail(self, p: Pending, reason: str) -> None:
+        self.fleet.refuse(self.site, f"{p.label}: {reason}")
+        if p.resolve(Failure(self.site, f"invalid reply: {reason}")):
+            self.fleet.record_closed(p.request_id, "answered")
+
+    def _on_reply(self, reply: pb.Reply) -> None:
+        b = reply.binding
+        if self._assembly is not None:
+            p0 = self._assembly[0]
+            self._assembly = None
+            self._fail(p0, "a new reply started before the update was complete")
+        if b.job_id != self.fleet.job_id:
+            self._skip = b.request_id
+            raise InvalidMessageError(
+                f"reply for job {b.job_id!r}, this server runs {self.fleet.job_id!r}"
+            )
+        p = self._take(b.request_id)
+        if p is None:
+            self._skip = b.request_id
+            raise InvalidMessageError(self.fleet.explain_unknown(b))
+        if b.round != p.message.round or b.phase != p.phase:
+            self._skip = b.request_id
+            self._fail(p, f"binding says round {b.round} phase {b.phase}, request was {p.label}")
+            return
+        body = reply.WhichOneof("body")
+        try:
+            if body == "error":
+                if p.resolve(Failure(self.site, f"site reported: {reply.error.reason[:500]}")):
+                    self.fleet.record_closed(p.request_id, "answered")
+            elif body == "evaluate" and p.phase == pb.PHASE_EVALUATE:
+                ev = reply.evaluate
+                res = EvaluateRes(
+                    self.site,
+                    p.message.round,
+                    codec.num_examples_from_pb(ev.num_examples),
+                    codec.metrics_from_pb(ev.metrics),
+                )
+                if p.resolve(Reply(self.site, res)):
+                    self.fleet.record_closed(p.request_id, "answered")
+            elif body == "fit" and p.phase == pb.PHASE_FIT:
+                codec.num_examples_from_pb(reply.fit.num_examples)
+                codec.metrics_from_pb(reply.fit.metrics)
+                self._start_update(p, reply)
+            else:
+                raise InvalidMessageError(f"a {body or 'missing'} body does not answer {p.label}")
+        except InvalidMessageError as exc:
+            self._skip = b.request_id
+            self._fail(p, str(exc))
+
+    def _start_update(self, p: Pending, reply: pb.Reply) -> None:
+        """Preallocate the update's array: exactly the length and dtype that were sent."""
+        sent = p.message.weights
+        info = reply.vector
+        want_dtype = codec.vector_info(sent, self.chunk_bytes).dtype
+        if info.length != sent.shape[0] or info.dtype != want_dtype:
+            raise InvalidMessageError(
+                f"update announces {info.length} values of dtype code {info.dtype}; the model "
+                f"has {sent.shape[0]} of {codec.wire_dtype(sent).name}"
+            )
+        asm = codec.VectorAssembler(
+            info, p.request_id, self.fleet.chunk_bytes, max_bytes=int(sent.nbytes)
+        )
+        self._assembly = (p, reply, asm)
+
+    def _on_chunk(self, chunk: pb.Chunk) -> None:
+        if self._assembly is None or self._assembly[2].request_id != chunk.request_id:
+            if chunk.request_id == self._skip:
+                return
+            raise InvalidMessageError(f"chunk for request {chunk.request_id} that is not arriving")
+        p, reply, asm = self._assembly
+        if p.done.is_set():  # expired while arriving: stop holding its array
+            self._assembly = None
+            self._skip = chunk.request_id
+            return
+        try:
+            if not asm.add(chunk):
+                return
+            delta = asm.result()
+        except InvalidMessageError as exc:
+            self._assembly = None
+            self._skip = chunk.request_id
+            self._fail(p, str(exc))
+            return
+        self._assembly = None
+        res = FitRes(
+            self.site,
+            p.message.round,
+            np.asarray(delta, dtype=p.message.weights.dtype),
+            int(reply.fit.num_examples),
+            codec.metrics_from_pb(reply.fit.metrics),
+        )
+        if p.resolve(Reply(self.site, res)):
+            self.fleet.record_closed(p.request_id, "answered")
+
+    # ---- end -----------------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """End the session once: every open request becomes a Failure naming ``reason``."""
+        with self._lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            pending = list(self._pending.values())
+            self._pending.clear()
+        if self._assembly is not None:
+            pending.append(self._assembly[0])
+            self._assembly = None
+        for p in pending:
+            if p.resolve(Failure(self.site, f"{reason} during {p.label}")):
+                self.fleet.record_closed(p.request_id, "failed")
+        self._out.put(_CLOSE)
+        self.fleet.session_closed(self, reason)

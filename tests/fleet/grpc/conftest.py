@@ -1,0 +1,110 @@
+"""Fixtures for gRPC fleet tests: a PKI, a live fleet on a free loopback port, site threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from consortia.client.runtime import Site, SiteData
+from consortia.core.messages import TrainSettings
+from consortia.core.spec import ModelSpec
+from consortia.fleet.grpc import GrpcFleet, run_site
+from consortia.security.pki import add_site, init_pki
+
+SITES = ("site-a", "site-b", "site-c")
+
+
+class AddTrainer:
+    """Local training that adds ``step`` to every weight; remembers what it was sent."""
+
+    def __init__(self, step: float = 1.0, sleep_s: float = 0.0) -> None:
+        self.step = step
+        self.sleep_s = sleep_s
+        self.seen: list[np.ndarray] = []
+
+    def initial(self) -> tuple[ModelSpec, np.ndarray]:
+        w = np.zeros(4, dtype=np.float32)
+        return ModelSpec.from_arrays({"w": w}), w
+
+    def fit(
+        self, weights: np.ndarray, x: Any, y: Any, settings: TrainSettings, seed: int
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        self.seen.append(weights.copy())
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return weights + np.asarray(self.step, dtype=weights.dtype), {
+            "lr": settings.lr,
+            "seed": float(seed),
+        }
+
+    def evaluate(self, weights: np.ndarray, x: Any, y: Any) -> dict[str, float]:
+        return {"loss": float(weights.sum())}
+
+
+def make_site(name: str, n: int = 10, trainer: AddTrainer | None = None) -> Site:
+    y = np.zeros(n)
+    return Site(
+        name, trainer or AddTrainer(), SiteData(np.zeros((n, 1)), y, np.zeros((2, 1)), y[:2])
+    )
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = init_pki(tmp_path_factory.mktemp("pki") / "pki")
+    for s in (*SITES, "hostile"):
+        add_site(d, s)
+    return d
+
+
+@pytest.fixture()
+def fleet(pki: Path) -> Iterator[GrpcFleet]:
+    f = GrpcFleet(
+        "127.0.0.1:0", job_id="job-1", pki_dir=pki, heartbeat_s=0.5, chunk_bytes=64 * 1024
+    )
+    yield f
+    f.close()
+
+
+SiteStarter = Callable[..., tuple[threading.Thread, threading.Event]]
+
+
+@pytest.fixture()
+def start_site(pki: Path) -> Iterator[SiteStarter]:
+    """Start ``run_site`` in a thread; every started site is stopped and joined at teardown."""
+    started: list[tuple[threading.Thread, threading.Event]] = []
+    errors: list[BaseException] = []
+
+    def start(
+        fleet: GrpcFleet, site: Site, site_dir: Path | None = None, **kw: Any
+    ) -> tuple[threading.Thread, threading.Event]:
+        stop = threading.Event()
+        kw.setdefault("heartbeat_s", 0.5)
+        kw.setdefault("initial_backoff_s", 0.05)
+        kw.setdefault("max_backoff_s", 0.2)
+
+        def body() -> None:
+            try:
+                run_site(
+                    fleet.address, site, site_dir or pki / "sites" / site.site_id, stop=stop, **kw
+                )
+            except BaseException as exc:  # reported at teardown: a site must not crash
+                errors.append(exc)
+
+        t = threading.Thread(target=body, daemon=True)
+        t.start()
+        started.append((t, stop))
+        return t, stop
+
+    yield start
+    for _, stop in started:
+        stop.set()
+    for t, _ in started:
+        t.join(5)
+        assert not t.is_alive(), "run_site did not stop within 5 s of its stop event"
+    assert not errors, f"a site thread raised: {errors!r}"

@@ -1,0 +1,132 @@
+"""Who may connect: only certificates from the federation CA that are not revoked."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import SiteStarter, make_site
+
+from consortia.core.messages import FitIns, TrainSettings
+from consortia.fleet.base import Failure, Reply
+from consortia.fleet.grpc import GrpcFleet, SiteConnectionError, run_site
+from consortia.fleet.grpc import federation_pb2 as pb
+from consortia.fleet.grpc import federation_pb2_grpc as pb_grpc
+from consortia.security.pki import add_site, init_pki, revoke_site
+
+
+def test_certificate_from_another_ca_is_refused(fleet: GrpcFleet, tmp_path: Path) -> None:
+    other = init_pki(tmp_path / "other")
+    add_site(other, "site-a")  # same name, wrong CA
+    with pytest.raises(SiteConnectionError, match="after 2 attempt"):
+        run_site(
+            fleet.address,
+            make_site("site-a"),
+            other / "sites" / "site-a",
+            max_attempts=2,
+            initial_backoff_s=0.01,
+        )
+    assert fleet.sites() == []
+
+
+def test_client_without_a_certificate_is_refused(fleet: GrpcFleet, pki: Path) -> None:
+    creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
+    with grpc.secure_channel(fleet.address, creds) as ch:
+        call = pb_grpc.FederationStub(ch).Connect(
+            iter([pb.SiteMessage(hello=pb.Hello(site_name="site-a", protocol_version=1))]),
+            timeout=3,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(call)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert fleet.sites() == []
+
+
+def test_revoked_site_is_refused_without_a_server_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = init_pki(tmp_path / "pki")
+    add_site(d, "site-a")
+    f = GrpcFleet("127.0.0.1:0", job_id="j", pki_dir=d, heartbeat_s=0.5)
+    try:
+        revoke_site(d, "site-a")  # after the server started
+        with (
+            caplog.at_level(logging.WARNING),
+            pytest.raises(
+                SiteConnectionError,
+                match=r"certificate of site 'site-a' \(serial [0-9a-f]+\) is revoked",
+            ),
+        ):
+            run_site(f.address, make_site("site-a"), d / "sites" / "site-a", max_attempts=5)
+        assert "connection refused: certificate of site 'site-a'" in caplog.text
+        assert f.sites() == []
+    finally:
+        f.close()
+
+
+def test_identity_comes_from_the_certificate_not_from_what_the_site_claims(
+    fleet: GrpcFleet, pki: Path
+) -> None:
+    impostor = make_site("site-b")  # the application says site-b, the certificate site-a
+    with pytest.raises(SiteConnectionError, match="claims to be 'site-b' but its certificate"):
+        run_site(fleet.address, impostor, pki / "sites" / "site-a", max_attempts=1)
+    assert fleet.sites() == []
+
+
+_KILLABLE_SITE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from conftest import AddTrainer, make_site
+from consortia.fleet.grpc import run_site
+run_site({address!r}, make_site("site-a", trainer=AddTrainer(sleep_s=60)), {site_dir!r},
+         heartbeat_s=0.5)
+"""
+
+
+@pytest.mark.parametrize(
+    ("sig", "why"),
+    [(signal.SIGKILL, "disconnected"), (signal.SIGSTOP, "heartbeat lost")],
+    ids=["killed", "frozen"],
+)
+def test_site_process_killed_or_frozen_mid_phase_fails_fast_and_others_answer(
+    fleet: GrpcFleet, start_site: SiteStarter, pki: Path, sig: signal.Signals, why: str
+) -> None:
+    """A killed process closes its socket; a frozen one keeps it open but stops beating."""
+    code = _KILLABLE_SITE.format(
+        tests=str(Path(__file__).parent),
+        address=fleet.address,
+        site_dir=str(pki / "sites" / "site-a"),
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ})
+    try:
+        start_site(fleet, make_site("site-b"))
+        fleet.wait_for_sites(2, timeout=15)
+        w = np.zeros(3, np.float32)
+        t0 = time.monotonic()
+        outcomes = fleet.send(
+            [
+                ("site-a", FitIns(1, w, TrainSettings(), 0)),
+                ("site-b", FitIns(1, w, TrainSettings(), 0)),
+            ],
+            deadline_s=30,
+        )
+        time.sleep(0.5)  # site-a is now training (sleeping)
+        proc.send_signal(sig)
+        out = list(outcomes)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert isinstance(out[0], Failure) and out[0].site == "site-a"
+    assert "round 1 fit" in out[0].reason and why in out[0].reason, out[0].reason
+    assert isinstance(out[1], Reply)
+    assert elapsed < 5, f"a dead site stalled the phase for {elapsed:.1f} s"
+    assert fleet.sites() == ["site-b"]
