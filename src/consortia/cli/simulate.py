@@ -26,17 +26,15 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=False)
-    try:
-        result = simulate(
-            args.job,
-            rounds=args.rounds,
-            out=args.out,
-            seed=args.seed,
-            debug=args.debug,
-            progress=not args.quiet,
-        )
-    except RoundFailedError:
-        raise
+    # A failed round raises a ConsortiaError: main() prints it on one line and exits 2.
+    result = simulate(
+        args.job,
+        rounds=args.rounds,
+        out=args.out,
+        seed=args.seed,
+        debug=args.debug,
+        progress=not args.quiet,
+    )
     if not args.quiet:
         console.print(summary_table(result.summary))
     return 0

@@ -112,6 +112,10 @@ class TorchTrainer:
             if not isinstance(self._model, nn.Module):
                 raise ConfigError("the model factory must return a torch.nn.Module")
             self._spec = module_spec(self._model)
+            # The first optimiser built in a process imports torch._dynamo (about a
+            # second). Paying it here, where the model is first needed, means worker
+            # processes forked afterwards inherit it instead of each paying again.
+            _make_optimizer(self._model.parameters(), TrainSettings())
         return self._model
 
     @property
