@@ -46,7 +46,7 @@ def app_function(module: ModuleType, name: str, field: str) -> Callable[..., Any
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(f"task.{field}: {module.__name__} has no function {name!r}")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def build_trainer(task: TaskConfig, base_dir: Path) -> Trainer:

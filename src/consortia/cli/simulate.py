@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="run a federation of simulated sites from a job file")
     p.add_argument("job", type=Path, help="job file (TOML)")
     p.add_argument("--rounds", type=int, help="override the job's number of rounds")

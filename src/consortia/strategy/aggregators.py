@@ -92,7 +92,8 @@ class Accumulator(Protocol):
 class Aggregator(Protocol):
     """Makes a fresh accumulator for one round."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def begin(self, size: int, dtype: np.dtype) -> Accumulator: ...
 

@@ -18,7 +18,8 @@ State = dict[str, np.ndarray]
 
 
 class ServerOptimizer(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def init(self, x: np.ndarray) -> State: ...
 
