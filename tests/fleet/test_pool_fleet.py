@@ -1,0 +1,69 @@
+"""Process-pool and debug fleets: replies in request order, failures never stop a phase."""
+
+import time
+
+import numpy as np
+
+from consortia.client.runtime import Site, SiteData
+from consortia.core.messages import FitIns, TrainSettings
+from consortia.fleet.base import Failure, Reply
+from consortia.fleet.debug import DebugFleet
+from consortia.fleet.pool import PoolFleet
+
+
+class Plus:
+    def __init__(self, inc: float, sleep: float = 0.0, fail: bool = False) -> None:
+        self.inc, self.sleep, self.fail = inc, sleep, fail
+
+    def initial(self):
+        raise AssertionError("not used")
+
+    def fit(self, weights, x, y, settings, seed):
+        time.sleep(self.sleep)
+        if self.fail:
+            raise ValueError("bad batch")
+        return weights + self.inc, {"seed": float(seed % 1000)}
+
+    def evaluate(self, weights, x, y):
+        return {}
+
+
+SITES = {
+    "a": Plus(1.0),
+    "b": Plus(2.0, fail=True),
+    "c": Plus(3.0, sleep=3.0),
+    "d": Plus(4.0, sleep=0.2),
+}
+
+
+def _make(site_id: str) -> Site:
+    return Site(site_id, SITES[site_id], SiteData(np.zeros((2, 1)), np.zeros(2)))
+
+
+def _requests():
+    w = np.zeros(2, np.float32)
+    return [(s, FitIns(1, w, TrainSettings(), seed=i)) for i, s in enumerate("abcd")]
+
+
+def _check(outcomes):
+    assert [o.site for o in outcomes] == ["a", "b", "c", "d"]
+    a, b, c, d = outcomes
+    assert isinstance(a, Reply) and np.array_equal(a.message.delta, [1.0, 1.0])
+    assert isinstance(b, Failure) and "ValueError: bad batch" in b.reason
+    assert isinstance(c, Failure) and "deadline" in c.reason
+    assert isinstance(d, Reply) and np.array_equal(d.message.delta, [4.0, 4.0])
+
+
+def test_pool_fleet_reports_errors_and_missed_deadlines_without_stalling():
+    fleet = PoolFleet(list(SITES), _make, workers=2)
+    try:
+        start = time.monotonic()
+        outcomes = list(fleet.send(_requests(), deadline_s=1.0))
+        assert time.monotonic() - start < 2.0  # did not wait for the 3 s site
+        _check(outcomes)
+    finally:
+        fleet.close()
+
+
+def test_debug_fleet_gives_the_same_outcomes():
+    _check(list(DebugFleet(list(SITES), _make).send(_requests(), deadline_s=1.0)))
