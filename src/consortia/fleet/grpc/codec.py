@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from consortia.core.messages import (
     EvaluateIns,
@@ -163,6 +165,23 @@ class VectorAssembler:
         if not np.isfinite(out).all():
             raise InvalidMessageError("vector holds NaN or infinite values")
         return out
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Bytes from a site that are not a SiteMessage; refused by the session, not by gRPC."""
+
+    error: str
+    size: int
+
+
+def decode_site_message(data: bytes) -> pb.SiteMessage | Malformed:
+    """gRPC's request deserializer: never raises, so garbage cannot abort the stream
+    with an anonymous error; the session refuses it with a reason and keeps serving."""
+    try:
+        return pb.SiteMessage.FromString(data)
+    except DecodeError as exc:
+        return Malformed(str(exc), len(data))
 
 
 # ---- settings and metrics -------------------------------------------------------------

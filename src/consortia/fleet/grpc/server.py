@@ -26,13 +26,13 @@ from consortia.core.messages import InvalidMessageError
 from consortia.fleet.base import Failure, Fleet, Outcome
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
-from consortia.fleet.grpc import federation_pb2_grpc as pb_grpc
 from consortia.fleet.grpc.credentials import server_credentials
 from consortia.fleet.grpc.session import Pending, Session
 from consortia.security.pki import PkiError, RevocationWatcher, check_site_name
 
 log = logging.getLogger("consortia.fleet.grpc")
 
+_SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 _HELLO_TIMEOUT_S = 10.0
 _REMEMBERED_REQUESTS = 100_000  # closed request ids kept to name duplicates and replays
 
@@ -93,7 +93,16 @@ class GrpcFleet(Fleet):
             options=options,
             maximum_concurrent_rpcs=max_sites,
         )
-        pb_grpc.add_FederationServicer_to_server(_Servicer(self), self._server)
+        # Registered by hand rather than with the generated helper only to decode requests
+        # with a deserializer that cannot raise (see codec.decode_site_message).
+        connect = grpc.stream_stream_rpc_method_handler(
+            _Servicer(self).Connect,
+            request_deserializer=codec.decode_site_message,
+            response_serializer=pb.ServerMessage.SerializeToString,
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE, {"Connect": connect}),)
+        )
         if insecure:
             log.warning(
                 "INSECURE gRPC fleet on %s: no TLS, sites are who they claim to be. "
@@ -245,12 +254,14 @@ class GrpcFleet(Fleet):
         return name
 
 
-class _Servicer(pb_grpc.FederationServicer):
+class _Servicer:
     def __init__(self, fleet: GrpcFleet) -> None:
         self.fleet = fleet
 
     def Connect(  # name fixed by the generated service
-        self, request_iterator: Iterator[pb.SiteMessage], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[pb.SiteMessage | codec.Malformed],
+        context: grpc.ServicerContext,
     ) -> Iterator[pb.ServerMessage]:
         fleet = self.fleet
         peer = context.peer()
@@ -264,18 +275,20 @@ class _Servicer(pb_grpc.FederationServicer):
         finally:
             timer.cancel()
         try:
-            if first.WhichOneof("kind") != "hello":
+            if isinstance(first, codec.Malformed) or first.WhichOneof("kind") != "hello":
                 raise InvalidMessageError("the first message must be hello")
-            if first.hello.protocol_version != codec.PROTOCOL_VERSION:
+            hello = first.hello
+            if hello.protocol_version != codec.PROTOCOL_VERSION:
                 raise InvalidMessageError(
-                    f"protocol version {first.hello.protocol_version}, server speaks "
+                    f"protocol version {hello.protocol_version}, server speaks "
                     f"{codec.PROTOCOL_VERSION}"
                 )
-            site = fleet.identify(context, first.hello)
+            site = fleet.identify(context, hello)
         except (PkiError, InvalidMessageError, ValueError) as exc:
             fleet.refuse(peer, f"connection refused: {exc}")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        their_max = first.hello.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES
+            raise  # not reached: abort raises
+        their_max = hello.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES
         session = Session(fleet, site, chunk_bytes=min(fleet.chunk_bytes, their_max))
         fleet.session_opened(session)
         context.add_callback(lambda: session.close("disconnected (stream ended)"))

@@ -134,7 +134,7 @@ class Session:
 
     # ---- site -> server ------------------------------------------------------------------
 
-    def read(self, messages: Iterable[pb.SiteMessage]) -> None:
+    def read(self, messages: Iterable[pb.SiteMessage | codec.Malformed]) -> None:
         """Reader thread body: consume the site's stream until it ends, then close."""
         reason = "disconnected"
         try:
@@ -146,7 +146,10 @@ class Session:
         finally:
             self.close(reason)
 
-    def on_message(self, msg: pb.SiteMessage) -> None:
+    def on_message(self, msg: pb.SiteMessage | codec.Malformed) -> None:
+        if isinstance(msg, codec.Malformed):
+            self.fleet.refuse(self.site, f"malformed message of {msg.size} bytes ({msg.error})")
+            return
         kind = msg.WhichOneof("kind")
         try:
             if kind == "heartbeat":
