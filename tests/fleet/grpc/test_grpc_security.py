@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,3 +131,48 @@ def test_site_process_killed_or_frozen_mid_phase_fails_fast_and_others_answer(
     assert isinstance(out[1], Reply)
     assert elapsed < 5, f"a dead site stalled the phase for {elapsed:.1f} s"
     assert fleet.sites() == ["site-b"]
+
+
+def test_revoking_a_connected_site_disconnects_it_and_keeps_it_out(tmp_path: Path) -> None:
+    d = init_pki(tmp_path / "pki")
+    add_site(d, "site-a")
+    f = GrpcFleet("127.0.0.1:0", job_id="j", pki_dir=d, heartbeat_s=0.2)
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            run_site(
+                f.address,
+                make_site("site-a"),
+                d / "sites" / "site-a",
+                heartbeat_s=0.2,
+                initial_backoff_s=0.05,
+            )
+        except SiteConnectionError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    try:
+        f.wait_for_sites(1, timeout=5)
+        revoke_site(d, "site-a")
+        t.join(5)  # kicked out within a heartbeat, then refused on reconnect: run_site ends
+        assert not t.is_alive()
+        assert len(errors) == 1 and "is revoked" in str(errors[0])
+        assert f.sites() == []
+        (out,) = f.send([("site-a", FitIns(1, np.zeros(1, np.float32), TrainSettings(), 0))], 1)
+        assert out == Failure("site-a", "not connected")
+    finally:
+        f.close()
+
+
+def test_unreadable_revocation_list_fails_closed(tmp_path: Path) -> None:
+    d = init_pki(tmp_path / "pki")
+    add_site(d, "site-a")
+    f = GrpcFleet("127.0.0.1:0", job_id="j", pki_dir=d, heartbeat_s=0.5)
+    try:
+        (d / "revoked.crl.pem").write_text("not a CRL")
+        with pytest.raises(SiteConnectionError, match="is revoked"):
+            run_site(f.address, make_site("site-a"), d / "sites" / "site-a", max_attempts=1)
+    finally:
+        f.close()

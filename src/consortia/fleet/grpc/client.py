@@ -240,6 +240,8 @@ def run_site(
     """
     if pki_dir is None and not insecure:
         raise ConsortiaError("run_site needs the site's pki_dir (TLS always) unless insecure=True")
+    if chunk_bytes < codec.MIN_CHUNK_BYTES:
+        raise ConsortiaError(f"chunk_bytes must be at least {codec.MIN_CHUNK_BYTES}")
     if insecure:
         log.warning("INSECURE connection to %s: no TLS; for local experiments only", server_address)
     site_dir = None if insecure else Path(str(pki_dir))
@@ -310,6 +312,8 @@ def _serve_once(
                     log.info("connected to %s as %s (job %s)", address, w.site_name, w.job_id)
                 elif welcomed:
                     receiver.on_message(msg)
+            if not conn.stop.is_set():
+                log.warning("the server at %s closed the connection", address)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             details = exc.details() if hasattr(exc, "details") else str(exc)

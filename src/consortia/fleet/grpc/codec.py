@@ -29,6 +29,7 @@ from consortia.fleet.grpc import federation_pb2 as pb
 
 PROTOCOL_VERSION = 1
 DEFAULT_CHUNK_BYTES = 2 * 2**20
+MIN_CHUNK_BYTES = 1024
 # Headroom above the chunk size for a message's non-vector fields (binding, metrics).
 MESSAGE_OVERHEAD_BYTES = 256 * 2**10
 MAX_METRICS = 256

@@ -63,8 +63,10 @@ class GrpcFleet(Fleet):
     ) -> None:
         if not insecure and pki_dir is None:
             raise ConsortiaError("GrpcFleet needs pki_dir (TLS always) unless insecure=True")
-        if chunk_bytes < 1024:
-            raise ConsortiaError(f"chunk_bytes must be at least 1024, got {chunk_bytes}")
+        if chunk_bytes < codec.MIN_CHUNK_BYTES:
+            raise ConsortiaError(
+                f"chunk_bytes must be at least {codec.MIN_CHUNK_BYTES}, got {chunk_bytes}"
+            )
         self.job_id = job_id
         self.chunk_bytes = chunk_bytes
         self.heartbeat_s = heartbeat_s
@@ -148,7 +150,7 @@ class GrpcFleet(Fleet):
             with self._cond:
                 session = self._sessions.get(site)
                 self._latest_round = max(self._latest_round, int(message.round))
-            if session is None or session.closed.is_set():
+            if session is None or session.closed.is_set() or session.revoked():
                 items.append(Failure(site, "not connected"))
                 continue
             p = Pending(next(self._ids), site, message, phase)
@@ -176,10 +178,8 @@ class GrpcFleet(Fleet):
                     self._expire(item, "abandoned")
 
     def _expire(self, p: Pending, reason: str) -> None:
-        with self._cond:
-            session = self._sessions.get(p.site)
-        if session is not None:
-            session.expire(p, reason)
+        if p.session is not None:
+            p.session.expire(p, reason)
         else:
             self.record_closed(p.request_id, "expired")
 
@@ -233,10 +233,20 @@ class GrpcFleet(Fleet):
             self._cond.notify_all()
         log.info("site %s left: %s", session.site, reason)
 
-    def identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> str:
-        """The site's name from its certificate (or, insecure, its word); raises if refused."""
+    def is_revoked(self, serial: int) -> bool:
+        """Fails closed: an unreadable or forged revocation list revokes everyone."""
+        assert self._revocations is not None
+        try:
+            return self._revocations.is_revoked(serial)
+        except (PkiError, OSError) as exc:
+            log.error("cannot read the revocation list, refusing every site: %s", exc)
+            return True
+
+    def identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> tuple[str, int | None]:
+        """The site's name and certificate serial from its certificate (insecure: its name
+        on trust, no serial); raises if the site is refused."""
         if self.insecure:
-            return check_site_name(hello.site_name)
+            return check_site_name(hello.site_name), None
         auth = context.auth_context()
         names = auth.get("x509_common_name", [])
         pems = auth.get("x509_pem_cert", [])
@@ -244,14 +254,13 @@ class GrpcFleet(Fleet):
             raise PkiError("no client certificate presented")
         name = check_site_name(names[0].decode("utf-8", "replace"))
         serial = x509.load_pem_x509_certificate(pems[0]).serial_number
-        assert self._revocations is not None
-        if self._revocations.is_revoked(serial):
+        if self.is_revoked(serial):
             raise PkiError(f"certificate of site {name!r} (serial {serial:x}) is revoked")
         if hello.site_name and hello.site_name != name:
             raise PkiError(
                 f"site claims to be {hello.site_name!r} but its certificate says {name!r}"
             )
-        return name
+        return name, serial
 
 
 class _Servicer:
@@ -283,13 +292,14 @@ class _Servicer:
                     f"protocol version {hello.protocol_version}, server speaks "
                     f"{codec.PROTOCOL_VERSION}"
                 )
-            site = fleet.identify(context, hello)
+            site, serial = fleet.identify(context, hello)
         except (PkiError, InvalidMessageError, ValueError) as exc:
             fleet.refuse(peer, f"connection refused: {exc}")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             raise  # not reached: abort raises
-        their_max = hello.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES
-        session = Session(fleet, site, chunk_bytes=min(fleet.chunk_bytes, their_max))
+        # The site's receive limit, but never tiny chunks: those would only burn server CPU.
+        their_max = max(codec.MIN_CHUNK_BYTES, hello.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES)
+        session = Session(fleet, site, min(fleet.chunk_bytes, their_max), serial)
         fleet.session_opened(session)
         context.add_callback(lambda: session.close("disconnected (stream ended)"))
         threading.Thread(

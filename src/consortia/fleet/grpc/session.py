@@ -42,6 +42,7 @@ class Pending:
     message: FitIns | EvaluateIns
     phase: int
     request: pb.Request | None = None
+    session: Session | None = None
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,9 +64,12 @@ _CLOSE = object()
 
 
 class Session:
-    def __init__(self, fleet: GrpcFleet, site: str, chunk_bytes: int) -> None:
+    def __init__(
+        self, fleet: GrpcFleet, site: str, chunk_bytes: int, serial: int | None = None
+    ) -> None:
         self.fleet = fleet
         self.site = site
+        self.serial = serial  # of the site's certificate; None when insecure
         self.chunk_bytes = chunk_bytes
         self.closed = threading.Event()
         self.last_seen = time.monotonic()
@@ -83,6 +87,7 @@ class Session:
         p.request = codec.request_to_pb(
             p.message, self.fleet.job_id, p.request_id, self.chunk_bytes
         )
+        p.session = self
         with self._lock:
             if self.closed.is_set():
                 p.resolve(Failure(self.site, "disconnected before the request was sent"))
@@ -112,6 +117,8 @@ class Session:
                 if silent > self.fleet.dead_after_s:
                     self.close(f"no message for {silent:.1f} s (heartbeat lost)")
                     return
+                if self.revoked():
+                    return
                 beat += 1
                 yield pb.ServerMessage(heartbeat=pb.Heartbeat(sequence=beat))
                 continue
@@ -131,6 +138,14 @@ class Session:
                 yield pb.ServerMessage(cancel=pb.Cancel(request_id=p.request_id, reason=reason))
                 return
             yield pb.ServerMessage(chunk=chunk)
+
+    def revoked(self) -> bool:
+        """Re-check the certificate (the list may have changed); close the session if revoked."""
+        if self.serial is None or not self.fleet.is_revoked(self.serial):
+            return False
+        self.fleet.refuse(self.site, "certificate revoked while connected; disconnecting")
+        self.close("certificate revoked")
+        return True
 
     # ---- site -> server ------------------------------------------------------------------
 
