@@ -30,7 +30,7 @@ def _revoke(args: argparse.Namespace) -> int:
     serial = revoke_site(args.dir, args.name)
     print(
         f"site {args.name!r} revoked (certificate serial {serial:x}); "
-        f"the server refuses it from its next connection ({CRL_FILE})"
+        f"a running server reads {CRL_FILE} and disconnects and refuses it"
     )
     return 0
 

@@ -241,7 +241,7 @@ def add_site(
         if not replace:
             raise PkiError(
                 f"site {name!r} is already enrolled in {d}; "
-                "use replace (--replace) to revoke its certificate and issue a new one"
+                "pass --replace to revoke its certificate and issue a new one"
             )
         if paths.cert.exists():
             revoke_site(d, name)
