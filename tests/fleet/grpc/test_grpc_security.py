@@ -93,14 +93,25 @@ run_site({address!r}, make_site("site-a", trainer=AddTrainer(sleep_s=60)), {site
 
 
 @pytest.mark.parametrize(
-    ("sig", "why"),
-    [(signal.SIGKILL, "disconnected"), (signal.SIGSTOP, "heartbeat lost")],
-    ids=["killed", "frozen"],
+    ("sig", "why", "size", "after_s"),
+    [
+        (signal.SIGKILL, "disconnected", 3, 0.5),
+        (signal.SIGSTOP, "heartbeat lost", 3, 0.5),
+        (signal.SIGSTOP, "heartbeat lost", 2**24, 0.05),  # 64 MiB: frozen mid-download
+    ],
+    ids=["killed", "frozen", "frozen-mid-download"],
 )
 def test_site_process_killed_or_frozen_mid_phase_fails_fast_and_others_answer(
-    fleet: GrpcFleet, start_site: SiteStarter, pki: Path, sig: signal.Signals, why: str
+    fleet: GrpcFleet,
+    start_site: SiteStarter,
+    pki: Path,
+    sig: signal.Signals,
+    why: str,
+    size: int,
+    after_s: float,
 ) -> None:
-    """A killed process closes its socket; a frozen one keeps it open but stops beating."""
+    """A killed process closes its socket; a frozen one keeps it open but stops beating
+    (and, mid-download, stops reading, which blocks the server's send on flow control)."""
     code = _KILLABLE_SITE.format(
         tests=str(Path(__file__).parent),
         address=fleet.address,
@@ -110,7 +121,7 @@ def test_site_process_killed_or_frozen_mid_phase_fails_fast_and_others_answer(
     try:
         start_site(fleet, make_site("site-b"))
         fleet.wait_for_sites(2, timeout=15)
-        w = np.zeros(3, np.float32)
+        w = np.zeros(size, np.float32)
         t0 = time.monotonic()
         outcomes = fleet.send(
             [
@@ -119,7 +130,7 @@ def test_site_process_killed_or_frozen_mid_phase_fails_fast_and_others_answer(
             ],
             deadline_s=30,
         )
-        time.sleep(0.5)  # site-a is now training (sleeping)
+        time.sleep(after_s)  # site-a is now downloading or training
         proc.send_signal(sig)
         out = list(outcomes)
         elapsed = time.monotonic() - t0

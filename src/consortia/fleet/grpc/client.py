@@ -64,6 +64,18 @@ class _Connection:
         self.call: Any = None
         self.job_id: str | None = None
 
+    def watch(self) -> None:
+        """Watchdog thread: cancel the call on stop or when the server goes silent. Apart
+        from the sender and the reader, either of which may be blocked on the network."""
+        while not self.ended.wait(_POLL_S):
+            silent = time.monotonic() - self.last_seen
+            if self.stop.is_set() or silent > self.dead_after_s:
+                if not self.stop.is_set():
+                    log.warning("server silent for %.1f s; dropping the connection", silent)
+                if self.call is not None:
+                    self.call.cancel()
+                return
+
     def end(self) -> None:
         self.ended.set()
         self.out.put(_END)
@@ -73,14 +85,6 @@ class _Connection:
         next_beat, beat = time.monotonic() + self.heartbeat_s, 0
         while not self.ended.is_set():
             now = time.monotonic()
-            if self.stop.is_set() or now - self.last_seen > self.dead_after_s:
-                if not self.stop.is_set():
-                    log.warning(
-                        "server silent for %.1f s; dropping the connection", now - self.last_seen
-                    )
-                if self.call is not None:
-                    self.call.cancel()
-                return
             try:
                 item = self.out.get(timeout=_POLL_S)
             except queue.Empty:
@@ -301,6 +305,7 @@ def _serve_once(
     with _channel(address, site_dir, conn.chunk_bytes, server_name) as channel:
         try:
             conn.call = pb_grpc.FederationStub(channel).Connect(conn.outgoing(hello))
+            threading.Thread(target=conn.watch, name="site-watchdog", daemon=True).start()
             for msg in conn.call:
                 conn.last_seen = time.monotonic()
                 if msg.WhichOneof("kind") == "welcome":

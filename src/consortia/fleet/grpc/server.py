@@ -119,6 +119,8 @@ class GrpcFleet(Fleet):
             raise ConsortiaError(f"cannot listen on {address}")
         self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
         self._server.start()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watchdog, name="grpc-fleet-watchdog", daemon=True).start()
         log.info("gRPC fleet for job %r listening on %s", job_id, self.address)
 
     # ---- Fleet ---------------------------------------------------------------------------
@@ -183,7 +185,15 @@ class GrpcFleet(Fleet):
         else:
             self.record_closed(p.request_id, "expired")
 
+    def _watchdog(self) -> None:
+        while not self._stopped.wait(min(1.0, self.heartbeat_s / 2)):
+            with self._cond:
+                sessions = list(self._sessions.values())
+            for s in sessions:
+                s.check()
+
     def close(self) -> None:
+        self._stopped.set()
         for s in list(self._sessions.values()):
             s.close("server shutting down")
         self._server.stop(grace=0.5).wait(2.0)
@@ -223,7 +233,7 @@ class GrpcFleet(Fleet):
             self._sessions[session.site] = session
             self._cond.notify_all()
         if old is not None:
-            old.close("replaced by a new connection from the same site")
+            old.close("replaced by a new connection from the same site", cancel=True)
         log.info("site %s connected (%d connected)", session.site, len(self.sites()))
 
     def session_closed(self, session: Session, reason: str) -> None:
@@ -300,6 +310,7 @@ class _Servicer:
         # The site's receive limit, but never tiny chunks: those would only burn server CPU.
         their_max = max(codec.MIN_CHUNK_BYTES, hello.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES)
         session = Session(fleet, site, min(fleet.chunk_bytes, their_max), serial)
+        session.cancel_rpc = context.cancel
         fleet.session_opened(session)
         context.add_callback(lambda: session.close("disconnected (stream ended)"))
         threading.Thread(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,6 +79,7 @@ class Session:
         # The reply whose vector is arriving: (pending, reply header, assembler).
         self._assembly: tuple[Pending, pb.Reply, codec.VectorAssembler] | None = None
         self._skip: int | None = None  # chunks of a refused reply are dropped silently
+        self.cancel_rpc: Callable[[], object] | None = None  # unblocks a stuck send on close
 
     # ---- server -> site ------------------------------------------------------------------
 
@@ -113,12 +114,6 @@ class Session:
             try:
                 item = self._out.get(timeout=self.fleet.heartbeat_s)
             except queue.Empty:
-                silent = time.monotonic() - self.last_seen
-                if silent > self.fleet.dead_after_s:
-                    self.close(f"no message for {silent:.1f} s (heartbeat lost)")
-                    return
-                if self.revoked():
-                    return
                 beat += 1
                 yield pb.ServerMessage(heartbeat=pb.Heartbeat(sequence=beat))
                 continue
@@ -139,12 +134,22 @@ class Session:
                 return
             yield pb.ServerMessage(chunk=chunk)
 
+    def check(self) -> None:
+        """Watchdog tick: close a session whose site went silent or was revoked. Run from
+        the fleet's watchdog thread, not from ``outgoing``, which may sit blocked in a send
+        to a frozen peer."""
+        silent = time.monotonic() - self.last_seen
+        if silent > self.fleet.dead_after_s:
+            self.close(f"no message for {silent:.1f} s (heartbeat lost)", cancel=True)
+        else:
+            self.revoked()
+
     def revoked(self) -> bool:
         """Re-check the certificate (the list may have changed); close the session if revoked."""
         if self.serial is None or not self.fleet.is_revoked(self.serial):
             return False
         self.fleet.refuse(self.site, "certificate revoked while connected; disconnecting")
-        self.close("certificate revoked")
+        self.close("certificate revoked", cancel=True)
         return True
 
     # ---- site -> server ------------------------------------------------------------------
@@ -278,8 +283,12 @@ class Session:
 
     # ---- end -----------------------------------------------------------------------------
 
-    def close(self, reason: str) -> None:
-        """End the session once: every open request becomes a Failure naming ``reason``."""
+    def close(self, reason: str, cancel: bool = False) -> None:
+        """End the session once: every open request becomes a Failure naming ``reason``.
+
+        ``cancel`` also cancels the RPC, for a peer that must be cut off now (silent,
+        revoked, replaced) rather than let its stream end in order.
+        """
         with self._lock:
             if self.closed.is_set():
                 return
@@ -293,4 +302,6 @@ class Session:
             if p.resolve(Failure(self.site, f"{reason} during {p.label}")):
                 self.fleet.record_closed(p.request_id, "failed")
         self._out.put(_CLOSE)
+        if cancel and self.cancel_rpc is not None:
+            self.cancel_rpc()
         self.fleet.session_closed(self, reason)
