@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SITES, AddTrainer, SiteStarter, make_site
+from grpc_site_helpers import SITES, AddTrainer, SiteStarter, make_site
 
 from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes, TrainSettings
 from consortia.fleet.base import Failure, Reply

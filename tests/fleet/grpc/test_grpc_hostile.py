@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import SiteStarter, make_site
+from grpc_site_helpers import SiteStarter, make_site
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import SiteStarter, make_site
+from grpc_site_helpers import SiteStarter, make_site
 
 from consortia.core.messages import FitIns, TrainSettings
 from consortia.fleet.base import Failure, Reply
@@ -85,7 +85,7 @@ def test_identity_comes_from_the_certificate_not_from_what_the_site_claims(
 _KILLABLE_SITE = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from conftest import AddTrainer, make_site
+from grpc_site_helpers import AddTrainer, make_site
 from consortia.fleet.grpc import run_site
 run_site({address!r}, make_site("site-a", trainer=AddTrainer(sleep_s=60)), {site_dir!r},
          heartbeat_s=0.5)
