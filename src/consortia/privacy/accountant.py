@@ -201,6 +201,8 @@ def _epsilon_with(event: dp_accounting.DpEvent, delta: float, kind: AccountantKi
     """Epsilon of ``event`` at ``delta`` by one accountant, or None if it does not apply."""
     if kind == "pld":
         rdp_eps = _epsilon_with(event, delta, "rdp")
+        if rdp_eps is not None and math.isinf(rdp_eps):
+            return math.inf  # a non-private release: no accountant can do better
         if rdp_eps is not None and rdp_eps > PLD_MAX_EPSILON:
             return None
         acc: dp_accounting.PrivacyAccountant = pld.PLDAccountant(
@@ -255,8 +257,9 @@ def calibrate(
 ) -> float:
     """Smallest Gaussian noise multiplier whose epsilon at ``delta`` is <= ``target_epsilon``.
 
-    Uses ``dp_accounting.calibrate_dp_mechanism`` (bracketing then bisection); epsilon falls
-    as the noise multiplier grows, so the returned value meets the target from below.
+    Brackets with doubling, then solves epsilon(z) = target (see ``_solve_decreasing``);
+    epsilon falls as the noise multiplier grows, and the returned value meets the target
+    from below (epsilon(z) <= target, within 0.01%).
     """
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(f"target epsilon must be finite and > 0, got {target_epsilon!r}")
@@ -284,36 +287,51 @@ def calibrate(
         lower, upper = upper, upper * 2.0
         if upper > 1e6:
             raise ConfigError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon}")
-    with _quiet_absl():
-        z_rdp = float(
-            dp_accounting.calibrate_dp_mechanism(
-                lambda: make_accountant("rdp"),
-                make_event,
-                target_epsilon,
-                delta,
-                bracket_interval=dp_accounting.ExplicitBracketInterval(max(lower, floor), upper),
-                tol=1e-5,
-            )
-        )
+    z_rdp = _solve_decreasing(lambda z: eps_at(z, "rdp") - target_epsilon,
+                              max(lower, floor), upper, target_epsilon)
     if accountant == "rdp":
         return z_rdp
     # PLD's epsilon is never above RDP's, so the RDP answer bounds the PLD one from above.
-    # Our PLD grid depends on the event, so we bisect ourselves rather than hand
-    # dp-accounting a fixed accountant factory.
     lower = z_rdp
     while lower > floor and eps_at(lower, "pld") <= target_epsilon:
         lower = max(floor, lower * 0.8)
     if eps_at(lower, "pld") <= target_epsilon:
         return lower
-    return _bisect(lambda z: eps_at(z, "pld") - target_epsilon, lower, z_rdp)
+    return _solve_decreasing(lambda z: eps_at(z, "pld") - target_epsilon, lower, z_rdp,
+                             target_epsilon)
 
 
-def _bisect(f: Callable[[float], float], lo: float, hi: float, rel_tol: float = 2e-4) -> float:
-    """For decreasing ``f`` with f(lo) > 0 >= f(hi): the smallest x found with f(x) <= 0."""
-    while hi - lo > rel_tol * hi:
-        mid = 0.5 * (lo + hi)
-        if f(mid) <= 0:
-            hi = mid
+def _solve_decreasing(
+    f: Callable[[float], float], lo: float, hi: float, target: float, rel_tol: float = 1e-4
+) -> float:
+    """For decreasing ``f`` with f(lo) > 0 >= f(hi), return x with f(x) <= 0 and close to 0.
+
+    The Illinois variant of regula falsi: each epsilon costs 0.1-0.5 s (PLD convolutions),
+    and it needs about a third of the evaluations of the plain bisection in
+    ``dp_accounting.calibrate_dp_mechanism``. Stops once epsilon is within ``rel_tol`` below
+    the target, or the bracket is that narrow; always returns the side meeting the target.
+    """
+    f_lo, f_hi = f(lo), f(hi)
+    true_f_hi = f_hi  # f_lo/f_hi get halved by the Illinois rule; the stop test needs f(hi)
+    side = 0
+    for _ in range(200):
+        if -true_f_hi <= rel_tol * target or hi - lo <= rel_tol * hi:
+            break
+        if math.isfinite(f_lo):
+            x = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+            if not lo < x < hi:
+                x = 0.5 * (lo + hi)
         else:
-            lo = mid
+            x = 0.5 * (lo + hi)
+        fx = f(x)
+        if fx <= 0:
+            hi, f_hi, true_f_hi = x, fx, fx
+            if side == -1:
+                f_lo *= 0.5
+            side = -1
+        else:
+            lo, f_lo = x, fx
+            if side == 1:
+                f_hi *= 0.5
+            side = 1
     return hi
