@@ -65,8 +65,8 @@ class _Connection:
         self.job_id: str | None = None
 
     def watch(self) -> None:
-        """Watchdog thread: cancel the call on stop or when the server goes silent. Apart
-        from the sender and the reader, either of which may be blocked on the network."""
+        """Watchdog thread: cancel the call on stop or when the server goes silent. It is a
+        thread of its own because the sender and the reader may both be blocked on the network."""
         while not self.ended.wait(_POLL_S):
             silent = time.monotonic() - self.last_seen
             if self.stop.is_set() or silent > self.dead_after_s:
