@@ -28,13 +28,17 @@ def _sequence() -> list[PrivacyEvent]:
 def test_epsilon_equals_dp_accounting_for_same_events() -> None:
     acc = PrivacyAccountant(_sequence())
     ours = acc.epsilon(1e-5)
-    reference_event = dp_accounting.ComposedDpEvent([
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.1)), 30),
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.5)), 20),
-        dp_accounting.LaplaceDpEvent(2.0),
-    ])
+    reference_event = dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.1)), 30
+            ),
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.5)), 20
+            ),
+            dp_accounting.LaplaceDpEvent(2.0),
+        ]
+    )
     r = rdp.RdpAccountant().compose(reference_event)
     assert ours["rdp"] == pytest.approx(r.get_epsilon(1e-5), rel=1e-9)
     interval = pld_interval(ours["rdp"])  # type: ignore[arg-type]
@@ -66,8 +70,10 @@ def test_round_trip_through_dict() -> None:
         PrivacyAccountant.from_dict({"events": [{"bogus": 1}]})
 
 
-@pytest.mark.parametrize(("kind", "target", "q", "rounds"),
-                         [("rdp", 8.0, 0.1, 50), ("rdp", 1.0, 0.02, 200), ("pld", 4.0, 0.05, 50)])
+@pytest.mark.parametrize(
+    ("kind", "target", "q", "rounds"),
+    [("rdp", 8.0, 0.1, 50), ("rdp", 1.0, 0.02, 200), ("pld", 4.0, 0.05, 50)],
+)
 def test_calibration_round_trips(kind: str, target: float, q: float, rounds: int) -> None:
     z = calibrate(target, 1e-5, q, rounds, accountant=kind)  # type: ignore[arg-type]
     got = epsilon_for(z, q, rounds, 1e-5)

@@ -57,8 +57,9 @@ def test_site_policy_refuses_with_clear_message() -> None:
 
 
 def test_non_private_release_is_always_refused() -> None:
-    decision = check_budget(PrivacyAccountant(), [PrivacyEvent("non_private")],
-                            limit=1e9, delta=1e-5)
+    decision = check_budget(
+        PrivacyAccountant(), [PrivacyEvent("non_private")], limit=1e9, delta=1e-5
+    )
     assert not decision.allowed and math.isinf(decision.projected_epsilon)
 
 

@@ -36,14 +36,20 @@ def test_noisy_mean_divides_by_expected_sites() -> None:
     assert [c.unclipped_bit for c in clipped] == [-0.5, 0.5, -0.5]
     total = sum(c.vector for c in clipped)
     # No noise: (0.6+0.3+0, 0.8+0.4-1) / 4 expected sites (e.g. q=0.1 of 40 sites).
-    mean = noisy_mean(total, noise_multiplier=0.0, clip_norm=1.0, expected_sites=4.0,
-                      rng=SecureRng(seed=0))
+    mean = noisy_mean(
+        total, noise_multiplier=0.0, clip_norm=1.0, expected_sites=4.0, rng=SecureRng(seed=0)
+    )
     np.testing.assert_allclose(mean, [0.225, 0.05])
 
 
 def test_noisy_mean_noise_scale() -> None:
-    mean = noisy_mean(np.zeros(100_000), noise_multiplier=1.0, clip_norm=2.0,
-                      expected_sites=10.0, rng=SecureRng(seed=3))
+    mean = noisy_mean(
+        np.zeros(100_000),
+        noise_multiplier=1.0,
+        clip_norm=2.0,
+        expected_sites=10.0,
+        rng=SecureRng(seed=3),
+    )
     assert mean.std() == pytest.approx(0.2, rel=0.015)
 
 
@@ -90,5 +96,10 @@ def test_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="target_quantile"):
         AdaptiveClipping(target_quantile=1.0)
     with pytest.raises(ConfigError, match="expected_sites"):
-        noisy_mean(np.zeros(2), noise_multiplier=1.0, clip_norm=1.0, expected_sites=0,
-                   rng=SecureRng(seed=0))
+        noisy_mean(
+            np.zeros(2),
+            noise_multiplier=1.0,
+            clip_norm=1.0,
+            expected_sites=0,
+            rng=SecureRng(seed=0),
+        )

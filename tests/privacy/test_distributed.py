@@ -14,8 +14,9 @@ from consortia.privacy.rng import SecureRng
 
 
 def _params(**kw: float) -> DistributedDiscreteGaussian:
-    base: dict = dict(clip_norm=1.0, scale=200.0, bits=24, noise_multiplier=1.0,
-                      min_sites=10, dimension=2000)
+    base: dict = dict(
+        clip_norm=1.0, scale=200.0, bits=24, noise_multiplier=1.0, min_sites=10, dimension=2000
+    )
     base.update(kw)
     return DistributedDiscreteGaussian(**base)
 
@@ -92,8 +93,9 @@ def test_dropouts_raise_epsilon() -> None:
 
 
 def test_choose_scale_prevents_overflow() -> None:
-    kw = dict(clip_norm=1.0, bits=20, max_sites=30, noise_multiplier=1.0, min_sites=10,
-              dimension=50)
+    kw = dict(
+        clip_norm=1.0, bits=20, max_sites=30, noise_multiplier=1.0, min_sites=10, dimension=50
+    )
     scale = choose_scale(**kw)  # type: ignore[arg-type]
     p = DistributedDiscreteGaussian(1.0, scale, 20, 1.0, 10, 50)
     worst = np.zeros(50)

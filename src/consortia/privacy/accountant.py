@@ -287,8 +287,9 @@ def calibrate(
         lower, upper = upper, upper * 2.0
         if upper > 1e6:
             raise ConfigError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon}")
-    z_rdp = _solve_decreasing(lambda z: eps_at(z, "rdp") - target_epsilon,
-                              max(lower, floor), upper, target_epsilon)
+    z_rdp = _solve_decreasing(
+        lambda z: eps_at(z, "rdp") - target_epsilon, max(lower, floor), upper, target_epsilon
+    )
     if accountant == "rdp":
         return z_rdp
     # PLD's epsilon is never above RDP's, so the RDP answer bounds the PLD one from above.
@@ -297,8 +298,9 @@ def calibrate(
         lower = max(floor, lower * 0.8)
     if eps_at(lower, "pld") <= target_epsilon:
         return lower
-    return _solve_decreasing(lambda z: eps_at(z, "pld") - target_epsilon, lower, z_rdp,
-                             target_epsilon)
+    return _solve_decreasing(
+        lambda z: eps_at(z, "pld") - target_epsilon, lower, z_rdp, target_epsilon
+    )
 
 
 def _solve_decreasing(

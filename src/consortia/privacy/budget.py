@@ -88,7 +88,10 @@ class SitePrivacyPolicy:
     ) -> BudgetDecision:
         """Decide on the next round with the site's own record of what it has spent."""
         return check_budget(
-            accountant, next_events, limit=self.max_epsilon, delta=self.delta,
+            accountant,
+            next_events,
+            limit=self.max_epsilon,
+            delta=self.delta,
             who=f"site {self.site_id!r}",
         )
 

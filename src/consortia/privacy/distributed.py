@@ -89,7 +89,9 @@ class DistributedDiscreteGaussian:
     def l2_sensitivity(self) -> float:
         """Delta_2: bound on the rounded integer vector's L2 norm (Kairouz et al., Thm. 2)."""
         cg, d = self.clip_norm * self.scale, self.dimension
-        concentrated = cg**2 + d / 4 + math.sqrt(2 * math.log(1 / self.beta)) * (cg + math.sqrt(d) / 2)
+        concentrated = (
+            cg**2 + d / 4 + math.sqrt(2 * math.log(1 / self.beta)) * (cg + math.sqrt(d) / 2)
+        )
         return math.sqrt(min(concentrated, (cg + math.sqrt(d)) ** 2))
 
     def l1_sensitivity(self) -> float:
@@ -108,9 +110,7 @@ class DistributedDiscreteGaussian:
         """
         v = np.asarray(update, dtype=np.float64)
         if v.shape != (self.dimension,):
-            raise ConfigError(
-                f"distributed DP: update shape {v.shape} != ({self.dimension},)"
-            )
+            raise ConfigError(f"distributed DP: update shape {v.shape} != ({self.dimension},)")
         clipped, _ = l2_clip(v, self.clip_norm)
         scaled = clipped * self.scale
         floor = np.floor(scaled)
@@ -126,7 +126,9 @@ class DistributedDiscreteGaussian:
 
     def encode(self, update: np.ndarray, rng: SecureRng) -> np.ndarray:
         """Site side: quantize, add this site's noise share, wrap modulo 2**bits."""
-        noisy = self.quantize(update, rng) + rng.discrete_gaussian(self.dimension, self.site_sigma())
+        noisy = self.quantize(update, rng) + rng.discrete_gaussian(
+            self.dimension, self.site_sigma()
+        )
         return np.mod(noisy, self.modulus).astype(np.uint64)
 
     def decode(self, modular_sum: np.ndarray) -> np.ndarray:
@@ -142,7 +144,9 @@ class DistributedDiscreteGaussian:
     def rho(self, surviving_sites: int) -> float:
         """zCDP rho of one round in which ``surviving_sites`` sites added their noise."""
         if surviving_sites < 1:
-            raise ConfigError(f"distributed DP: surviving_sites must be >= 1, got {surviving_sites}")
+            raise ConfigError(
+                f"distributed DP: surviving_sites must be >= 1, got {surviving_sites}"
+            )
         n, sigma, d = surviving_sites, self.site_sigma(), self.dimension
         d1, d2 = self.l1_sensitivity(), self.l2_sensitivity()
         k = np.arange(1, n)
@@ -197,7 +201,10 @@ def choose_scale(
             )
         except ConfigError:
             return False  # sigma below 1/2 at this scale
-        peak = max_sites * (clip_norm * scale + 1) + tail_stddevs * math.sqrt(max_sites) * p.site_sigma()
+        peak = (
+            max_sites * (clip_norm * scale + 1)
+            + tail_stddevs * math.sqrt(max_sites) * p.site_sigma()
+        )
         return peak < half
 
     lo, hi = 0.0, half / clip_norm
