@@ -98,3 +98,35 @@ def test_bad_inputs() -> None:
         calibrate(-1.0, 1e-5, 0.1, 10)
     with pytest.raises(ConfigError, match="accountant"):
         calibrate(1.0, 1e-5, 0.1, 10, accountant="moments")  # type: ignore[arg-type]
+
+
+def test_cached_rdp_path_equals_dp_accounting_for_mixed_events():
+    import dp_accounting
+    from dp_accounting import rdp
+
+    from consortia.privacy.accountant import rdp_epsilon
+
+    events = [
+        PrivacyEvent("gaussian", 1.1, 0.05, 40),
+        PrivacyEvent("laplace", 3.0),
+        PrivacyEvent("zcdp", rho=0.2),
+        PrivacyEvent("gaussian", 1.1, 0.05, 10),
+    ]
+    ref = rdp.RdpAccountant()
+    ref.compose(
+        dp_accounting.ComposedDpEvent(
+            [
+                dp_accounting.SelfComposedDpEvent(
+                    dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.1)),
+                    50,
+                ),
+                dp_accounting.LaplaceDpEvent(3.0),
+                dp_accounting.ZCDpEvent(0.2),
+            ]
+        )
+    )
+    assert rdp_epsilon(events, 1e-6) == pytest.approx(ref.get_epsilon(1e-6), rel=1e-9)
+    assert PrivacyAccountant(events).epsilon_by("rdp", 1e-6) == pytest.approx(
+        ref.get_epsilon(1e-6), rel=1e-9
+    )
+    assert rdp_epsilon([], 1e-6) == 0.0
