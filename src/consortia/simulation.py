@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from consortia.client.policy import SitePolicy
 from consortia.client.runtime import Site, SiteData
 from consortia.client.trainers.base import Trainer
 from consortia.core.config import JobConfig, load_job
@@ -32,9 +33,10 @@ from consortia.fleet.pool import PoolFleet
 from consortia.monitor.progress import ProgressBar
 from consortia.monitor.run_folder import Checkpoints, MetricsFile, RunFolder, default_run_dir
 from consortia.monitor.tensorboard import TensorBoardWriter
+from consortia.server.privacy import BudgetExhausted, PrivacyController
 from consortia.server.rounds import LoopSettings, LoopState, RoundListener, RoundLoop
 from consortia.strategy.presets import Strategy, make_strategy
-from consortia.strategy.selection import UniformSelection
+from consortia.strategy.selection import PoissonSelection, Selection, UniformSelection
 from consortia.task import build_trainer, load_dataset
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,33 @@ class SimulationResult:
         return dict(self.summary.get("final_metrics", {}))
 
 
-def strategy_from_config(job: JobConfig) -> Strategy:
+def privacy_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The privacy section of summary.json: the headline of privacy.json."""
+    out: dict[str, Any] = {"mode": report["mode"], "delta": report["delta"]}
+    if "epsilon" in report:
+        out["epsilon"] = report["epsilon"]
+        out["noise_multiplier"] = report["mechanism"]["noise_multiplier"]
+        out["sample_rate"] = report["sampling"]["rate"]
+    else:
+        eps = [s["epsilon"]["best"] for s in report["per_site"].values() if s["epsilon"]["best"]]
+        out["epsilon_max_over_sites"] = max(eps, default=0.0)
+    if report["budget"]["stopped"]:
+        out["stopped"] = report["budget"]["stopped"]
+    return out
+
+
+def strategy_from_config(job: JobConfig, seeded: bool = False) -> Strategy:
+    """The job's strategy; under central or distributed DP, selection is Poisson sampling
+    (its coin flips seeded only when ``seeded``, i.e. in debug and test runs)."""
     st, tr = job.strategy, job.train
-    selection = UniformSelection(
-        fraction=st.fraction, count=st.sites_per_round, min_sites=st.min_sites
-    )
+    selection: Selection
+    if job.poisson_sampling:
+        assert job.privacy is not None and job.privacy.sample_rate is not None
+        selection = PoissonSelection(job.privacy.sample_rate, seeded=seeded)
+    else:
+        selection = UniformSelection(
+            fraction=st.fraction, count=st.sites_per_round, min_sites=st.min_sites
+        )
     opt = st.server_optimizer
     options: dict[str, Any] = {}
     if opt.lr is not None:
@@ -97,11 +121,9 @@ def loop_settings(job: JobConfig, n_sites: int) -> LoopSettings:
     fed_sel = None
     if ev.federated_every > 0:
         fed_sel = UniformSelection(fraction=ev.federated_fraction, count=ev.federated_sites)
-    expected = UniformSelection(
-        fraction=st.fraction, count=st.sites_per_round, min_sites=st.min_sites
-    )
     min_replies = st.min_replies or st.min_sites
-    if min_replies > expected.how_many(n_sites):
+    expected = strategy_from_config(job).selection
+    if not job.poisson_sampling and min_replies > expected.how_many(n_sites):
         raise ConfigError(
             f"strategy.min_replies: {min_replies} replies can never arrive when "
             f"{expected.how_many(n_sites)} sites are asked per round"
@@ -115,6 +137,26 @@ def loop_settings(job: JobConfig, n_sites: int) -> LoopSettings:
         federated_every=ev.federated_every,
         federated_selection=fed_sel,
         evaluate_deadline_s=ev.deadline_s,
+    )
+
+
+def privacy_from_config(
+    job: JobConfig, n_sites: int, dimension: int, seeded: bool
+) -> PrivacyController | None:
+    if job.privacy is None:
+        return None
+    if job.privacy.mode == "local" and job.privacy.epsilon_limit is not None:
+        raise ConfigError(
+            "privacy.epsilon_limit: local DP is example-level and spent per site; "
+            "set each site's policy (max_epsilon) instead"
+        )
+    return PrivacyController(
+        job.privacy,
+        eligible_sites=n_sites,
+        dimension=dimension,
+        rounds=job.rounds,
+        seed=job.seed,
+        seeded=seeded,
     )
 
 
@@ -154,9 +196,11 @@ def build_sites(job: JobConfig, data: Dataset) -> tuple[list[str], dict[str, Sit
     return ids, sites, hist
 
 
-def _site_factory(trainer: Trainer, sites: dict[str, SiteData]) -> Callable[[str], Site]:
+def _site_factory(
+    trainer: Trainer, sites: dict[str, SiteData], policy: SitePolicy | None
+) -> Callable[[str], Site]:
     def make(site_id: str) -> Site:
-        return Site(site_id, trainer, sites[site_id])
+        return Site(site_id, trainer, sites[site_id], policy)
 
     return make
 
@@ -210,8 +254,12 @@ def simulate(
     data = load_dataset(cfg.task, base)
     ids, site_data, hist = build_sites(cfg, data)
     spec, weights = trainer.initial()
-    strategy = strategy_from_config(cfg)
+    seeded = debug or (cfg.privacy is not None and cfg.privacy.seeded_noise)
+    strategy = strategy_from_config(cfg, seeded=seeded)
     settings = loop_settings(cfg, len(ids))
+    privacy = privacy_from_config(cfg, len(ids), spec.size, seeded)
+    sp = cfg.simulation.site_policy
+    policy = SitePolicy(sp.max_epsilon, sp.delta, sp.require_privacy) if sp else None
 
     folder = RunFolder(out or default_run_dir())
     if job_text is not None:
@@ -233,9 +281,11 @@ def simulate(
     listeners: list[RoundListener] = [metrics, checkpoints, tb]
     state = LoopState(0, weights)
     error: str | None = None
+    stopped: str | None = None
     # The pool forks here, before any progress-bar thread exists.
-    with _fleet(debug, ids, _site_factory(trainer, site_data), cfg.simulation.workers) as fleet:
-        loop = RoundLoop(spec, strategy, fleet, settings, central, listeners)
+    make_site = _site_factory(trainer, site_data, policy)
+    with _fleet(debug, ids, make_site, cfg.simulation.workers) as fleet:
+        loop = RoundLoop(spec, strategy, fleet, settings, central, listeners, privacy)
         state = loop.initial_state(weights)
         bar = ProgressBar(cfg.rounds) if progress else None
         if bar is not None:
@@ -246,13 +296,16 @@ def simulate(
         except RoundFailedError as exc:
             error = str(exc)
             state = checkpoints.last or state
+        except BudgetExhausted as exc:
+            stopped = str(exc)
+            state = checkpoints.last or state
         finally:
             tb.close()
     digest = folder.write_model(spec, state.weights)
     history = metrics.history
     summary = {
         "job": cfg.name,
-        "status": "completed" if error is None else "failed",
+        "status": "failed" if error else ("budget_exhausted" if stopped else "completed"),
         "rounds": cfg.rounds,
         "rounds_completed": state.round,
         "sites": len(ids),
@@ -270,6 +323,12 @@ def simulate(
     }
     if error is not None:
         summary["error"] = error
+    if privacy is not None:
+        report = privacy.report()
+        folder.write_privacy(report)
+        summary["privacy"] = privacy_summary(report)
+    if stopped is not None:
+        summary["stopped"] = stopped
     folder.write_summary(summary)
     result = SimulationResult(spec, state.weights, history, folder.path, summary)
     if error is not None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from consortia.client.policy import SitePolicy
+from consortia.client.stages import privatize
 from consortia.client.trainers.base import Trainer
 from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes, InvalidMessageError
 
@@ -34,10 +36,13 @@ class SiteData:
 
 
 class Site:
-    def __init__(self, site_id: str, trainer: Trainer, data: SiteData) -> None:
+    def __init__(
+        self, site_id: str, trainer: Trainer, data: SiteData, policy: SitePolicy | None = None
+    ) -> None:
         self.site_id = site_id
         self.trainer = trainer
         self.data = data
+        self.policy = policy
 
     def handle(self, message: Any) -> FitRes | EvaluateRes:
         if isinstance(message, FitIns):
@@ -50,15 +55,22 @@ class Site:
 
     def fit(self, ins: FitIns) -> FitRes:
         n = self.data.num_train
+        if self.policy is not None:
+            self.policy.check_fit(self.site_id, ins, n, ins.weights.size)
         if n == 0:
-            # A site with no data contributes nothing (weight 0) rather than failing.
+            # A site with no data contributes nothing (weight 0) rather than failing; under
+            # distributed DP it must still add its share of the noise.
             delta = np.zeros_like(ins.weights)
-            return FitRes(self.site_id, ins.round, delta, 0, {})
-        local, metrics = self.trainer.fit(
-            ins.weights, self.data.x_train, self.data.y_train, ins.settings, ins.seed
-        )
-        delta = np.subtract(local, ins.weights, dtype=ins.weights.dtype)
-        return FitRes(self.site_id, ins.round, delta, n, metrics)
+            metrics: dict[str, float] = {}
+        else:
+            local, metrics = self.trainer.fit(
+                ins.weights, self.data.x_train, self.data.y_train, ins.settings, ins.seed
+            )
+            delta = np.subtract(local, ins.weights, dtype=ins.weights.dtype)
+        clip_bit = None
+        if ins.privacy is not None:
+            delta, clip_bit = privatize(delta, ins.privacy, self.site_id, ins.round)
+        return FitRes(self.site_id, ins.round, delta, n, metrics, clip_bit)
 
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         n = self.data.num_eval

@@ -57,6 +57,61 @@ class ServerOptimizerConfig(_Strict):
     tau: float = Field(1e-3, gt=0)
 
 
+class AdaptiveClippingConfig(_Strict):
+    """Andrew et al. 2021: move the clip norm toward a quantile of the update norms."""
+
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    learning_rate: float = Field(0.2, gt=0)
+    count_stddev: float | None = Field(None, gt=0, description="default: expected sites / 20")
+
+
+class PrivacyConfig(_Strict):
+    """Differential privacy for the job.
+
+    central: sites clip, the server adds Gaussian noise to the sum (DP-FedAvg).
+    distributed: sites clip, round and add their share of discrete Gaussian noise.
+    local: each site trains with DP-SGD (example-level DP).
+    Under central and distributed DP, sites are chosen by Poisson sampling at
+    ``sample_rate``: the sampling the accountant assumes is the sampling that happens.
+    """
+
+    mode: Literal["central", "distributed", "local"]
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    sample_rate: float | None = Field(None, gt=0, le=1)
+    clip_norm: float | None = Field(None, gt=0)
+    noise_multiplier: float | None = Field(None, ge=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    epsilon_limit: float | None = Field(None, gt=0)
+    adaptive_clipping: AdaptiveClippingConfig | None = None
+    bits: int = Field(32, ge=8, le=62)
+    min_sites: int | None = Field(None, ge=1)
+    local_noise_multiplier: float | None = Field(None, gt=0)
+    local_max_grad_norm: float = Field(1.0, gt=0)
+    seeded_noise: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> PrivacyConfig:
+        if self.mode == "local":
+            if self.local_noise_multiplier is None:
+                raise ValueError("local DP needs local_noise_multiplier")
+            return self
+        for name in ("sample_rate", "clip_norm"):
+            if getattr(self, name) is None:
+                raise ValueError(f"{self.mode} DP needs {name}")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give noise_multiplier or target_epsilon (to calibrate it), not both")
+        if self.mode == "distributed" and self.adaptive_clipping is not None:
+            raise ValueError("adaptive clipping is for central DP only")
+        return self
+
+
+class SitePolicyConfig(_Strict):
+    max_epsilon: float | None = Field(None, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    require_privacy: bool = False
+
+
 class StrategyConfig(_Strict):
     preset: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
     sites_per_round: int | None = Field(None, ge=1)
@@ -69,8 +124,6 @@ class StrategyConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_size(self) -> StrategyConfig:
-        if self.sites_per_round is None and self.fraction is None:
-            raise ValueError("give sites_per_round or fraction")
         if self.sites_per_round is not None and self.fraction is not None:
             raise ValueError("give sites_per_round or fraction, not both")
         return self
@@ -118,6 +171,7 @@ class SimulationConfig(_Strict):
     workers: int = Field(2, ge=1)
     local_eval_fraction: float = Field(0.0, ge=0, lt=1)
     partition: PartitionConfig = PartitionConfig()
+    site_policy: SitePolicyConfig | None = None
 
 
 class JobConfig(_Strict):
@@ -128,7 +182,24 @@ class JobConfig(_Strict):
     train: TrainConfig = TrainConfig()
     strategy: StrategyConfig
     evaluation: EvaluationConfig = EvaluationConfig()
+    privacy: PrivacyConfig | None = None
     simulation: SimulationConfig | None = None
+
+    @property
+    def poisson_sampling(self) -> bool:
+        return self.privacy is not None and self.privacy.mode in ("central", "distributed")
+
+    @model_validator(mode="after")
+    def _selection_is_defined(self) -> JobConfig:
+        sized = self.strategy.sites_per_round is not None or self.strategy.fraction is not None
+        if self.poisson_sampling and sized:
+            raise ValueError(
+                "strategy.sites_per_round / fraction: under central or distributed DP sites are "
+                "Poisson-sampled at privacy.sample_rate; remove them"
+            )
+        if not self.poisson_sampling and not sized:
+            raise ValueError("strategy: give sites_per_round or fraction")
+        return self
 
     @model_validator(mode="after")
     def _federated_eval_needs_data(self) -> JobConfig:

@@ -54,6 +54,9 @@ class RunFolder:
     def write_model(self, spec: ModelSpec, weights: np.ndarray) -> str:
         return save_model(self.path / "model.safetensors", spec, weights)
 
+    def write_privacy(self, report: dict[str, Any]) -> None:
+        _write_json(self.path / "privacy.json", report)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_json(self.path / "summary.json", summary)
 

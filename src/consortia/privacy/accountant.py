@@ -130,6 +130,10 @@ class PrivacyAccountant:
         """Append one event (call once per release, e.g. once per round)."""
         self.events.append(event)
 
+    def extend(self, events: Iterable[PrivacyEvent]) -> None:
+        """Append several events (e.g. everything one round released)."""
+        self.events.extend(events)
+
     def record_gaussian(
         self, noise_multiplier: float, sample_rate: float = 1.0, count: int = 1, label: str = ""
     ) -> PrivacyEvent:

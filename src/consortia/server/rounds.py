@@ -29,6 +29,7 @@ from consortia.core.rng import derive_seed
 from consortia.core.spec import ModelSpec
 from consortia.fleet.base import Failure, Fleet
 from consortia.server.phases import Phase, run_phase
+from consortia.server.privacy import PlainRound, PrivacyController
 from consortia.strategy.presets import Strategy
 from consortia.strategy.selection import UniformSelection
 from consortia.strategy.server_opt import State
@@ -125,6 +126,7 @@ class RoundLoop:
         settings: LoopSettings,
         central_eval: CentralEval | None = None,
         listeners: Sequence[RoundListener] = (),
+        privacy: PrivacyController | None = None,
     ) -> None:
         self.spec = spec
         self.strategy = strategy
@@ -132,6 +134,7 @@ class RoundLoop:
         self.settings = settings
         self.central_eval = central_eval
         self.listeners = list(listeners)
+        self.privacy = privacy
 
     def initial_state(self, weights: np.ndarray) -> LoopState:
         self.spec.check_vector(weights)
@@ -147,37 +150,46 @@ class RoundLoop:
     def run_round(self, state: LoopState) -> LoopState:
         rnd = state.round + 1
         t0 = time.perf_counter()
-        s = self.settings
+        s, dp = self.settings, self.privacy
+        if dp is not None:
+            dp.before_round(rnd)  # raises BudgetExhausted before anything is sent
         chosen = self.strategy.selection.select(self.fleet.sites(), rnd, s.seed)
+        train = dp.train_settings(self.strategy.train) if dp else self.strategy.train
+        client_privacy = dp.client_privacy() if dp else None
         requests = [
             (
                 site,
                 FitIns(
-                    rnd, state.weights, self.strategy.train, derive_seed(s.seed, "fit", rnd, site)
+                    rnd, state.weights, train, derive_seed(s.seed, "fit", rnd, site), client_privacy
                 ),
             )
             for site in chosen
         ]
         acc = self.strategy.aggregator.begin(self.spec.size, self.spec.vector_dtype)
+        agg = dp.begin_round(acc, self.spec.size, self.spec.vector_dtype) if dp else PlainRound(acc)
+        bits = dp.modulus_bits if dp else 0
         fit_metrics: list[tuple[int, dict[str, float]]] = []
 
         def accept_fit(site: str, message: Any) -> None:
-            res: FitRes = validate_fit_res(message, self.spec, site, rnd)
-            acc.add(res.delta, res.num_examples)
+            res: FitRes = validate_fit_res(message, self.spec, site, rnd, modulus_bits=bits)
+            agg.add(res)
             fit_metrics.append((res.num_examples, res.metrics))
 
+        min_replies = s.min_fit_replies if dp is None else dp.min_replies
         fit = run_phase(
-            self.fleet, Phase("fit", rnd, requests, s.fit_deadline_s, s.min_fit_replies), accept_fit
+            self.fleet, Phase("fit", rnd, requests, s.fit_deadline_s, min_replies), accept_fit
         )
-        if sum(n for n, _ in fit_metrics) == 0:
+        if isinstance(agg, PlainRound) and sum(n for n, _ in fit_metrics) == 0:
             raise RoundFailedError(f"round {rnd}: no replying site had any training examples")
-        delta = acc.result()
+        delta = agg.result()
         weights, opt_state = self.strategy.server_optimizer.step(
             state.optimizer_state, state.weights, delta
         )
         if not np.isfinite(weights).all():
             raise RoundFailedError(f"round {rnd}: the new global model is not finite (diverged)")
         metrics = _weighted(fit_metrics, "train_")
+        if dp is not None:
+            metrics.update(dp.end_round(rnd, agg, train))
         if (
             self.central_eval is not None
             and s.central_every > 0

@@ -12,13 +12,13 @@ from typing import Any
 from consortia.core.errors import ConfigError
 from consortia.core.messages import TrainSettings
 from consortia.strategy.aggregators import AGGREGATORS, Aggregator
-from consortia.strategy.selection import UniformSelection
+from consortia.strategy.selection import Selection
 from consortia.strategy.server_opt import ServerOptimizer, make_server_optimizer
 
 
 @dataclass(frozen=True)
 class Strategy:
-    selection: UniformSelection
+    selection: Selection
     aggregator: Aggregator
     server_optimizer: ServerOptimizer
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -38,7 +38,7 @@ PRESETS: dict[str, tuple[str, float | None, float]] = {
 def make_strategy(
     preset: str = "fedavg",
     *,
-    selection: UniformSelection,
+    selection: Selection,
     train: TrainSettings | None = None,
     aggregator: str = "weighted_mean",
     server_optimizer: str | None = None,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from consortia.core.errors import ConfigError
-from consortia.core.rng import generator
+from consortia.core.rng import derive_seed, generator
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,34 @@ class UniformSelection:
         rng = generator(seed, "select", round_)
         chosen = rng.choice(len(pool), size=k, replace=False)
         return [pool[i] for i in sorted(chosen)]
+
+
+@dataclass(frozen=True)
+class PoissonSelection:
+    """Each site takes part independently with probability ``rate`` (Poisson sampling).
+
+    This is the sampling the DP accountants' amplification bounds assume, so DP jobs use it
+    instead of a fixed-size sample. The coin flips come from a ChaCha20 CSPRNG keyed by the
+    OS; ``seeded`` (tests and debug runs only) keys it from (seed, round) instead.
+    """
+
+    rate: float
+    seeded: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rate <= 1:
+            raise ConfigError(f"privacy.sample_rate must be in (0, 1], got {self.rate}")
+
+    def how_many(self, available: int) -> int:
+        """Expected number of sites a round (the actual number varies)."""
+        return max(1, math.ceil(self.rate * available))
+
+    def select(self, available: Sequence[str], round_: int, seed: int) -> list[str]:
+        from consortia.privacy.rng import SecureRng
+        from consortia.privacy.sampling import poisson_sample
+
+        rng = SecureRng(derive_seed(seed, "poisson", round_)) if self.seeded else SecureRng()
+        return poisson_sample(sorted(available), self.rate, rng)
+
+
+Selection = UniformSelection | PoissonSelection

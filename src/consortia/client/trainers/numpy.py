@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from consortia.core.errors import ConfigError
 from consortia.core.messages import TrainSettings
 from consortia.core.spec import ModelSpec
 
@@ -41,6 +42,8 @@ class FunctionTrainer:
     def fit(
         self, weights: np.ndarray, x: Any, y: Any, settings: TrainSettings, seed: int
     ) -> tuple[np.ndarray, dict[str, float]]:
+        if settings.local_dp:
+            raise ConfigError("local DP-SGD needs the torch trainer (task.framework = 'torch')")
         params, metrics = self._fit(
             self.spec.unflatten(weights), x, y, settings, np.random.default_rng(seed)
         )

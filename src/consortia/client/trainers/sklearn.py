@@ -90,6 +90,8 @@ class SklearnTrainer:
     def fit(
         self, weights: np.ndarray, x: Any, y: Any, settings: TrainSettings, seed: int
     ) -> tuple[np.ndarray, dict[str, float]]:
+        if settings.local_dp:
+            raise ConfigError("local DP-SGD needs the torch trainer (task.framework = 'torch')")
         m = self.model
         est = m.fitted(weights)
         est.set_params(random_state=seed % (2**32))

@@ -135,6 +135,8 @@ class TorchTrainer:
         model, spec = self.model, self.spec
         vector_to_module(model, spec, weights)
         xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+        if settings.local_dp:
+            return self._fit_dp_sgd(weights, xt, yt, settings, seed)
         loss_fn = _LOSSES[self._loss_name]()
         params = [p for p in model.parameters() if p.requires_grad]
         anchors = [p.detach().clone() for p in params] if settings.proximal_mu > 0 else []
@@ -161,6 +163,33 @@ class TorchTrainer:
                     batches += 1
         _, local = module_to_vector(model, spec)
         return local, {"loss": total / max(batches, 1)}
+
+    def _fit_dp_sgd(
+        self, weights: np.ndarray, xt: torch.Tensor, yt: torch.Tensor, s: TrainSettings, seed: int
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Local DP-SGD (Opacus): per-example clipping and noise; example-level DP."""
+        from consortia.privacy.local import dp_sgd_fit
+
+        if s.optimizer != "sgd" or s.proximal_mu > 0:
+            raise ConfigError("local DP-SGD supports train.optimizer = 'sgd' without FedProx")
+        loss = _LOSSES[self._loss_name]()
+        with _single_thread_seeded(seed):
+            result = dp_sgd_fit(
+                self.model,
+                xt,
+                yt,
+                epochs=s.local_epochs,
+                batch_size=min(s.batch_size, len(yt)),
+                lr=s.lr,
+                noise_multiplier=s.dp_noise_multiplier,
+                max_grad_norm=s.dp_max_grad_norm,
+                seed=seed if s.dp_seeded_noise else None,
+                loss_fn=loss,
+                momentum=s.momentum,
+            )
+        _, local = module_to_vector(self.model, self.spec)
+        losses = result.epoch_losses
+        return local, {"loss": float(np.mean(losses)) if losses else 0.0}
 
     def evaluate(self, weights: np.ndarray, x: Any, y: Any) -> dict[str, float]:
         model = self.model

@@ -18,6 +18,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from consortia.core.messages import (
+    ClientPrivacy,
     EvaluateIns,
     EvaluateRes,
     FitIns,
@@ -41,11 +42,13 @@ _DTYPES: dict[int, np.dtype] = {
     pb.DTYPE_FLOAT16: np.dtype("<f2"),
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
     pb.DTYPE_FLOAT64: np.dtype("<f8"),
+    pb.DTYPE_UINT64: np.dtype("<u8"),
 }
 _DTYPE_CODES: dict[str, pb.DType] = {
     "float16": pb.DTYPE_FLOAT16,
     "float32": pb.DTYPE_FLOAT32,
     "float64": pb.DTYPE_FLOAT64,
+    "uint64": pb.DTYPE_UINT64,
 }
 PHASE_NAMES: dict[int, str] = {pb.PHASE_FIT: "fit", pb.PHASE_EVALUATE: "evaluate"}
 
@@ -213,6 +216,9 @@ def settings_to_pb(s: TrainSettings) -> pb.TrainSettings:
         weight_decay=s.weight_decay,
         proximal_mu=s.proximal_mu,
         extra=extra,
+        dp_noise_multiplier=s.dp_noise_multiplier,
+        dp_max_grad_norm=s.dp_max_grad_norm,
+        dp_seeded_noise=s.dp_seeded_noise,
     )
 
 
@@ -225,7 +231,14 @@ def _scalar(v: pb.Scalar) -> bool | int | float | str:
 
 
 def settings_from_pb(s: pb.TrainSettings) -> TrainSettings:
-    for name in ("lr", "momentum", "weight_decay", "proximal_mu"):
+    for name in (
+        "lr",
+        "momentum",
+        "weight_decay",
+        "proximal_mu",
+        "dp_noise_multiplier",
+        "dp_max_grad_norm",
+    ):
         if not math.isfinite(getattr(s, name)):
             raise InvalidMessageError(f"training setting {name} is not finite")
     return TrainSettings(
@@ -237,7 +250,56 @@ def settings_from_pb(s: pb.TrainSettings) -> TrainSettings:
         weight_decay=s.weight_decay,
         proximal_mu=s.proximal_mu,
         extra={k: _scalar(v) for k, v in s.extra.items()},
+        dp_noise_multiplier=s.dp_noise_multiplier,
+        dp_max_grad_norm=s.dp_max_grad_norm,
+        dp_seeded_noise=s.dp_seeded_noise,
     )
+
+
+def privacy_to_pb(p: ClientPrivacy) -> pb.ClientPrivacy:
+    out = pb.ClientPrivacy(
+        mode=p.mode,
+        clip_norm=p.clip_norm,
+        noise_multiplier=p.noise_multiplier,
+        sample_rate=p.sample_rate,
+        delta=p.delta,
+        scale=p.scale,
+        bits=p.bits,
+        min_sites=p.min_sites,
+    )
+    if p.noise_seed is not None:
+        out.noise_seed = p.noise_seed
+    return out
+
+
+def privacy_from_pb(p: pb.ClientPrivacy) -> ClientPrivacy:
+    if p.mode not in ("central", "distributed"):
+        raise InvalidMessageError(f"unknown privacy mode {p.mode!r}")
+    for name in ("clip_norm", "noise_multiplier", "sample_rate", "delta", "scale"):
+        value = getattr(p, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise InvalidMessageError(f"privacy setting {name} must be finite and >= 0")
+    if p.bits > 62:
+        raise InvalidMessageError(f"privacy bits {p.bits} exceed 62")
+    seed = p.noise_seed if p.HasField("noise_seed") else None
+    return ClientPrivacy(
+        p.mode,
+        p.clip_norm,
+        p.noise_multiplier,
+        p.sample_rate,
+        p.delta,
+        p.scale,
+        p.bits,
+        p.min_sites,
+        seed,
+    )
+
+
+def update_dtype(message: FitIns) -> np.dtype:
+    """The dtype a site's update must arrive in: the model's, or uint64 under distributed DP."""
+    if message.privacy is not None and message.privacy.mode == "distributed":
+        return np.dtype(np.uint64)
+    return np.dtype(message.weights.dtype)
 
 
 def metrics_to_pb(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -277,6 +339,8 @@ def request_to_pb(
         if message.seed < 0:
             raise InvalidMessageError(f"seed must be non-negative, got {message.seed}")
         fit = pb.FitInstruction(settings=settings_to_pb(message.settings), seed=message.seed)
+        if message.privacy is not None:
+            fit.privacy.CopyFrom(privacy_to_pb(message.privacy))
         return pb.Request(binding=binding, vector=vector, fit=fit)
     return pb.Request(binding=binding, vector=vector, evaluate=pb.EvaluateInstruction())
 
@@ -286,7 +350,9 @@ def request_from_pb(req: pb.Request, weights: np.ndarray) -> FitIns | EvaluateIn
     body = req.WhichOneof("body")
     phase = req.binding.phase
     if phase == pb.PHASE_FIT and body == "fit":
-        return FitIns(req.binding.round, weights, settings_from_pb(req.fit.settings), req.fit.seed)
+        privacy = privacy_from_pb(req.fit.privacy) if req.fit.HasField("privacy") else None
+        settings = settings_from_pb(req.fit.settings)
+        return FitIns(req.binding.round, weights, settings, req.fit.seed, privacy)
     if phase == pb.PHASE_EVALUATE and body == "evaluate":
         return EvaluateIns(req.binding.round, weights)
     raise InvalidMessageError(f"request body {body!r} does not fit phase {phase}")
@@ -302,6 +368,8 @@ def reply_to_pb(
     if isinstance(result, FitRes) and binding.phase == pb.PHASE_FIT:
         delta = np.asarray(result.delta)
         fit = pb.FitResult(num_examples=result.num_examples, metrics=metrics_to_pb(result.metrics))
+        if result.clip_bit is not None:
+            fit.clip_bit = result.clip_bit
         return pb.Reply(binding=binding, vector=vector_info(delta, chunk_bytes), fit=fit), delta
     if isinstance(result, EvaluateRes) and binding.phase == pb.PHASE_EVALUATE:
         ev = pb.EvaluateResult(

@@ -7,82 +7,87 @@
 # source: consortia/fleet/grpc/federation.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "consortia/fleet/grpc/federation.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'consortia/fleet/grpc/federation.proto'
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n%consortia/fleet/grpc/federation.proto\x12\x0c\x63onsortia.v1"`\n\x07\x42inding\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12"\n\x05phase\x18\x03 \x01(\x0e\x32\x13.consortia.v1.Phase\x12\x12\n\nrequest_id\x18\x04 \x01(\x04"T\n\nVectorInfo\x12\x0e\n\x06length\x18\x01 \x01(\x04\x12"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.consortia.v1.DType\x12\x12\n\nnum_chunks\x18\x03 \x01(\r"8\n\x05\x43hunk\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c"V\n\x06Scalar\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value"\x90\x02\n\rTrainSettings\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x11\n\toptimizer\x18\x03 \x01(\t\x12\n\n\x02lr\x18\x04 \x01(\x01\x12\x10\n\x08momentum\x18\x05 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x13\n\x0bproximal_mu\x18\x07 \x01(\x01\x12\x35\n\x05\x65xtra\x18\x08 \x03(\x0b\x32&.consortia.v1.TrainSettings.ExtraEntry\x1a\x42\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.consortia.v1.Scalar:\x02\x38\x01"M\n\x0e\x46itInstruction\x12-\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.consortia.v1.TrainSettings\x12\x0c\n\x04seed\x18\x02 \x01(\x04"\x15\n\x13\x45valuateInstruction"\x88\x01\n\tFitResult\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x04\x12\x35\n\x07metrics\x18\x02 \x03(\x0b\x32$.consortia.v1.FitResult.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"\x92\x01\n\x0e\x45valuateResult\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x04\x12:\n\x07metrics\x18\x02 \x03(\x0b\x32).consortia.v1.EvaluateResult.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"\x1b\n\tSiteError\x12\x0e\n\x06reason\x18\x01 \x01(\t"\xc7\x01\n\x07Request\x12&\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x15.consortia.v1.Binding\x12(\n\x06vector\x18\x02 \x01(\x0b\x32\x18.consortia.v1.VectorInfo\x12+\n\x03\x66it\x18\x03 \x01(\x0b\x32\x1c.consortia.v1.FitInstructionH\x00\x12\x35\n\x08\x65valuate\x18\x04 \x01(\x0b\x32!.consortia.v1.EvaluateInstructionH\x00\x42\x06\n\x04\x62ody"\xe5\x01\n\x05Reply\x12&\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x15.consortia.v1.Binding\x12(\n\x06vector\x18\x02 \x01(\x0b\x32\x18.consortia.v1.VectorInfo\x12&\n\x03\x66it\x18\x03 \x01(\x0b\x32\x17.consortia.v1.FitResultH\x00\x12\x30\n\x08\x65valuate\x18\x04 \x01(\x0b\x32\x1c.consortia.v1.EvaluateResultH\x00\x12(\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.consortia.v1.SiteErrorH\x00\x42\x06\n\x04\x62ody",\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t"M\n\x05Hello\x12\x11\n\tsite_name\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\x04"}\n\x07Welcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\x04\x12\x1c\n\x14heartbeat_interval_s\x18\x04 \x01(\x01\x12\x11\n\tsite_name\x18\x05 \x01(\t"\x1d\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04"\xb5\x01\n\x0bSiteMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.consortia.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.consortia.v1.HeartbeatH\x00\x12$\n\x05reply\x18\x03 \x01(\x0b\x32\x13.consortia.v1.ReplyH\x00\x12$\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x13.consortia.v1.ChunkH\x00\x42\x06\n\x04kind"\xe7\x01\n\rServerMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.consortia.v1.WelcomeH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.consortia.v1.HeartbeatH\x00\x12(\n\x07request\x18\x03 \x01(\x0b\x32\x15.consortia.v1.RequestH\x00\x12$\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x13.consortia.v1.ChunkH\x00\x12&\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x14.consortia.v1.CancelH\x00\x42\x06\n\x04kind*A\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\r\n\tPHASE_FIT\x10\x01\x12\x12\n\x0ePHASE_EVALUATE\x10\x02*W\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT16\x10\x01\x12\x11\n\rDTYPE_FLOAT32\x10\x02\x12\x11\n\rDTYPE_FLOAT64\x10\x03\x32S\n\nFederation\x12\x45\n\x07\x43onnect\x12\x19.consortia.v1.SiteMessage\x1a\x1b.consortia.v1.ServerMessage(\x01\x30\x01\x62\x06proto3'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%consortia/fleet/grpc/federation.proto\x12\x0c\x63onsortia.v1\"`\n\x07\x42inding\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\"\n\x05phase\x18\x03 \x01(\x0e\x32\x13.consortia.v1.Phase\x12\x12\n\nrequest_id\x18\x04 \x01(\x04\"T\n\nVectorInfo\x12\x0e\n\x06length\x18\x01 \x01(\x04\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.consortia.v1.DType\x12\x12\n\nnum_chunks\x18\x03 \x01(\r\"8\n\x05\x43hunk\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"V\n\x06Scalar\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"\xe0\x02\n\rTrainSettings\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x11\n\toptimizer\x18\x03 \x01(\t\x12\n\n\x02lr\x18\x04 \x01(\x01\x12\x10\n\x08momentum\x18\x05 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x13\n\x0bproximal_mu\x18\x07 \x01(\x01\x12\x35\n\x05\x65xtra\x18\x08 \x03(\x0b\x32&.consortia.v1.TrainSettings.ExtraEntry\x12\x1b\n\x13\x64p_noise_multiplier\x18\t \x01(\x01\x12\x18\n\x10\x64p_max_grad_norm\x18\n \x01(\x01\x12\x17\n\x0f\x64p_seeded_noise\x18\x0b \x01(\x08\x1a\x42\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.consortia.v1.Scalar:\x02\x38\x01\"\xc6\x01\n\rClientPrivacy\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x11\n\tclip_norm\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\r\n\x05scale\x18\x06 \x01(\x01\x12\x0c\n\x04\x62its\x18\x07 \x01(\r\x12\x11\n\tmin_sites\x18\x08 \x01(\r\x12\x17\n\nnoise_seed\x18\t \x01(\x04H\x00\x88\x01\x01\x42\r\n\x0b_noise_seed\"{\n\x0e\x46itInstruction\x12-\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.consortia.v1.TrainSettings\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12,\n\x07privacy\x18\x03 \x01(\x0b\x32\x1b.consortia.v1.ClientPrivacy\"\x15\n\x13\x45valuateInstruction\"\xac\x01\n\tFitResult\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x04\x12\x35\n\x07metrics\x18\x02 \x03(\x0b\x32$.consortia.v1.FitResult.MetricsEntry\x12\x15\n\x08\x63lip_bit\x18\x03 \x01(\x01H\x00\x88\x01\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_clip_bit\"\x92\x01\n\x0e\x45valuateResult\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x04\x12:\n\x07metrics\x18\x02 \x03(\x0b\x32).consortia.v1.EvaluateResult.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1b\n\tSiteError\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xc7\x01\n\x07Request\x12&\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x15.consortia.v1.Binding\x12(\n\x06vector\x18\x02 \x01(\x0b\x32\x18.consortia.v1.VectorInfo\x12+\n\x03\x66it\x18\x03 \x01(\x0b\x32\x1c.consortia.v1.FitInstructionH\x00\x12\x35\n\x08\x65valuate\x18\x04 \x01(\x0b\x32!.consortia.v1.EvaluateInstructionH\x00\x42\x06\n\x04\x62ody\"\xe5\x01\n\x05Reply\x12&\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x15.consortia.v1.Binding\x12(\n\x06vector\x18\x02 \x01(\x0b\x32\x18.consortia.v1.VectorInfo\x12&\n\x03\x66it\x18\x03 \x01(\x0b\x32\x17.consortia.v1.FitResultH\x00\x12\x30\n\x08\x65valuate\x18\x04 \x01(\x0b\x32\x1c.consortia.v1.EvaluateResultH\x00\x12(\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.consortia.v1.SiteErrorH\x00\x42\x06\n\x04\x62ody\",\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"M\n\x05Hello\x12\x11\n\tsite_name\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\x04\"}\n\x07Welcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\x04\x12\x1c\n\x14heartbeat_interval_s\x18\x04 \x01(\x01\x12\x11\n\tsite_name\x18\x05 \x01(\t\"\x1d\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\xb5\x01\n\x0bSiteMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.consortia.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.consortia.v1.HeartbeatH\x00\x12$\n\x05reply\x18\x03 \x01(\x0b\x32\x13.consortia.v1.ReplyH\x00\x12$\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x13.consortia.v1.ChunkH\x00\x42\x06\n\x04kind\"\xe7\x01\n\rServerMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.consortia.v1.WelcomeH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.consortia.v1.HeartbeatH\x00\x12(\n\x07request\x18\x03 \x01(\x0b\x32\x15.consortia.v1.RequestH\x00\x12$\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x13.consortia.v1.ChunkH\x00\x12&\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x14.consortia.v1.CancelH\x00\x42\x06\n\x04kind*A\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\r\n\tPHASE_FIT\x10\x01\x12\x12\n\x0ePHASE_EVALUATE\x10\x02*i\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT16\x10\x01\x12\x11\n\rDTYPE_FLOAT32\x10\x02\x12\x11\n\rDTYPE_FLOAT64\x10\x03\x12\x10\n\x0c\x44TYPE_UINT64\x10\x04\x32S\n\nFederation\x12\x45\n\x07\x43onnect\x12\x19.consortia.v1.SiteMessage\x1a\x1b.consortia.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "consortia.fleet.grpc.federation_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'consortia.fleet.grpc.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_TRAINSETTINGS_EXTRAENTRY"]._loaded_options = None
-    _globals["_TRAINSETTINGS_EXTRAENTRY"]._serialized_options = b"8\001"
-    _globals["_FITRESULT_METRICSENTRY"]._loaded_options = None
-    _globals["_FITRESULT_METRICSENTRY"]._serialized_options = b"8\001"
-    _globals["_EVALUATERESULT_METRICSENTRY"]._loaded_options = None
-    _globals["_EVALUATERESULT_METRICSENTRY"]._serialized_options = b"8\001"
-    _globals["_PHASE"]._serialized_start = 2214
-    _globals["_PHASE"]._serialized_end = 2279
-    _globals["_DTYPE"]._serialized_start = 2281
-    _globals["_DTYPE"]._serialized_end = 2368
-    _globals["_BINDING"]._serialized_start = 55
-    _globals["_BINDING"]._serialized_end = 151
-    _globals["_VECTORINFO"]._serialized_start = 153
-    _globals["_VECTORINFO"]._serialized_end = 237
-    _globals["_CHUNK"]._serialized_start = 239
-    _globals["_CHUNK"]._serialized_end = 295
-    _globals["_SCALAR"]._serialized_start = 297
-    _globals["_SCALAR"]._serialized_end = 383
-    _globals["_TRAINSETTINGS"]._serialized_start = 386
-    _globals["_TRAINSETTINGS"]._serialized_end = 658
-    _globals["_TRAINSETTINGS_EXTRAENTRY"]._serialized_start = 592
-    _globals["_TRAINSETTINGS_EXTRAENTRY"]._serialized_end = 658
-    _globals["_FITINSTRUCTION"]._serialized_start = 660
-    _globals["_FITINSTRUCTION"]._serialized_end = 737
-    _globals["_EVALUATEINSTRUCTION"]._serialized_start = 739
-    _globals["_EVALUATEINSTRUCTION"]._serialized_end = 760
-    _globals["_FITRESULT"]._serialized_start = 763
-    _globals["_FITRESULT"]._serialized_end = 899
-    _globals["_FITRESULT_METRICSENTRY"]._serialized_start = 853
-    _globals["_FITRESULT_METRICSENTRY"]._serialized_end = 899
-    _globals["_EVALUATERESULT"]._serialized_start = 902
-    _globals["_EVALUATERESULT"]._serialized_end = 1048
-    _globals["_EVALUATERESULT_METRICSENTRY"]._serialized_start = 853
-    _globals["_EVALUATERESULT_METRICSENTRY"]._serialized_end = 899
-    _globals["_SITEERROR"]._serialized_start = 1050
-    _globals["_SITEERROR"]._serialized_end = 1077
-    _globals["_REQUEST"]._serialized_start = 1080
-    _globals["_REQUEST"]._serialized_end = 1279
-    _globals["_REPLY"]._serialized_start = 1282
-    _globals["_REPLY"]._serialized_end = 1511
-    _globals["_CANCEL"]._serialized_start = 1513
-    _globals["_CANCEL"]._serialized_end = 1557
-    _globals["_HELLO"]._serialized_start = 1559
-    _globals["_HELLO"]._serialized_end = 1636
-    _globals["_WELCOME"]._serialized_start = 1638
-    _globals["_WELCOME"]._serialized_end = 1763
-    _globals["_HEARTBEAT"]._serialized_start = 1765
-    _globals["_HEARTBEAT"]._serialized_end = 1794
-    _globals["_SITEMESSAGE"]._serialized_start = 1797
-    _globals["_SITEMESSAGE"]._serialized_end = 1978
-    _globals["_SERVERMESSAGE"]._serialized_start = 1981
-    _globals["_SERVERMESSAGE"]._serialized_end = 2212
-    _globals["_FEDERATION"]._serialized_start = 2370
-    _globals["_FEDERATION"]._serialized_end = 2453
+  DESCRIPTOR._loaded_options = None
+  _globals['_TRAINSETTINGS_EXTRAENTRY']._loaded_options = None
+  _globals['_TRAINSETTINGS_EXTRAENTRY']._serialized_options = b'8\001'
+  _globals['_FITRESULT_METRICSENTRY']._loaded_options = None
+  _globals['_FITRESULT_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_EVALUATERESULT_METRICSENTRY']._loaded_options = None
+  _globals['_EVALUATERESULT_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_PHASE']._serialized_start=2577
+  _globals['_PHASE']._serialized_end=2642
+  _globals['_DTYPE']._serialized_start=2644
+  _globals['_DTYPE']._serialized_end=2749
+  _globals['_BINDING']._serialized_start=55
+  _globals['_BINDING']._serialized_end=151
+  _globals['_VECTORINFO']._serialized_start=153
+  _globals['_VECTORINFO']._serialized_end=237
+  _globals['_CHUNK']._serialized_start=239
+  _globals['_CHUNK']._serialized_end=295
+  _globals['_SCALAR']._serialized_start=297
+  _globals['_SCALAR']._serialized_end=383
+  _globals['_TRAINSETTINGS']._serialized_start=386
+  _globals['_TRAINSETTINGS']._serialized_end=738
+  _globals['_TRAINSETTINGS_EXTRAENTRY']._serialized_start=672
+  _globals['_TRAINSETTINGS_EXTRAENTRY']._serialized_end=738
+  _globals['_CLIENTPRIVACY']._serialized_start=741
+  _globals['_CLIENTPRIVACY']._serialized_end=939
+  _globals['_FITINSTRUCTION']._serialized_start=941
+  _globals['_FITINSTRUCTION']._serialized_end=1064
+  _globals['_EVALUATEINSTRUCTION']._serialized_start=1066
+  _globals['_EVALUATEINSTRUCTION']._serialized_end=1087
+  _globals['_FITRESULT']._serialized_start=1090
+  _globals['_FITRESULT']._serialized_end=1262
+  _globals['_FITRESULT_METRICSENTRY']._serialized_start=1203
+  _globals['_FITRESULT_METRICSENTRY']._serialized_end=1249
+  _globals['_EVALUATERESULT']._serialized_start=1265
+  _globals['_EVALUATERESULT']._serialized_end=1411
+  _globals['_EVALUATERESULT_METRICSENTRY']._serialized_start=1203
+  _globals['_EVALUATERESULT_METRICSENTRY']._serialized_end=1249
+  _globals['_SITEERROR']._serialized_start=1413
+  _globals['_SITEERROR']._serialized_end=1440
+  _globals['_REQUEST']._serialized_start=1443
+  _globals['_REQUEST']._serialized_end=1642
+  _globals['_REPLY']._serialized_start=1645
+  _globals['_REPLY']._serialized_end=1874
+  _globals['_CANCEL']._serialized_start=1876
+  _globals['_CANCEL']._serialized_end=1920
+  _globals['_HELLO']._serialized_start=1922
+  _globals['_HELLO']._serialized_end=1999
+  _globals['_WELCOME']._serialized_start=2001
+  _globals['_WELCOME']._serialized_end=2126
+  _globals['_HEARTBEAT']._serialized_start=2128
+  _globals['_HEARTBEAT']._serialized_end=2157
+  _globals['_SITEMESSAGE']._serialized_start=2160
+  _globals['_SITEMESSAGE']._serialized_end=2341
+  _globals['_SERVERMESSAGE']._serialized_start=2344
+  _globals['_SERVERMESSAGE']._serialized_end=2575
+  _globals['_FEDERATION']._serialized_start=2751
+  _globals['_FEDERATION']._serialized_end=2834
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT16: _ClassVar[DType]
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_FLOAT64: _ClassVar[DType]
-
+    DTYPE_UINT64: _ClassVar[DType]
 PHASE_UNSPECIFIED: Phase
 PHASE_FIT: Phase
 PHASE_EVALUATE: Phase
@@ -30,6 +30,7 @@ DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT16: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
+DTYPE_UINT64: DType
 
 class Binding(_message.Message):
     __slots__ = ("job_id", "round", "phase", "request_id")
@@ -41,13 +42,7 @@ class Binding(_message.Message):
     round: int
     phase: Phase
     request_id: int
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        round: _Optional[int] = ...,
-        phase: _Optional[_Union[Phase, str]] = ...,
-        request_id: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., request_id: _Optional[int] = ...) -> None: ...
 
 class VectorInfo(_message.Message):
     __slots__ = ("length", "dtype", "num_chunks")
@@ -57,12 +52,7 @@ class VectorInfo(_message.Message):
     length: int
     dtype: DType
     num_chunks: int
-    def __init__(
-        self,
-        length: _Optional[int] = ...,
-        dtype: _Optional[_Union[DType, str]] = ...,
-        num_chunks: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, length: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., num_chunks: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("request_id", "index", "data")
@@ -72,12 +62,7 @@ class Chunk(_message.Message):
     request_id: int
     index: int
     data: bytes
-    def __init__(
-        self,
-        request_id: _Optional[int] = ...,
-        index: _Optional[int] = ...,
-        data: _Optional[bytes] = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Scalar(_message.Message):
     __slots__ = ("number", "integer", "text", "flag")
@@ -89,35 +74,17 @@ class Scalar(_message.Message):
     integer: int
     text: str
     flag: bool
-    def __init__(
-        self,
-        number: _Optional[float] = ...,
-        integer: _Optional[int] = ...,
-        text: _Optional[str] = ...,
-        flag: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, number: _Optional[float] = ..., integer: _Optional[int] = ..., text: _Optional[str] = ..., flag: _Optional[bool] = ...) -> None: ...
 
 class TrainSettings(_message.Message):
-    __slots__ = (
-        "local_epochs",
-        "batch_size",
-        "optimizer",
-        "lr",
-        "momentum",
-        "weight_decay",
-        "proximal_mu",
-        "extra",
-    )
+    __slots__ = ("local_epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "proximal_mu", "extra", "dp_noise_multiplier", "dp_max_grad_norm", "dp_seeded_noise")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: Scalar
-        def __init__(
-            self, key: _Optional[str] = ..., value: _Optional[_Union[Scalar, _Mapping]] = ...
-        ) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +93,9 @@ class TrainSettings(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    DP_MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    DP_SEEDED_NOISE_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     optimizer: str
@@ -134,34 +104,49 @@ class TrainSettings(_message.Message):
     weight_decay: float
     proximal_mu: float
     extra: _containers.MessageMap[str, Scalar]
-    def __init__(
-        self,
-        local_epochs: _Optional[int] = ...,
-        batch_size: _Optional[int] = ...,
-        optimizer: _Optional[str] = ...,
-        lr: _Optional[float] = ...,
-        momentum: _Optional[float] = ...,
-        weight_decay: _Optional[float] = ...,
-        proximal_mu: _Optional[float] = ...,
-        extra: _Optional[_Mapping[str, Scalar]] = ...,
-    ) -> None: ...
+    dp_noise_multiplier: float
+    dp_max_grad_norm: float
+    dp_seeded_noise: bool
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., extra: _Optional[_Mapping[str, Scalar]] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_max_grad_norm: _Optional[float] = ..., dp_seeded_noise: _Optional[bool] = ...) -> None: ...
+
+class ClientPrivacy(_message.Message):
+    __slots__ = ("mode", "clip_norm", "noise_multiplier", "sample_rate", "delta", "scale", "bits", "min_sites", "noise_seed")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SITES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SEED_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    clip_norm: float
+    noise_multiplier: float
+    sample_rate: float
+    delta: float
+    scale: float
+    bits: int
+    min_sites: int
+    noise_seed: int
+    def __init__(self, mode: _Optional[str] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., delta: _Optional[float] = ..., scale: _Optional[float] = ..., bits: _Optional[int] = ..., min_sites: _Optional[int] = ..., noise_seed: _Optional[int] = ...) -> None: ...
 
 class FitInstruction(_message.Message):
-    __slots__ = ("settings", "seed")
+    __slots__ = ("settings", "seed", "privacy")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     settings: TrainSettings
     seed: int
-    def __init__(
-        self, settings: _Optional[_Union[TrainSettings, _Mapping]] = ..., seed: _Optional[int] = ...
-    ) -> None: ...
+    privacy: ClientPrivacy
+    def __init__(self, settings: _Optional[_Union[TrainSettings, _Mapping]] = ..., seed: _Optional[int] = ..., privacy: _Optional[_Union[ClientPrivacy, _Mapping]] = ...) -> None: ...
 
 class EvaluateInstruction(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class FitResult(_message.Message):
-    __slots__ = ("num_examples", "metrics")
+    __slots__ = ("num_examples", "metrics", "clip_bit")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,14 +154,13 @@ class FitResult(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_BIT_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(
-        self, num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...
-    ) -> None: ...
+    clip_bit: float
+    def __init__(self, num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., clip_bit: _Optional[float] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
     __slots__ = ("num_examples", "metrics")
@@ -187,14 +171,11 @@ class EvaluateResult(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(
-        self, num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...
-    ) -> None: ...
+    def __init__(self, num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SiteError(_message.Message):
     __slots__ = ("reason",)
@@ -212,13 +193,7 @@ class Request(_message.Message):
     vector: VectorInfo
     fit: FitInstruction
     evaluate: EvaluateInstruction
-    def __init__(
-        self,
-        binding: _Optional[_Union[Binding, _Mapping]] = ...,
-        vector: _Optional[_Union[VectorInfo, _Mapping]] = ...,
-        fit: _Optional[_Union[FitInstruction, _Mapping]] = ...,
-        evaluate: _Optional[_Union[EvaluateInstruction, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, binding: _Optional[_Union[Binding, _Mapping]] = ..., vector: _Optional[_Union[VectorInfo, _Mapping]] = ..., fit: _Optional[_Union[FitInstruction, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateInstruction, _Mapping]] = ...) -> None: ...
 
 class Reply(_message.Message):
     __slots__ = ("binding", "vector", "fit", "evaluate", "error")
@@ -232,14 +207,7 @@ class Reply(_message.Message):
     fit: FitResult
     evaluate: EvaluateResult
     error: SiteError
-    def __init__(
-        self,
-        binding: _Optional[_Union[Binding, _Mapping]] = ...,
-        vector: _Optional[_Union[VectorInfo, _Mapping]] = ...,
-        fit: _Optional[_Union[FitResult, _Mapping]] = ...,
-        evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ...,
-        error: _Optional[_Union[SiteError, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, binding: _Optional[_Union[Binding, _Mapping]] = ..., vector: _Optional[_Union[VectorInfo, _Mapping]] = ..., fit: _Optional[_Union[FitResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ..., error: _Optional[_Union[SiteError, _Mapping]] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("request_id", "reason")
@@ -257,21 +225,10 @@ class Hello(_message.Message):
     site_name: str
     protocol_version: int
     max_chunk_bytes: int
-    def __init__(
-        self,
-        site_name: _Optional[str] = ...,
-        protocol_version: _Optional[int] = ...,
-        max_chunk_bytes: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, site_name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = (
-        "job_id",
-        "protocol_version",
-        "max_chunk_bytes",
-        "heartbeat_interval_s",
-        "site_name",
-    )
+    __slots__ = ("job_id", "protocol_version", "max_chunk_bytes", "heartbeat_interval_s", "site_name")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -282,14 +239,7 @@ class Welcome(_message.Message):
     max_chunk_bytes: int
     heartbeat_interval_s: float
     site_name: str
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        protocol_version: _Optional[int] = ...,
-        max_chunk_bytes: _Optional[int] = ...,
-        heartbeat_interval_s: _Optional[float] = ...,
-        site_name: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., site_name: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sequence",)
@@ -307,13 +257,7 @@ class SiteMessage(_message.Message):
     heartbeat: Heartbeat
     reply: Reply
     chunk: Chunk
-    def __init__(
-        self,
-        hello: _Optional[_Union[Hello, _Mapping]] = ...,
-        heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...,
-        reply: _Optional[_Union[Reply, _Mapping]] = ...,
-        chunk: _Optional[_Union[Chunk, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("welcome", "heartbeat", "request", "chunk", "cancel")
@@ -327,11 +271,4 @@ class ServerMessage(_message.Message):
     request: Request
     chunk: Chunk
     cancel: Cancel
-    def __init__(
-        self,
-        welcome: _Optional[_Union[Welcome, _Mapping]] = ...,
-        heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...,
-        request: _Optional[_Union[Request, _Mapping]] = ...,
-        chunk: _Optional[_Union[Chunk, _Mapping]] = ...,
-        cancel: _Optional[_Union[Cancel, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...

@@ -238,16 +238,22 @@ class Session:
 
     def _start_update(self, p: Pending, reply: pb.Reply) -> None:
         """Preallocate the update's array: exactly the length and dtype that were sent."""
+        assert isinstance(p.message, FitIns)  # only fit replies carry an update
         sent = p.message.weights
         info = reply.vector
-        want_dtype = codec.vector_info(sent, self.chunk_bytes).dtype
-        if info.length != sent.shape[0] or info.dtype != want_dtype:
+        want = codec.update_dtype(p.message)
+        expected = np.empty(0, dtype=want)
+        want_code = codec.vector_info(expected, self.chunk_bytes).dtype
+        if info.length != sent.shape[0] or info.dtype != want_code:
             raise InvalidMessageError(
                 f"update announces {info.length} values of dtype code {info.dtype}; the model "
-                f"has {sent.shape[0]} of {codec.wire_dtype(sent).name}"
+                f"needs {sent.shape[0]} of {want.name}"
             )
         asm = codec.VectorAssembler(
-            info, p.request_id, self.fleet.chunk_bytes, max_bytes=int(sent.nbytes)
+            info,
+            p.request_id,
+            self.fleet.chunk_bytes,
+            max_bytes=int(sent.shape[0] * want.itemsize),
         )
         self._assembly = (p, reply, asm)
 
@@ -271,12 +277,14 @@ class Session:
             self._fail(p, str(exc))
             return
         self._assembly = None
+        assert isinstance(p.message, FitIns)
         res = FitRes(
             self.site,
             p.message.round,
-            np.asarray(delta, dtype=p.message.weights.dtype),
+            np.asarray(delta, dtype=codec.update_dtype(p.message)),
             int(reply.fit.num_examples),
             codec.metrics_from_pb(reply.fit.metrics),
+            reply.fit.clip_bit if reply.fit.HasField("clip_bit") else None,
         )
         if p.resolve(Reply(self.site, res)):
             self.fleet.record_closed(p.request_id, "answered")

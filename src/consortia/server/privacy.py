@@ -1,0 +1,330 @@
+"""Server side of differential privacy: it wraps the round's aggregation, never forks the loop.
+
+``PrivacyController`` turns a job's [privacy] section into, per round: a budget check
+before anything is sent, the instructions sites follow (clip; or clip, round and add a
+noise share), the aggregate that replaces the plain weighted mean (DP-FedAvg's noised
+fixed-denominator mean, or the modular sum of distributed DP), and the accountant events
+recorded once the round's model is released.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from consortia.core.config import PrivacyConfig
+from consortia.core.errors import ConsortiaError, RoundFailedError
+from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
+from consortia.core.rng import derive_seed
+from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent, calibrate
+from consortia.privacy.central import (
+    AdaptiveClipping,
+    clip_update,
+    noisy_mean,
+    split_noise_multiplier,
+)
+from consortia.privacy.distributed import DistributedDiscreteGaussian, choose_scale
+from consortia.privacy.rng import SecureRng
+from consortia.strategy.aggregators import Accumulator
+
+
+class BudgetExhausted(ConsortiaError):
+    """The next round would take the job past its epsilon limit; the run stops before it."""
+
+
+class PlainRound:
+    """The non-private path: each reply streams into the strategy's aggregator."""
+
+    def __init__(self, acc: Accumulator) -> None:
+        self._acc = acc
+        self.contributors: list[tuple[str, int]] = []
+
+    def add(self, res: FitRes) -> None:
+        self._acc.add(res.delta, res.num_examples)
+        self.contributors.append((res.site, res.num_examples))
+
+    def result(self) -> np.ndarray:
+        return self._acc.result()
+
+
+class CentralRound:
+    """DP-FedAvg: sum of clipped updates (unweighted), Gaussian noise, fixed denominator."""
+
+    def __init__(self, ctl: PrivacyController, size: int, dtype: np.dtype) -> None:
+        self._ctl = ctl
+        self._sum = np.zeros(size, np.float64)
+        self._dtype = dtype
+        self.bits = 0.0
+        self.contributors: list[tuple[str, int]] = []
+
+    def add(self, res: FitRes) -> None:
+        # Sites clip; clipping again here means a site that did not cannot exceed the
+        # sensitivity the noise is calibrated for (the server is trusted in central DP).
+        self._sum += clip_update(res.delta, self._ctl.clip_norm).vector
+        self.bits += res.clip_bit if res.clip_bit is not None else -0.5
+        self.contributors.append((res.site, res.num_examples))
+
+    def result(self) -> np.ndarray:
+        c = self._ctl
+        mean = noisy_mean(
+            self._sum,
+            noise_multiplier=c.update_noise_multiplier,
+            clip_norm=c.clip_norm,
+            expected_sites=c.expected_sites,
+            rng=c.rng,
+        )
+        return mean.astype(self._dtype)
+
+
+class DistributedRound:
+    """Distributed DP: the modular sum of encoded updates, decoded once enough survived."""
+
+    def __init__(self, ctl: PrivacyController, size: int, dtype: np.dtype) -> None:
+        assert ctl.mechanism is not None
+        self._ctl = ctl
+        self._mech = ctl.mechanism
+        self._sum = np.zeros(size, np.uint64)
+        self._dtype = dtype
+        self.contributors: list[tuple[str, int]] = []
+
+    def add(self, res: FitRes) -> None:
+        # Both terms are < 2**62, so the uint64 addition cannot overflow before the mod.
+        np.add(self._sum, res.delta, out=self._sum)
+        np.mod(self._sum, np.uint64(self._mech.modulus), out=self._sum)
+        self.contributors.append((res.site, res.num_examples))
+
+    def result(self) -> np.ndarray:
+        n, need = len(self.contributors), self._mech.min_sites
+        if n < need:
+            raise RoundFailedError(
+                f"distributed DP: {n} sites contributed, {need} needed; their noise shares "
+                "would sum to too little noise, so this round's sum is not released"
+            )
+        return (self._mech.decode(self._sum) / self._ctl.expected_sites).astype(self._dtype)
+
+
+class PrivacyController:
+    def __init__(
+        self,
+        cfg: PrivacyConfig,
+        *,
+        eligible_sites: int,
+        dimension: int,
+        rounds: int,
+        seed: int,
+        seeded: bool,
+    ) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.seeded = seeded
+        self.rng = SecureRng(derive_seed(seed, "server-noise")) if seeded else SecureRng()
+        self.accountant = PrivacyAccountant()
+        self.site_accountants: dict[str, PrivacyAccountant] = {}
+        self.per_round: list[dict[str, Any]] = []
+        self.stopped: str | None = None
+        self.eligible_sites = eligible_sites
+        self.mechanism: DistributedDiscreteGaussian | None = None
+        self.adaptive: AdaptiveClipping | None = None
+        if cfg.mode == "local":
+            self.noise_multiplier = self.update_noise_multiplier = 0.0
+            self.clip_norm = self.initial_clip_norm = 0.0
+            self.expected_sites = float(eligible_sites)
+            return
+        assert cfg.sample_rate is not None and cfg.clip_norm is not None
+        self.sample_rate = cfg.sample_rate
+        self.expected_sites = cfg.sample_rate * eligible_sites
+        if cfg.noise_multiplier is not None:
+            self.noise_multiplier = cfg.noise_multiplier
+        else:
+            assert cfg.target_epsilon is not None
+            self.noise_multiplier = calibrate(
+                cfg.target_epsilon, cfg.delta, cfg.sample_rate, rounds, accountant=cfg.accountant
+            )
+        self.clip_norm = self.initial_clip_norm = cfg.clip_norm
+        self.update_noise_multiplier = self.noise_multiplier
+        if cfg.adaptive_clipping is not None:
+            ac = cfg.adaptive_clipping
+            sigma_b = ac.count_stddev or self.expected_sites / 20
+            self.adaptive = AdaptiveClipping(ac.target_quantile, ac.learning_rate, sigma_b)
+            self.update_noise_multiplier = split_noise_multiplier(self.noise_multiplier, sigma_b)
+        if cfg.mode == "distributed":
+            min_sites = cfg.min_sites or max(1, math.floor(0.8 * self.expected_sites))
+            scale = choose_scale(
+                clip_norm=cfg.clip_norm,
+                bits=cfg.bits,
+                max_sites=eligible_sites,
+                noise_multiplier=self.noise_multiplier,
+                min_sites=min_sites,
+                dimension=dimension,
+            )
+            self.mechanism = DistributedDiscreteGaussian(
+                cfg.clip_norm, scale, cfg.bits, self.noise_multiplier, min_sites, dimension
+            )
+
+    # -- before a round ----------------------------------------------------------------
+    def round_events(self, surviving: int | None = None) -> list[PrivacyEvent]:
+        """What releasing one more round costs (distributed: with ``surviving`` sites)."""
+        if self.cfg.mode == "central":
+            return [PrivacyEvent("gaussian", self.noise_multiplier, self.sample_rate, 1)]
+        if self.mechanism is not None:
+            return [self.mechanism.privacy_event(surviving or self.mechanism.min_sites)]
+        return []
+
+    def epsilon(self, extra: list[PrivacyEvent] | None = None) -> float | None:
+        return self.accountant.epsilon_by(self.cfg.accountant, self.cfg.delta, extra or [])
+
+    def before_round(self, rnd: int) -> None:
+        limit = self.cfg.epsilon_limit
+        if limit is None or self.cfg.mode == "local":
+            return
+        projected = self.epsilon(self.round_events())
+        if projected is None or projected > limit:
+            self.stopped = (
+                f"round {rnd} not run: epsilon would reach {projected:.4g} at delta "
+                f"{self.cfg.delta:g}, over the job's limit of {limit:g} "
+                f"(spent so far: {self.epsilon() or 0.0:.4g})"
+            )
+            raise BudgetExhausted(self.stopped)
+
+    def train_settings(self, base: TrainSettings) -> TrainSettings:
+        if self.cfg.mode != "local":
+            return base
+        assert self.cfg.local_noise_multiplier is not None
+        return replace(
+            base,
+            dp_noise_multiplier=self.cfg.local_noise_multiplier,
+            dp_max_grad_norm=self.cfg.local_max_grad_norm,
+            dp_seeded_noise=self.seeded,
+        )
+
+    def client_privacy(self) -> ClientPrivacy | None:
+        if self.cfg.mode == "local":
+            return None
+        m = self.mechanism
+        return ClientPrivacy(
+            mode=self.cfg.mode,
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            delta=self.cfg.delta,
+            scale=m.scale if m else 0.0,
+            bits=m.bits if m else 0,
+            min_sites=m.min_sites if m else 0,
+            noise_seed=self.seed if self.seeded else None,
+        )
+
+    @property
+    def modulus_bits(self) -> int:
+        return self.mechanism.bits if self.mechanism is not None else 0
+
+    @property
+    def min_replies(self) -> int:
+        return self.mechanism.min_sites if self.mechanism is not None else 0
+
+    def begin_round(self, acc: Accumulator, size: int, dtype: np.dtype) -> Any:
+        if self.cfg.mode == "central":
+            return CentralRound(self, size, dtype)
+        if self.cfg.mode == "distributed":
+            return DistributedRound(self, size, dtype)
+        return PlainRound(acc)
+
+    # -- after a round -------------------------------------------------------------------
+    def end_round(self, rnd: int, agg: Any, settings: TrainSettings) -> dict[str, float]:
+        """Record what the released model cost; adapt the clip norm; return round metrics."""
+        metrics: dict[str, float] = {}
+        if self.cfg.mode == "local":
+            for site, n in agg.contributors:
+                if n <= 0:
+                    continue
+                batch = min(settings.batch_size, n)
+                steps = settings.local_epochs * (n // batch)
+                acc = self.site_accountants.setdefault(site, PrivacyAccountant())
+                acc.record_gaussian(settings.dp_noise_multiplier, batch / n, steps, label="dp-sgd")
+            worst = max(
+                (
+                    a.epsilon_by("rdp", self.cfg.delta) or math.inf
+                    for a in self.site_accountants.values()
+                ),
+                default=0.0,
+            )
+            metrics["local_epsilon_max"] = worst
+        else:
+            self.accountant.extend(self.round_events(len(agg.contributors)))
+            metrics["epsilon"] = self.epsilon() or math.inf
+            if self.adaptive is not None:
+                self.clip_norm, b_hat = self.adaptive.next_clip_norm(
+                    self.clip_norm, agg.bits, expected_sites=self.expected_sites, rng=self.rng
+                )
+                metrics["clip_norm"] = self.clip_norm
+                metrics["unclipped_fraction"] = b_hat
+        self.per_round.append({"round": rnd, "sites": len(agg.contributors), **metrics})
+        return metrics
+
+    # -- the report ----------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        cfg = self.cfg
+        out: dict[str, Any] = {
+            "mode": cfg.mode,
+            "delta": cfg.delta,
+            "accountant_for_budget": cfg.accountant,
+            "noise_source": (
+                "SEEDED from the job seed (reproducible; not private: debug/test only)"
+                if self.seeded
+                else "ChaCha20 keyed from os.urandom"
+            ),
+            "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
+            "per_round": self.per_round,
+        }
+        if cfg.mode == "local":
+            out["level"] = "example (each site's own records)"
+            out["mechanism"] = {
+                "name": "DP-SGD (Opacus): per-example clipping + Gaussian noise",
+                "noise_multiplier": cfg.local_noise_multiplier,
+                "max_grad_norm": cfg.local_max_grad_norm,
+                "sampling": "Poisson batches at batch_size / site examples",
+            }
+            out["per_site"] = {
+                site: {"epsilon": acc.epsilon(cfg.delta), "events": acc.to_dict()["events"]}
+                for site, acc in sorted(self.site_accountants.items())
+            }
+            return out
+        out["level"] = "site (one site's whole contribution)"
+        out["sampling"] = {
+            "kind": "poisson",
+            "rate": self.sample_rate,
+            "eligible_sites": self.eligible_sites,
+            "expected_sites": self.expected_sites,
+        }
+        mech: dict[str, Any] = {
+            "noise_multiplier": self.noise_multiplier,
+            "calibrated_for_epsilon": cfg.target_epsilon,
+            "clip_norm_initial": self.initial_clip_norm,
+            "clip_norm_final": self.clip_norm,
+        }
+        if cfg.mode == "central":
+            mech["name"] = "DP-FedAvg: clipped updates, Gaussian noise z*C on the sum, / (q N)"
+            if self.adaptive is not None:
+                mech["adaptive_clipping"] = {
+                    "target_quantile": self.adaptive.target_quantile,
+                    "learning_rate": self.adaptive.learning_rate,
+                    "count_stddev": self.adaptive.count_stddev,
+                    "update_noise_multiplier": self.update_noise_multiplier,
+                }
+        else:
+            assert self.mechanism is not None
+            mech["name"] = "distributed discrete Gaussian (Kairouz et al. 2021)"
+            mech.update(
+                bits=self.mechanism.bits,
+                scale=self.mechanism.scale,
+                min_sites=self.mechanism.min_sites,
+                note="each round accounted with the sites whose noise reached the sum; "
+                "no credit taken for sampling",
+            )
+        out["mechanism"] = mech
+        eps = self.accountant.epsilon(cfg.delta)
+        out["epsilon"] = {"rdp": eps["rdp"], "pld": eps["pld"], "best": eps["best"]}
+        out["events"] = self.accountant.to_dict()["events"]
+        return out
