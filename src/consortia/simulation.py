@@ -13,16 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from consortia.client.policy import SitePolicy
 from consortia.client.runtime import Site, SiteData
 from consortia.client.trainers.base import Trainer
 from consortia.core.config import JobConfig, load_job
 from consortia.core.dataset import Dataset
-from consortia.core.errors import ConfigError, RoundFailedError
+from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
 from consortia.core.messages import TrainSettings
 from consortia.core.rng import generator
 from consortia.core.spec import ModelSpec, model_digest
@@ -33,11 +32,14 @@ from consortia.fleet.pool import PoolFleet
 from consortia.monitor.progress import ProgressBar
 from consortia.monitor.run_folder import Checkpoints, MetricsFile, RunFolder, default_run_dir
 from consortia.monitor.tensorboard import TensorBoardWriter
-from consortia.server.privacy import BudgetExhausted, PrivacyController
 from consortia.server.rounds import LoopSettings, LoopState, RoundListener, RoundLoop
 from consortia.strategy.presets import Strategy, make_strategy
 from consortia.strategy.selection import PoissonSelection, Selection, UniformSelection
 from consortia.task import build_trainer, load_dataset
+
+if TYPE_CHECKING:
+    from consortia.client.policy import SitePolicy
+    from consortia.server.privacy import PrivacyController
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,8 @@ def privacy_from_config(
             "privacy.epsilon_limit: local DP is example-level and spent per site; "
             "set each site's policy (max_epsilon) instead"
         )
+    from consortia.server.privacy import PrivacyController
+
     return PrivacyController(
         job.privacy,
         eligible_sites=n_sites,
@@ -259,7 +263,11 @@ def simulate(
     settings = loop_settings(cfg, len(ids))
     privacy = privacy_from_config(cfg, len(ids), spec.size, seeded)
     sp = cfg.simulation.site_policy
-    policy = SitePolicy(sp.max_epsilon, sp.delta, sp.require_privacy) if sp else None
+    policy = None
+    if sp is not None:
+        from consortia.client.policy import SitePolicy
+
+        policy = SitePolicy(sp.max_epsilon, sp.delta, sp.require_privacy)
 
     folder = RunFolder(out or default_run_dir())
     if job_text is not None:

@@ -91,3 +91,21 @@ def test_evaluate_reports_accuracy():
     x, y = _data()
     m = trainer.evaluate(w0, x, y)
     assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
+
+
+def test_local_sgd_matches_torch_optim_sgd_step_for_step():
+    from consortia.client.trainers.torch import LocalSGD
+
+    x, y = _data()
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    a, b = _mlp(), _mlp()
+    ours = LocalSGD(list(a.parameters()), lr=0.1, momentum=0.9, weight_decay=0.01)
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    for step in range(5):
+        idx = slice(step * 8, step * 8 + 8)
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6)

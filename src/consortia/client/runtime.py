@@ -7,14 +7,15 @@ fleet) and behind ``consortia client`` (gRPC), so site code is written once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from consortia.client.policy import SitePolicy
-from consortia.client.stages import privatize
 from consortia.client.trainers.base import Trainer
 from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes, InvalidMessageError
+
+if TYPE_CHECKING:  # the privacy stack (dp-accounting) loads only for jobs that use it
+    from consortia.client.policy import SitePolicy
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Site:
             delta = np.subtract(local, ins.weights, dtype=ins.weights.dtype)
         clip_bit = None
         if ins.privacy is not None:
+            from consortia.client.stages import privatize
+
             delta, clip_bit = privatize(delta, ins.privacy, self.site_id, ins.round)
         return FitRes(self.site_id, ins.round, delta, n, metrics, clip_bit)
 

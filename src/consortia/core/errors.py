@@ -21,5 +21,9 @@ class RoundFailedError(ConsortiaError):
     """A round could not complete (too few replies); the last good model is kept."""
 
 
+class BudgetExhausted(ConsortiaError):
+    """The next round would take the job past its epsilon limit; the run stops before it."""
+
+
 class PartitionError(ConsortiaError):
     """A data partition cannot be made as asked."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from consortia.core.config import PrivacyConfig
-from consortia.core.errors import ConsortiaError, RoundFailedError
+from consortia.core.errors import BudgetExhausted, RoundFailedError
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
 from consortia.core.rng import derive_seed
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent, calibrate
@@ -28,26 +28,9 @@ from consortia.privacy.central import (
 )
 from consortia.privacy.distributed import DistributedDiscreteGaussian, choose_scale
 from consortia.privacy.rng import SecureRng
-from consortia.strategy.aggregators import Accumulator
+from consortia.strategy.aggregators import Accumulator, PlainRound
 
-
-class BudgetExhausted(ConsortiaError):
-    """The next round would take the job past its epsilon limit; the run stops before it."""
-
-
-class PlainRound:
-    """The non-private path: each reply streams into the strategy's aggregator."""
-
-    def __init__(self, acc: Accumulator) -> None:
-        self._acc = acc
-        self.contributors: list[tuple[str, int]] = []
-
-    def add(self, res: FitRes) -> None:
-        self._acc.add(res.delta, res.num_examples)
-        self.contributors.append((res.site, res.num_examples))
-
-    def result(self) -> np.ndarray:
-        return self._acc.result()
+__all__ = ["BudgetExhausted", "PrivacyController"]
 
 
 class CentralRound:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -29,10 +29,13 @@ from consortia.core.rng import derive_seed
 from consortia.core.spec import ModelSpec
 from consortia.fleet.base import Failure, Fleet
 from consortia.server.phases import Phase, run_phase
-from consortia.server.privacy import PlainRound, PrivacyController
+from consortia.strategy.aggregators import PlainRound
 from consortia.strategy.presets import Strategy
 from consortia.strategy.selection import UniformSelection
 from consortia.strategy.server_opt import State
+
+if TYPE_CHECKING:
+    from consortia.server.privacy import PrivacyController
 
 log = logging.getLogger(__name__)
 

@@ -72,22 +72,66 @@ def vector_to_module(module: nn.Module, spec: ModelSpec, vector: np.ndarray) -> 
 
 
 @contextlib.contextmanager
-def _single_thread_seeded(seed: int) -> Iterator[None]:
-    """One intra-op thread and a private RNG stream: the same site gives the same update
-    whichever process runs it, and the caller's global torch state is left untouched."""
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread: results do not depend on the process's thread count, and on two
+    cores shared with worker processes a second thread only waits."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _make_optimizer(params: Any, s: TrainSettings) -> torch.optim.Optimizer:
+@contextlib.contextmanager
+def _single_thread_seeded(seed: int) -> Iterator[None]:
+    """...and a private CPU RNG stream: the same site gives the same update whichever
+    process runs it, and the caller's global torch state is left untouched."""
+    with _single_thread(), torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+class LocalSGD:
+    """SGD with momentum and weight decay, the same arithmetic as ``torch.optim.SGD``
+    (dampening 0, no Nesterov; a test checks they agree step for step).
+
+    Written here because the first ``torch.optim`` optimiser of a process imports
+    ``torch._dynamo``: 1-2 s per process, which is more than a simulated site's whole
+    training, and every fresh worker or site process would pay it.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, momentum: float, weight_decay: float):
+        self.params, self.lr, self.momentum, self.weight_decay = params, lr, momentum, weight_decay
+        self._buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            g = p.grad
+            if self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
+            if self.momentum:
+                buf = self._buffers[i]
+                if buf is None:
+                    buf = self._buffers[i] = g.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(g)
+                g = buf
+            p.add_(g, alpha=-self.lr)
+
+
+def _make_optimizer(
+    params: list[torch.Tensor], s: TrainSettings
+) -> LocalSGD | torch.optim.Optimizer:
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        return LocalSGD(params, s.lr, s.momentum, s.weight_decay)
     if s.optimizer == "adam":
         return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     raise ConfigError(f"train.optimizer: unknown optimiser {s.optimizer!r} (sgd or adam)")
@@ -112,10 +156,6 @@ class TorchTrainer:
             if not isinstance(self._model, nn.Module):
                 raise ConfigError("the model factory must return a torch.nn.Module")
             self._spec = module_spec(self._model)
-            # The first optimiser built in a process imports torch._dynamo (about a
-            # second). Paying it here, where the model is first needed, means worker
-            # processes forked afterwards inherit it instead of each paying again.
-            _make_optimizer(self._model.parameters(), TrainSettings())
         return self._model
 
     @property
@@ -195,7 +235,7 @@ class TorchTrainer:
         model = self.model
         vector_to_module(model, self.spec, weights)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _single_thread():
             out = model(torch.as_tensor(x))
             yt = torch.as_tensor(y)
             metrics = {"loss": float(_LOSSES[self._loss_name]()(out, yt))}
