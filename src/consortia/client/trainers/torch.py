@@ -178,7 +178,7 @@ class TorchTrainer:
         if settings.local_dp:
             return self._fit_dp_sgd(weights, xt, yt, settings, seed)
         loss_fn = _LOSSES[self._loss_name]()
-        params = [p for p in model.parameters() if p.requires_grad]
+        params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
         anchors = [p.detach().clone() for p in params] if settings.proximal_mu > 0 else []
         total, batches = 0.0, 0
         with _single_thread_seeded(seed):
