@@ -106,6 +106,43 @@ class PrivacyConfig(_Strict):
         return self
 
 
+class AnalyticsQuery(_Strict):
+    """One differentially private statistic over all sites' records."""
+
+    name: str
+    kind: Literal["count", "histogram", "mean", "quantiles"]
+    column: int | Literal["label"] = "label"
+    bounds: tuple[float, float] | None = None
+    bins: int = Field(16, ge=1)
+    edges: list[float] | None = None
+    quantiles: list[float] | None = None
+    mechanism: Literal["laplace", "gaussian"] = "laplace"
+    epsilon: float | None = Field(None, gt=0)
+    noise_multiplier: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AnalyticsQuery:
+        if self.mechanism == "laplace" and self.epsilon is None:
+            raise ValueError("the laplace mechanism needs epsilon")
+        if self.mechanism == "gaussian" and self.noise_multiplier is None:
+            raise ValueError("the gaussian mechanism needs noise_multiplier")
+        if self.kind in ("mean", "quantiles") and self.bounds is None:
+            raise ValueError(f"a {self.kind} query needs bounds = [low, high]")
+        if self.kind == "histogram" and self.edges is None and self.bounds is None:
+            raise ValueError("a histogram query needs edges or bounds (with bins)")
+        if self.kind == "quantiles" and not self.quantiles:
+            raise ValueError("a quantiles query needs quantiles = [...]")
+        if self.quantiles and not all(0 <= q <= 1 for q in self.quantiles):
+            raise ValueError("quantiles must lie in [0, 1]")
+        return self
+
+
+class AnalyticsConfig(_Strict):
+    delta: float | None = Field(None, gt=0, lt=1)
+    epsilon_limit: float | None = Field(None, gt=0)
+    queries: list[AnalyticsQuery] = Field(min_length=1)
+
+
 class SitePolicyConfig(_Strict):
     max_epsilon: float | None = Field(None, gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)
@@ -183,6 +220,7 @@ class JobConfig(_Strict):
     strategy: StrategyConfig
     evaluation: EvaluationConfig = EvaluationConfig()
     privacy: PrivacyConfig | None = None
+    analytics: AnalyticsConfig | None = None
     simulation: SimulationConfig | None = None
 
     @property
