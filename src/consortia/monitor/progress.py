@@ -61,7 +61,21 @@ def summary_table(summary: dict[str, Any]) -> Table:
             table.add_row(k, str(summary[k]))
     for k, v in (summary.get("final_metrics") or {}).items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    for k in ("model", "model_digest", "run_dir", "error"):
+    privacy = summary.get("privacy")
+    if privacy:
+        eps = privacy.get("epsilon")
+        if eps:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in eps.items() if k != "best" and v)
+            table.add_row(
+                "privacy", f"{privacy['mode']} DP: epsilon {shown} at delta {privacy['delta']:g}"
+            )
+        else:
+            table.add_row(
+                "privacy",
+                f"local DP: max site epsilon {privacy['epsilon_max_over_sites']:.4g} "
+                f"at delta {privacy['delta']:g}",
+            )
+    for k in ("stopped", "model", "model_digest", "run_dir", "error"):
         if summary.get(k):
             table.add_row(k, str(summary[k]))
     return table
