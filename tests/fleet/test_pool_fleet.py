@@ -67,3 +67,24 @@ def test_pool_fleet_reports_errors_and_missed_deadlines_without_stalling():
 
 def test_debug_fleet_gives_the_same_outcomes():
     _check(list(DebugFleet(list(SITES), _make).send(_requests(), deadline_s=1.0)))
+
+
+def test_batched_sites_keep_request_order_and_their_own_errors():
+    many = {f"s{i:02d}": Plus(float(i), fail=(i % 5 == 3)) for i in range(16)}
+
+    def make(site_id: str) -> Site:
+        return Site(site_id, many[site_id], SiteData(np.zeros((2, 1)), np.zeros(2)))
+
+    fleet = PoolFleet(list(many), make, workers=2)  # 16 requests: batches of 2
+    try:
+        w = np.zeros(1, np.float32)
+        reqs = [(s, FitIns(1, w, TrainSettings(), seed=0)) for s in many]
+        outcomes = list(fleet.send(reqs, deadline_s=10.0))
+    finally:
+        fleet.close()
+    assert [o.site for o in outcomes] == list(many)
+    for i, o in enumerate(outcomes):
+        if i % 5 == 3:
+            assert isinstance(o, Failure) and "bad batch" in o.reason
+        else:
+            assert isinstance(o, Reply) and o.message.delta[0] == i
