@@ -63,6 +63,7 @@ class _Connection:
         self.last_seen = time.monotonic()
         self.call: Any = None
         self.job_id: str | None = None
+        self.error: str | None = None  # why the connection failed, for the final message
 
     def watch(self) -> None:
         """Watchdog thread: cancel the call on stop or when the server goes silent. It is a
@@ -267,6 +268,7 @@ def run_site(
             if max_attempts is not None and failures >= max_attempts:
                 raise SiteConnectionError(
                     f"could not connect to {server_address} after {failures} attempt(s)"
+                    + (f"; {conn.error}" if conn.error else "")
                 )
             delay = min(max_backoff_s, initial_backoff_s * 2 ** max(0, failures - 1))
             delay *= random.uniform(0.5, 1.0)
@@ -282,6 +284,22 @@ def run_site(
             conn.end()
         work.put(None)
     log.info("site %s stopped", site.site_id)
+
+
+def _explain(details: str) -> str:
+    """The last connection error, with a hint where the cause is a certificate."""
+    if "handshake" in details.lower() or "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            f"TLS handshake failed ({details}): the server and this site do not trust each "
+            "other's certificates; check that the site's folder comes from this federation's "
+            "`consortia keys add-site` and that its ca.pem is the federation's CA"
+        )
+    if "failed to connect" in details and "Socket closed" in details:
+        return (
+            f"the server closed the connection while it was being set up ({details}): it "
+            "probably refused this site's certificate (not issued by the federation's CA?)"
+        )
+    return f"last error: {details}"
 
 
 def _serve_once(
@@ -324,6 +342,7 @@ def _serve_once(
             details = exc.details() if hasattr(exc, "details") else str(exc)
             if code in _PERMANENT:
                 raise SiteConnectionError(f"server refused site {site.site_id}: {details}") from exc
+            conn.error = _explain(str(details))
             if not conn.stop.is_set():
                 log.warning(
                     "connection to %s lost: %s %s", address, getattr(code, "name", code), details

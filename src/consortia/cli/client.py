@@ -1,0 +1,145 @@
+"""``consortia client``: serve this site's data to a federation's server, over mutual TLS.
+
+consortia client --server HOST:PORT --site NAME --pki SITE_DIR --app FILE_OR_MODULE:FUNCTION
+
+``FUNCTION(site_name)`` returns the site's ``consortia.Site`` (its trainer and local data);
+nothing else of the site leaves this machine. The client dials out (no inbound port),
+reconnects on its own with backoff, and exits with status 0 on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from consortia.core.errors import ConfigError
+
+
+def load_site(ref: str, site_name: str) -> Any:
+    """Import ``FILE.py:FUNCTION`` (relative to the working directory) or
+    ``package.module:FUNCTION`` and call it with the site's name."""
+    from consortia.client.runtime import Site
+    from consortia.task import load_app
+
+    module_ref, sep, fn_name = ref.rpartition(":")
+    if not sep or not module_ref or not fn_name:
+        raise ConfigError(f"--app {ref!r}: expected FILE.py:FUNCTION or module:FUNCTION")
+    module = load_app(module_ref, Path.cwd())
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ConfigError(f"--app {ref!r}: {module_ref} has no function {fn_name!r}")
+    site = fn(site_name)
+    if not isinstance(site, Site):
+        raise ConfigError(
+            f"--app {ref!r}: {fn_name}({site_name!r}) returned {type(site).__name__}, "
+            "not a consortia Site"
+        )
+    if site.site_id != site_name:
+        raise ConfigError(
+            f"--app {ref!r}: the Site is named {site.site_id!r} but this is site {site_name!r}"
+        )
+    return site
+
+
+def check_identity(site_dir: Path, site_name: str) -> None:
+    """The certificate in ``site_dir`` must be this site's, issued by the CA next to it:
+    caught here with a clear message rather than as a refused TLS handshake later."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from consortia.security.pki import PkiError, site_paths
+
+    paths = site_paths(site_dir)
+    try:
+        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+        ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    except FileNotFoundError as exc:
+        raise PkiError(
+            f"--pki {site_dir}: missing {Path(exc.filename).name}; pass the folder that "
+            "`consortia keys add-site` made for this site (site.pem, site.key, ca.pem)"
+        ) from exc
+    except ValueError as exc:
+        raise PkiError(f"--pki {site_dir}: unreadable certificate ({exc})") from exc
+    if not paths.key.is_file():
+        raise PkiError(f"--pki {site_dir}: missing the site's key {paths.key.name}")
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = str(names[0].value) if names else ""
+    if cn != site_name:
+        raise PkiError(
+            f"--site {site_name!r} but the certificate in {site_dir} is for {cn!r}: "
+            "a site's name is the common name of its certificate"
+        )
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(
+            f"the certificate in {site_dir} was not issued by the CA in {paths.ca_cert}"
+        ) from exc
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="serve this site to a federation's server")
+    p.add_argument("--server", required=True, help="server address HOST:PORT")
+    p.add_argument("--site", required=True, help="this site's name (its certificate's CN)")
+    p.add_argument("--pki", type=Path, help="this site's folder from `consortia keys add-site`")
+    p.add_argument(
+        "--app", required=True, help="FILE.py:FUNCTION or module:FUNCTION returning the Site"
+    )
+    p.add_argument("--insecure", action="store_true", help="no TLS (local experiments only)")
+    p.add_argument("--server-name", help="name to check the server's certificate against")
+    p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval (s)")
+    p.add_argument("--max-backoff", type=float, default=30.0, help="longest reconnect wait (s)")
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        help="give up after this many failed connection attempts in a row (default: never)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from consortia.fleet.grpc import run_site
+
+    console = Console()
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    # Connection state and round progress come from the connector's log at INFO.
+    logging.getLogger("consortia.client").setLevel(logging.INFO)
+    if not args.insecure:
+        if args.pki is None:
+            raise ConfigError("--pki SITE_DIR is required (TLS always); --insecure for tests")
+        check_identity(args.pki, args.site)
+    site = load_site(args.app, args.site)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        console.print(f"{signal.Signals(signum).name}: disconnecting")
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    console.print(f"[bold]site {args.site}[/]: serving {args.app} to {args.server}")
+    run_site(
+        args.server,
+        site,
+        None if args.insecure else args.pki,
+        insecure=args.insecure,
+        stop=stop,
+        heartbeat_s=args.heartbeat,
+        max_backoff_s=args.max_backoff,
+        max_attempts=args.max_attempts,
+        server_name=args.server_name,
+    )
+    console.print(f"site {args.site} stopped")
+    return 0

@@ -1,0 +1,141 @@
+"""Helpers for deployment tests: real ``consortia server`` / ``consortia client`` processes
+on loopback, with their output in files and every wait bounded (imported by name, so the
+module name is unique across the test tree)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+TOY_JOB = HERE / "toy_job.toml"
+TOY_APP = f"{HERE / 'toy_app.py'}:make_site"
+DIGITS_JOB = REPO / "examples" / "digits" / "job.toml"
+DIGITS_APP = f"{REPO / 'examples' / 'digits' / 'site.py'}:make_site"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Proc:
+    """A ``consortia`` sub-command in its own process; output goes to a file (a pipe
+    nobody reads could fill up and block the process)."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self.args = args
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "consortia.cli", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=REPO,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_text(self, text: str, timeout: float) -> None:
+        def seen() -> bool:
+            if self.popen.poll() is not None and text not in self.output():
+                raise AssertionError(f"process ended before printing {text!r}:\n{self.output()}")
+            return text in self.output()
+
+        wait_until(seen, timeout, f"{text!r} in {self.log.name}")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.log.name} still running after {timeout:g} s:\n{self.output()[-3000:]}"
+            ) from None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def server_args(
+    job: Path, port: int, pki: Path, out: Path, *extra: str, heartbeat: float = 1.0
+) -> list[str]:
+    return [
+        "server",
+        str(job),
+        "--address",
+        f"127.0.0.1:{port}",
+        "--pki",
+        str(pki),
+        "--out",
+        str(out),
+        "--heartbeat",
+        str(heartbeat),
+        *extra,
+    ]
+
+
+def client_args(port: int, site: str, site_dir: Path, app: str, *extra: str) -> list[str]:
+    return [
+        "client",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--site",
+        site,
+        "--pki",
+        str(site_dir),
+        "--app",
+        app,
+        "--heartbeat",
+        "1",
+        "--max-backoff",
+        "0.3",
+        *extra,
+    ]
+
+
+def query(out: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Read the server's store from outside, read-only (as an auditor would)."""
+    path = out / "state.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+    finally:
+        db.close()
+
+
+def completed_rounds(out: Path) -> int:
+    rows = query(out, "SELECT COUNT(*) FROM rounds WHERE status = 'completed'")
+    return int(rows[0][0]) if rows else 0

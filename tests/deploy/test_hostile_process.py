@@ -1,0 +1,196 @@
+"""At least 1000 malformed or hostile messages to a live ``consortia server`` process: each is
+refused with a logged reason, the server keeps serving, and its store does not change."""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+from deploy_helpers import (
+    TOY_APP,
+    TOY_JOB,
+    Proc,
+    client_args,
+    free_port,
+    query,
+    server_args,
+    wait_until,
+)
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consortia.fleet.grpc import federation_pb2 as pb
+from consortia.fleet.grpc.credentials import site_credentials
+
+_METHOD = "/consortia.v1.Federation/Connect"
+
+
+class RawStream:
+    """One authenticated connection that sends whatever bytes it is given."""
+
+    def __init__(self, port: int, site_dir: Path) -> None:
+        self._out: queue.Queue[bytes | None] = queue.Queue()
+        self.channel = grpc.secure_channel(f"127.0.0.1:{port}", site_credentials(site_dir))
+        connect = self.channel.stream_stream(
+            _METHOD, request_serializer=None, response_deserializer=pb.ServerMessage.FromString
+        )
+        self.call = connect(self._requests())
+        self.welcome = threading.Event()
+        self.ended: list[grpc.RpcError] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        hello = pb.SiteMessage(hello=pb.Hello(protocol_version=1, max_chunk_bytes=2**20))
+        self.send(hello.SerializeToString())
+        assert self.welcome.wait(10), "no welcome from the server"
+
+    def _requests(self) -> Iterator[bytes]:
+        while (m := self._out.get()) is not None:
+            yield m
+
+    def _read(self) -> None:
+        try:
+            for m in self.call:
+                if m.WhichOneof("kind") == "welcome":
+                    self.welcome.set()
+        except grpc.RpcError as exc:
+            self.ended.append(exc)
+
+    def send(self, data: bytes) -> None:
+        self._out.put(data)
+
+    def close(self) -> None:
+        self._out.put(None)
+        self.channel.close()
+
+
+def _reply(
+    b: pb.Binding, v: pb.VectorInfo, kind: str, n: int, m: dict[str, float]
+) -> pb.SiteMessage:
+    reply = pb.Reply(binding=b, vector=v)
+    if kind == "fit":
+        reply.fit.CopyFrom(pb.FitResult(num_examples=n, metrics=m))
+    elif kind == "evaluate":
+        reply.evaluate.CopyFrom(pb.EvaluateResult(num_examples=n, metrics=m))
+    elif kind == "error":
+        reply.error.reason = "x" * 10
+    return pb.SiteMessage(reply=reply)
+
+
+def _hostile(job_id: str) -> st.SearchStrategy[bytes]:
+    ids = st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2, 3])
+    binding = st.builds(
+        pb.Binding,
+        job_id=st.sampled_from([job_id, "other-job", ""]),
+        round=st.integers(0, 6) | st.just(2**64 - 1),  # stale, current, future, absurd
+        phase=st.integers(0, 5),
+        request_id=ids,
+    )
+    vector = st.builds(
+        pb.VectorInfo,
+        length=st.sampled_from([0, 6, 7, 2**40, 2**64 - 1]),
+        dtype=st.integers(0, 7),
+        num_chunks=st.integers(0, 2**32 - 1),
+    )
+    metrics = st.dictionaries(
+        st.text(max_size=4), st.sampled_from([0.5, float("nan"), float("-inf")]), max_size=3
+    )
+    body = st.sampled_from(["fit", "evaluate", "error", "none"])
+    reply = st.builds(_reply, binding, vector, body, st.sampled_from([0, 3, 2**63]), metrics)
+    chunk = st.builds(
+        lambda rid, i, data: pb.SiteMessage(chunk=pb.Chunk(request_id=rid, index=i, data=data)),
+        ids,
+        st.integers(0, 3),
+        st.binary(max_size=64),
+    )
+    hello = st.builds(
+        lambda name: pb.SiteMessage(hello=pb.Hello(site_name=name, protocol_version=1)),
+        st.sampled_from(["site-a", "hostile", "../etc"]),
+    )
+    structured = (reply | chunk | hello | st.just(pb.SiteMessage())).map(
+        lambda m: m.SerializeToString()
+    )
+    return structured | st.binary(min_size=1, max_size=200)  # garbage bytes
+
+
+def _expected_refusals(sent: list[bytes]) -> int:
+    """One logged refusal per message, except heartbeats (harmless) and the chunks that
+    follow a refused reply with its request id (dropped quietly as part of that reply)."""
+    n, skip = 0, None
+    for data in sent:
+        try:
+            msg = pb.SiteMessage.FromString(data)
+        except DecodeError:
+            n += 1
+            continue
+        kind = msg.WhichOneof("kind")
+        if kind == "reply":
+            skip = msg.reply.binding.request_id
+        if kind == "heartbeat" or (kind == "chunk" and msg.chunk.request_id == skip):
+            continue
+        n += 1
+    return n
+
+
+def _dump(out: Path) -> list[str]:
+    db = sqlite3.connect(f"file:{out / 'state.sqlite'}?mode=ro", uri=True)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
+
+
+def test_a_thousand_hostile_messages_leave_the_server_up_and_its_store_unchanged(
+    pki: Path, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    port, out = free_port(), tmp_path / "run"
+    server = spawn(
+        "server",
+        server_args(TOY_JOB, port, pki, out, "--min-sites", "3", "--rounds", "1", heartbeat=2.0),
+    )
+    wait_until(lambda: query(out, "SELECT id FROM job"), 20, "the job to be recorded")
+    ((job_id,),) = query(out, "SELECT id FROM job")
+    server.wait_for_text("listening on", 20)
+    before = _dump(out)
+    raw = RawStream(port, pki / "sites" / "hostile")
+    sent: list[bytes] = []
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(batch=st.lists(_hostile(job_id), min_size=40, max_size=40))
+    def send_batch(batch: list[bytes]) -> None:
+        for data in batch:
+            raw.send(data)
+            sent.append(data)
+
+    send_batch()
+    assert len(sent) >= 1000
+    expected = _expected_refusals(sent)
+    wait_until(
+        lambda: server.output().count("refused from hostile:") >= expected,
+        30,
+        f"{expected} logged refusals",
+    )
+    log = server.output()
+    assert log.count("refused from hostile:") == expected  # one reason per message
+    assert "malformed message of" in log and "matches no open request" in log
+    assert not raw.ended, "the server cut the hostile stream instead of refusing messages"
+    raw.close()
+    assert server.popen.poll() is None
+    assert _dump(out) == before  # nothing stored changed
+    # ... and it still serves: three honest sites complete the job.
+    for s in ("site-a", "site-b", "site-c"):
+        spawn(s, client_args(port, s, pki / "sites" / s, TOY_APP))
+    assert server.wait(30) == 0, server.output()[-3000:]
+    assert query(out, "SELECT site FROM participants WHERE round = 1 ORDER BY site") == [
+        ("site-a",),
+        ("site-b",),
+        ("site-c",),
+    ]
