@@ -26,7 +26,6 @@ from consortia.core.errors import ConsortiaError
 from consortia.core.messages import EvaluateIns, FitIns, InvalidMessageError
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
-from consortia.fleet.grpc import federation_pb2_grpc as pb_grpc
 from consortia.fleet.grpc.credentials import site_credentials
 
 log = logging.getLogger("consortia.client")
@@ -34,6 +33,7 @@ log = logging.getLogger("consortia.client")
 _POLL_S = 0.1  # how quickly the sender notices stop, cancellation and silence
 _PERMANENT = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 _END = object()
+_CONNECT = f"/{pb.DESCRIPTOR.services_by_name['Federation'].full_name}/Connect"
 
 
 class SiteConnectionError(ConsortiaError):
@@ -81,7 +81,7 @@ class _Connection:
         self.ended.set()
         self.out.put(_END)
 
-    def outgoing(self, hello: pb.Hello) -> Iterator[pb.SiteMessage]:
+    def outgoing(self, hello: pb.Hello) -> Iterator[pb.SiteMessage | bytes]:
         yield pb.SiteMessage(hello=hello)
         next_beat, beat = time.monotonic() + self.heartbeat_s, 0
         while not self.ended.is_set():
@@ -103,10 +103,10 @@ class _Connection:
                 continue
             yield pb.SiteMessage(reply=reply)
             if vector is not None:
-                for chunk in codec.iter_chunks(vector, rid, self.chunk_bytes):
+                for frame in codec.iter_chunk_frames(vector, rid, self.chunk_bytes):
                     if rid in self.cancelled or self.ended.is_set():
                         break  # the server drops what remains of a withdrawn request
-                    yield pb.SiteMessage(chunk=chunk)
+                    yield frame  # a serialized SiteMessage{chunk}
             next_beat = time.monotonic() + self.heartbeat_s
 
 
@@ -322,7 +322,13 @@ def _serve_once(
     log.info("connecting to %s", address)
     with _channel(address, site_dir, conn.chunk_bytes, server_name) as channel:
         try:
-            conn.call = pb_grpc.FederationStub(channel).Connect(conn.outgoing(hello))
+            # Not the generated stub: its serializer cannot pass pre-encoded chunk frames.
+            connect = channel.stream_stream(
+                _CONNECT,
+                request_serializer=codec.serialize_message,
+                response_deserializer=pb.ServerMessage.FromString,
+            )
+            conn.call = connect(conn.outgoing(hello))
             threading.Thread(target=conn.watch, name="site-watchdog", daemon=True).start()
             for msg in conn.call:
                 conn.last_seen = time.monotonic()

@@ -100,7 +100,7 @@ class GrpcFleet(Fleet):
         connect = grpc.stream_stream_rpc_method_handler(
             _Servicer(self).Connect,
             request_deserializer=codec.decode_site_message,
-            response_serializer=pb.ServerMessage.SerializeToString,
+            response_serializer=codec.serialize_message,
         )
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(_SERVICE, {"Connect": connect}),)
@@ -281,7 +281,7 @@ class _Servicer:
         self,
         request_iterator: Iterator[pb.SiteMessage | codec.Malformed],
         context: grpc.ServicerContext,
-    ) -> Iterator[pb.ServerMessage]:
+    ) -> Iterator[pb.ServerMessage | bytes]:
         fleet = self.fleet
         peer = context.peer()
         # A peer that never says hello must not hold a worker thread forever.

@@ -106,7 +106,7 @@ class Session:
                 pb.ServerMessage(cancel=pb.Cancel(request_id=p.request_id, reason=reason))
             )
 
-    def outgoing(self, welcome: pb.Welcome) -> Iterator[pb.ServerMessage]:
+    def outgoing(self, welcome: pb.Welcome) -> Iterator[pb.ServerMessage | bytes]:
         """What gRPC sends down the stream; pulled one message at a time (backpressure)."""
         yield pb.ServerMessage(welcome=welcome)
         beat = 0
@@ -124,15 +124,15 @@ class Session:
             elif isinstance(item, Pending) and not item.done.is_set():
                 yield from self._stream_request(item)
 
-    def _stream_request(self, p: Pending) -> Iterator[pb.ServerMessage]:
+    def _stream_request(self, p: Pending) -> Iterator[pb.ServerMessage | bytes]:
         assert p.request is not None
         yield pb.ServerMessage(request=p.request)
-        for chunk in codec.iter_chunks(p.message.weights, p.request_id, self.chunk_bytes):
+        for frame in codec.iter_chunk_frames(p.message.weights, p.request_id, self.chunk_bytes):
             if p.done.is_set() or self.closed.is_set():
                 reason = "request withdrawn while being sent"
                 yield pb.ServerMessage(cancel=pb.Cancel(request_id=p.request_id, reason=reason))
                 return
-            yield pb.ServerMessage(chunk=chunk)
+            yield frame  # a serialized ServerMessage{chunk}
 
     def check(self) -> None:
         """Watchdog tick: close a session whose site went silent or was revoked. Run from

@@ -1,0 +1,376 @@
+"""grpc_round: a real round over gRPC + mutual TLS on loopback, against a plain socket.
+
+Usage: ``python bench/grpc_round.py [--sites 10] [--params 10_000_000] [--rounds 5]
+[--reps 3] [--chunk-mib 2] [--big-gib 1] [--skip-big]``.
+
+Part 1 starts ``--sites`` site processes (``run_site``, each with its own certificate) and
+runs ``--rounds`` FedAvg rounds of a ``--params`` float32 model through the real round loop
+(``RoundLoop`` over ``GrpcFleet``). Local training is a NumPy add (the sites report how
+long it took), so the round time is almost all transport. In the same run, the same bytes
+(model down, update up, every site at once) move over plain loopback TCP sockets between
+the same number of processes: that is the raw transfer time. Bytes on the wire are the
+loopback interface's counters (``/proc/net/dev``, IP packets included) during the rounds.
+Targets (issue 3): bytes per site per round <= 1.05 x (model down + update up); round
+time beyond local training <= 1.5 x raw transfer time.
+
+Part 2 moves a ``--big-gib`` GiB model to one site and its update back (one fit round
+trip through ``GrpcFleet``), with both ends in fresh processes, and reports the time and
+each end's peak RSS next to what the arrays alone need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consortia.client.runtime import Site, SiteData
+from consortia.core.messages import FitIns, TrainSettings
+from consortia.core.spec import ModelSpec
+from consortia.fleet.base import Reply
+from consortia.fleet.grpc import GrpcFleet, run_site
+from consortia.fleet.grpc.codec import DEFAULT_CHUNK_BYTES
+from consortia.security.pki import add_site, init_pki
+from consortia.server.rounds import LoopSettings, LoopState, RoundLoop, RoundRecord
+from consortia.strategy.presets import make_strategy
+from consortia.strategy.selection import UniformSelection
+
+MIB = 2**20
+
+
+class AddTrainer:
+    """'Training' that adds a small constant: the cost of a round is then the transport."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def initial(self) -> tuple[ModelSpec, np.ndarray]:
+        w = np.zeros(self.size, np.float32)
+        return ModelSpec.from_arrays({"w": w}), w
+
+    def fit(
+        self, weights: np.ndarray, x: Any, y: Any, settings: TrainSettings, seed: int
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        t0 = time.perf_counter()
+        out = weights + np.float32(1e-3)
+        return out, {"train_s": time.perf_counter() - t0}
+
+    def evaluate(self, weights: np.ndarray, x: Any, y: Any) -> dict[str, float]:
+        return {"loss": 0.0}
+
+
+def _site(name: str, size: int) -> Site:
+    return Site(name, AddTrainer(size), SiteData(np.zeros((1, 1)), np.zeros(1)))
+
+
+def lo_bytes() -> int:
+    """Received bytes of the loopback interface (every packet, headers included)."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            return int(rest.split()[0])
+    raise RuntimeError("no loopback interface in /proc/net/dev")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ---- child roles ------------------------------------------------------------------------
+
+
+def role_site(args: argparse.Namespace) -> None:
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    run_site(
+        args.address,
+        _site(args.name, args.params),
+        Path(args.pki) / "sites" / args.name,
+        stop=stop,
+        chunk_bytes=args.chunk_mib * MIB,
+        max_model_bytes=16 * 2**30,
+    )
+    print(f"peak_rss_mib {peak_rss_mib():.1f}", flush=True)
+
+
+def role_raw_site(args: argparse.Namespace) -> None:
+    """Plain TCP: per round, receive the model, send back an update of the same size."""
+    nbytes = args.params * 4
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    with socket.create_connection(("127.0.0.1", args.port)) as s:
+        for _ in range(args.rounds):
+            got = 0
+            while got < nbytes:
+                n = s.recv_into(view[got:], nbytes - got)
+                if n == 0:
+                    return
+                got += n
+            s.sendall(view)
+
+
+def role_big_server(args: argparse.Namespace) -> None:
+    size = int(args.big_gib * 2**30) // 4
+    fleet = GrpcFleet(
+        f"127.0.0.1:{args.port}", job_id="big", pki_dir=args.pki, chunk_bytes=args.chunk_mib * MIB
+    )
+    try:
+        fleet.wait_for_sites(1, timeout=120)
+        base = peak_rss_mib()
+        w = np.full(size, 0.5, np.float32)
+        t0 = time.perf_counter()
+        (out,) = list(fleet.send([("site-0", FitIns(1, w, TrainSettings(), 0))], 3600))
+        seconds = time.perf_counter() - t0
+        assert isinstance(out, Reply), out
+        assert out.message.delta.shape == (size,) and float(out.message.delta[-1]) > 0
+        print(f"seconds {seconds:.3f}", flush=True)
+        print(f"base_rss_mib {base:.1f}", flush=True)
+        print(f"peak_rss_mib {peak_rss_mib():.1f}", flush=True)
+    finally:
+        fleet.close()
+
+
+# ---- parent -----------------------------------------------------------------------------
+
+
+def _child(role: str, *extra: str, stdin: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--role", role, *extra],
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop_sites(procs: list[subprocess.Popen[str]]) -> list[str]:
+    outs = []
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.close()  # EOF: the site stops and prints its peak RSS
+    for p in procs:
+        assert p.stdout is not None
+        outs.append(p.stdout.read())
+        p.wait(60)
+    return outs
+
+
+def grpc_rounds(args: argparse.Namespace, pki: Path) -> dict[str, list[float]]:
+    names = [f"site-{i}" for i in range(args.sites)]
+    fleet = GrpcFleet(
+        "127.0.0.1:0",
+        job_id="bench",
+        pki_dir=pki,
+        chunk_bytes=args.chunk_mib * MIB,
+        max_sites=args.sites + 4,
+    )
+    common = ["--pki", str(pki), "--params", str(args.params), "--chunk-mib", str(args.chunk_mib)]
+    procs = [
+        _child("site", "--address", fleet.address, "--name", n, *common, stdin=True) for n in names
+    ]
+    records: list[RoundRecord] = []
+
+    class Keep:
+        def on_round(self, record: RoundRecord, state: LoopState) -> None:
+            records.append(record)
+
+    try:
+        fleet.wait_for_sites(args.sites, timeout=120)
+        spec, w = AddTrainer(args.params).initial()
+        strategy = make_strategy(
+            "fedavg", selection=UniformSelection(count=args.sites), train=TrainSettings()
+        )
+        loop = RoundLoop(
+            spec,
+            strategy,
+            fleet,
+            LoopSettings(rounds=args.rounds + 1, min_fit_replies=args.sites, central_every=0),
+            listeners=[Keep()],
+        )
+        state = loop.run_round(loop.initial_state(w))  # warm-up: connections, allocations
+        wire: list[float] = []
+        for _ in range(args.rounds):
+            before = lo_bytes()
+            state = loop.run_round(state)
+            wire.append((lo_bytes() - before) / args.sites)
+        assert all(r.replies == args.sites for r in records)
+    finally:
+        rss = [float(o.split()[-1]) for o in _stop_sites(procs) if o.strip()]
+        fleet.close()
+    timed = records[1:]
+    return {
+        "round_s": [r.seconds for r in timed],
+        "train_s": [r.metrics["train_train_s"] for r in timed],
+        "wire_bytes_per_site": wire,
+        "site_peak_rss_mib": rss,
+    }
+
+
+def raw_rounds(args: argparse.Namespace) -> dict[str, list[float]]:
+    """The same bytes over plain loopback TCP: every site at once, down then up."""
+    nbytes = args.params * 4
+    model = np.full(args.params, 0.5, np.float32).view(np.uint8)
+    with socket.create_server(("127.0.0.1", 0), backlog=args.sites) as srv:
+        port = srv.getsockname()[1]
+        rounds = args.rounds + 1
+        procs = [
+            _child(
+                "raw-site",
+                "--port",
+                str(port),
+                "--params",
+                str(args.params),
+                "--rounds",
+                str(rounds),
+            )
+            for _ in range(args.sites)
+        ]
+        conns = [srv.accept()[0] for _ in range(args.sites)]
+        bufs = [bytearray(nbytes) for _ in conns]
+
+        def one(c: socket.socket, buf: bytearray) -> None:
+            c.sendall(model)
+            view, got = memoryview(buf), 0
+            while got < nbytes:
+                got += c.recv_into(view[got:], nbytes - got)
+
+        times, wire = [], []
+        for r in range(rounds):
+            before, t0 = lo_bytes(), time.perf_counter()
+            threads = [
+                threading.Thread(target=one, args=cb) for cb in zip(conns, bufs, strict=True)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if r:  # round 0 warms up
+                times.append(time.perf_counter() - t0)
+                wire.append((lo_bytes() - before) / args.sites)
+        for c in conns:
+            c.close()
+        for p in procs:
+            p.wait(30)
+    return {"transfer_s": times, "wire_bytes_per_site": wire}
+
+
+def big_transfer(args: argparse.Namespace, pki: Path) -> dict[str, float]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    size = int(args.big_gib * 2**30) // 4
+    common = ["--pki", str(pki), "--chunk-mib", str(args.chunk_mib)]
+    server = _child("big-server", "--port", str(port), "--big-gib", str(args.big_gib), *common)
+    site = _child(
+        "site",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--name",
+        "site-0",
+        "--params",
+        str(size),
+        *common,
+        stdin=True,
+    )
+    out, _ = server.communicate(timeout=1800)
+    (site_out,) = _stop_sites([site])
+    vals = dict(line.split() for line in out.splitlines() if line.strip())
+    return {
+        "seconds": float(vals["seconds"]),
+        "server_base_rss_mib": float(vals["base_rss_mib"]),
+        "server_peak_rss_mib": float(vals["peak_rss_mib"]),
+        "site_peak_rss_mib": float(site_out.split()[-1]),
+        "model_mib": size * 4 / MIB,
+    }
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--role", default="main")
+    p.add_argument("--sites", type=int, default=10)
+    p.add_argument("--params", type=int, default=10_000_000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--chunk-mib", type=int, default=DEFAULT_CHUNK_BYTES // MIB)
+    p.add_argument("--big-gib", type=float, default=1.0)
+    p.add_argument("--skip-big", action="store_true")
+    p.add_argument("--address", help=argparse.SUPPRESS)  # child processes only
+    p.add_argument("--pki", help=argparse.SUPPRESS)
+    p.add_argument("--name", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    roles = {"site": role_site, "raw-site": role_raw_site, "big-server": role_big_server}
+    if args.role in roles:
+        roles[args.role](args)
+        return
+
+    payload = 2 * args.params * 4  # model down + update up, per site per round
+    print(
+        f"grpc_round: {args.sites} sites, {args.params:,} float32 parameters "
+        f"({args.params * 4 / MIB:.1f} MiB), chunks of {args.chunk_mib} MiB, "
+        f"{args.reps} x {args.rounds} rounds, {os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = init_pki(Path(tmp) / "pki")
+        for i in range(args.sites):
+            add_site(pki, f"site-{i}")
+        grpc: dict[str, list[float]] = {}
+        raw: dict[str, list[float]] = {}
+        for _ in range(args.reps):  # interleaved, so both see the same machine state
+            for k, v in grpc_rounds(args, pki).items():
+                grpc.setdefault(k, []).extend(v)
+            for k, v in raw_rounds(args).items():
+                raw.setdefault(k, []).extend(v)
+        round_s, train_s = _med(grpc["round_s"]), _med(grpc["train_s"])
+        beyond = _med([r - t for r, t in zip(grpc["round_s"], grpc["train_s"], strict=True)])
+        raw_s = _med(raw["transfer_s"])
+        wire, raw_wire = _med(grpc["wire_bytes_per_site"]), _med(raw["wire_bytes_per_site"])
+        print(
+            f"  round (gRPC + mTLS, RoundLoop)  median {round_s:.3f} s "
+            f"(local training {train_s * 1e3:.1f} ms)"
+        )
+        print(f"  raw loopback TCP, same bytes    median {raw_s:.3f} s")
+        print(f"  round beyond training / raw     {beyond / raw_s:.2f} x   (target <= 1.5)")
+        print(
+            f"  bytes per site per round        {wire / MIB:.2f} MiB on the wire = "
+            f"{wire / payload:.4f} x payload {payload / MIB:.2f} MiB   (target <= 1.05)"
+        )
+        print(
+            f"  raw socket bytes per site       {raw_wire / MIB:.2f} MiB = "
+            f"{raw_wire / payload:.4f} x payload"
+        )
+        print(f"  site process peak RSS           median {_med(grpc['site_peak_rss_mib']):.0f} MiB")
+        if not args.skip_big:
+            big = big_transfer(args, pki)
+            gib = big["model_mib"] / 1024
+            print(
+                f"  {gib:.2f} GiB model, one site: down + up in {big['seconds']:.2f} s "
+                f"({2 * big['model_mib'] / big['seconds']:.0f} MiB/s)"
+            )
+            print(
+                f"    server peak RSS {big['server_peak_rss_mib']:.0f} MiB (before the model "
+                f"{big['server_base_rss_mib']:.0f} MiB; model + received update "
+                f"{2 * big['model_mib']:.0f} MiB)"
+            )
+            print(
+                f"    site peak RSS   {big['site_peak_rss_mib']:.0f} MiB (received model + "
+                f"trained model + delta {3 * big['model_mib']:.0f} MiB)"
+            )
+
+
+if __name__ == "__main__":
+    main()
