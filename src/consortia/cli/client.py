@@ -85,6 +85,15 @@ def check_identity(site_dir: Path, site_name: str) -> None:
         ) from exc
 
 
+def load_policy(path: Path) -> Any:
+    """A site policy file: the same keys as a job's [simulation.site_policy]."""
+    from consortia.client.policy import SitePolicy
+    from consortia.core.config import SitePolicyConfig, parse_model
+
+    cfg = parse_model(SitePolicyConfig, path)
+    return SitePolicy(cfg.max_epsilon, cfg.delta, cfg.require_privacy)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="serve this site to a federation's server")
     p.add_argument("--server", required=True, help="server address HOST:PORT")
@@ -92,6 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pki", type=Path, help="this site's folder from `consortia keys add-site`")
     p.add_argument(
         "--app", required=True, help="FILE.py:FUNCTION or module:FUNCTION returning the Site"
+    )
+    p.add_argument(
+        "--policy",
+        type=Path,
+        help="this site's policy (TOML: max_epsilon, delta, require_privacy); "
+        "rounds that break it are refused whatever the server says",
     )
     p.add_argument("--insecure", action="store_true", help="no TLS (local experiments only)")
     p.add_argument("--server-name", help="name to check the server's certificate against")
@@ -121,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--pki SITE_DIR is required (TLS always); --insecure for tests")
         check_identity(args.pki, args.site)
     site = load_site(args.app, args.site)
+    if args.policy is not None:
+        site.policy = load_policy(args.policy)
+        console.print(f"site policy from {args.policy}: {site.policy}")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

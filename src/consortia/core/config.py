@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -89,6 +89,9 @@ class PrivacyConfig(_Strict):
     local_noise_multiplier: float | None = Field(None, gt=0)
     local_max_grad_norm: float = Field(1.0, gt=0)
     seeded_noise: bool = False
+    population: int | None = Field(
+        None, ge=1, description="eligible sites N (deployment; simulation uses simulation.sites)"
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> PrivacyConfig:
@@ -266,6 +269,23 @@ def _describe(exc: ValidationError) -> str:
             msg = "required setting is missing"
         lines.append(f"{path}: {msg}")
     return "; ".join(lines)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_model(model: type[_M], path: str | Path) -> _M:
+    """Load a small TOML settings file (e.g. a site policy) with the job file's checks."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+        return model.model_validate(data)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from None
 
 
 def parse_job(data: dict[str, Any], origin: str = "job") -> JobConfig:

@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from consortia.client.trainers.base import Trainer
 from consortia.core.config import JobConfig, load_job
-from consortia.core.errors import ConfigError, RoundFailedError
+from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.fleet.base import Failure, Fleet, Outcome
 from consortia.monitor.run_folder import MetricsFile, RunFolder
@@ -43,8 +43,16 @@ from consortia.server.store import (
     read_checkpoint,
     write_checkpoint,
 )
-from consortia.simulation import loop_settings, strategy_from_config
+from consortia.simulation import (
+    loop_settings,
+    privacy_from_config,
+    privacy_summary,
+    strategy_from_config,
+)
 from consortia.task import build_trainer, load_app, load_dataset
+
+if TYPE_CHECKING:
+    from consortia.server.privacy import PrivacyController
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +337,26 @@ class Deployment:
         log.info("resuming job %s after round %d of %d", row.id, state.round, rounds)
         return state, row, rounds
 
+    def _privacy(self, store: ServerStore) -> PrivacyController | None:
+        """The job's DP wrapper, with what earlier rounds of this job already spent."""
+        cfg = self.job.config
+        if cfg.privacy is None:
+            return None
+        population = cfg.privacy.population
+        if cfg.poisson_sampling and population is None:
+            raise ConfigError(
+                "privacy.population: a deployment must state how many sites are eligible "
+                "(N, the denominator q*N of DP-FedAvg)"
+            )
+        ctl = privacy_from_config(
+            cfg, population or self.min_sites, self.job.spec.size, cfg.privacy.seeded_noise
+        )
+        assert ctl is not None
+        done = [r.metrics for r in store.completed_rounds()]
+        if done:
+            ctl.restore(done)
+        return ctl
+
     def _strategy_init(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         return dict(strategy_from_config(self.job.config).server_optimizer.init(weights))
 
@@ -342,13 +370,16 @@ class Deployment:
                 f.write(json_line(r.metrics))
         resumed_from = state.round if self.options.resume else None
         error: str | None = None
+        stopped: str | None = None
         status = "failed"
         fleet: RecordingFleet | None = None
+        privacy: PrivacyController | None = None
         tb = TensorBoardWriter(folder.path / "tensorboard")
         try:
             cfg = self.job.config
             settings = dataclasses.replace(loop_settings(cfg, self.min_sites), rounds=rounds)
             fleet = RecordingFleet(self.make_fleet(row.id))
+            privacy = self._privacy(store)
             listeners: list[RoundListener] = [
                 DurableRounds(folder, store, self.job.spec, fleet),
                 metrics,
@@ -362,9 +393,10 @@ class Deployment:
                 settings,
                 self.job.central,
                 listeners,
+                privacy,
             )
-            state, error = self._rounds(loop, fleet, store, state, rounds)
-            status = "completed" if error is None else "failed"
+            state, error, stopped = self._rounds(loop, fleet, store, state, rounds)
+            status = "failed" if error else ("budget_exhausted" if stopped else "completed")
         except KeyboardInterrupt:
             status, error = "interrupted", "interrupted by the operator"
             raise
@@ -376,6 +408,12 @@ class Deployment:
                 store.set_job(status=status)
             summary = self._summary(folder, store, state, rounds, status, error, t_start)
             summary["resumed_from_round"] = resumed_from
+            if privacy is not None:
+                report = privacy.report()
+                folder.write_privacy(report)
+                summary["privacy"] = privacy_summary(report)
+            if stopped is not None:
+                summary["stopped"] = stopped
             folder.write_summary(summary)
             store.close()
         if error is not None:
@@ -392,7 +430,8 @@ class Deployment:
         store: ServerStore,
         state: LoopState,
         rounds: int,
-    ) -> tuple[LoopState, str | None]:
+    ) -> tuple[LoopState, str | None, str | None]:
+        """Run to the end; return (last state, error, budget stop)."""
         failed_in_a_row = 0
         while state.round < rounds:
             rnd = state.round + 1
@@ -403,6 +442,8 @@ class Deployment:
             fleet.batches = []
             try:
                 state = loop.run_round(state)
+            except BudgetExhausted as exc:
+                return state, None, str(exc)
             except (RoundFailedError, ConfigError) as exc:
                 if isinstance(exc, ConfigError) and len(fleet.sites()) >= self.min_sites:
                     raise  # a real configuration error, not sites leaving mid-selection
@@ -410,10 +451,10 @@ class Deployment:
                 store.record_failed_attempt(rnd, str(exc), fleet.participants(None))
                 self.reporter.round_failed(rnd, str(exc), failed_in_a_row)
                 if failed_in_a_row > self.options.round_retries:
-                    return state, str(exc)
+                    return state, str(exc), None
                 continue
             failed_in_a_row = 0
-        return state, None
+        return state, None, None
 
     def _summary(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from consortia.core.config import PrivacyConfig
-from consortia.core.errors import BudgetExhausted, RoundFailedError
+from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
 from consortia.core.rng import derive_seed
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent, calibrate
@@ -245,6 +245,26 @@ class PrivacyController:
                 metrics["unclipped_fraction"] = b_hat
         self.per_round.append({"round": rnd, "sites": len(agg.contributors), **metrics})
         return metrics
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """Replay the accounting of completed rounds from their metrics rows (a resumed
+        server must not forget what it already spent)."""
+        if self.cfg.mode == "local":
+            raise ConfigError(
+                "resuming a local-DP job is not supported: its per-site accounting is not "
+                "in the server's store; start the job afresh"
+            )
+        for row in history:
+            self.accountant.extend(self.round_events(int(row["replies"])))
+            if self.adaptive is not None and "clip_norm" in row:
+                self.clip_norm = float(row["clip_norm"])
+            self.per_round.append(
+                {
+                    "round": row["round"],
+                    "sites": row["replies"],
+                    **{k: row[k] for k in ("epsilon", "clip_norm") if k in row},
+                }
+            )
 
     # -- the report ----------------------------------------------------------------------
     def report(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS job (
     initial_checkpoint TEXT NOT NULL,
     initial_digest TEXT NOT NULL,
     initial_optimizer_digest TEXT,
-    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'budget_exhausted')),
     created REAL NOT NULL,
     updated REAL NOT NULL
 );

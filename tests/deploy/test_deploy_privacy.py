@@ -1,0 +1,94 @@
+"""Differential privacy in a deployment: the accountant survives a resume; site policy files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import toy_app
+from deploy_helpers import TOY_JOB
+
+from consortia.cli.client import load_policy
+from consortia.client.policy import SitePolicy
+from consortia.core.errors import ConfigError
+from consortia.fleet.debug import DebugFleet
+from consortia.privacy import epsilon_for
+from consortia.server.deploy import Deployment, DeployOptions, prepare_job
+from consortia.server.rounds import LoopState, RoundRecord
+
+PRIVACY = """
+[privacy]
+mode = "central"
+sample_rate = 1.0
+clip_norm = 1.0
+noise_multiplier = 2.0
+population = 3
+seeded_noise = true
+"""
+
+
+def _dp_job(tmp_path: Path, extra: str = PRIVACY) -> Path:
+    shutil.copy(TOY_JOB.parent / "toy_app.py", tmp_path / "toy_app.py")
+    text = TOY_JOB.read_text().replace("sites_per_round = 3\n", "")
+    job = tmp_path / "dp_job.toml"
+    job.write_text(text + extra)
+    return job
+
+
+def _run(job: Path, out: Path, **kw: object) -> dict[str, object]:
+    fleet = lambda job_id: DebugFleet(list(toy_app.SITES), toy_app.make_site)  # noqa: E731
+    return Deployment(prepare_job(job), DeployOptions(out=out, **kw), fleet).run()  # type: ignore[arg-type]
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resumed_dp_job_keeps_counting_epsilon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from consortia.server import deploy
+
+    job = _dp_job(tmp_path)
+    real = deploy.DurableRounds.on_round
+
+    def on_round(self: deploy.DurableRounds, record: RoundRecord, state: LoopState) -> None:
+        real(self, record, state)
+        if state.round == 2:
+            raise _Crash
+
+    monkeypatch.setattr(deploy.DurableRounds, "on_round", on_round)
+    with pytest.raises(_Crash):
+        _run(job, tmp_path / "run")
+    monkeypatch.setattr(deploy.DurableRounds, "on_round", real)
+    summary = _run(job, tmp_path / "run", resume=True)
+    assert summary["rounds_completed"] == 4
+    report = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    want = epsilon_for(2.0, 1.0, 4, 1e-5)["rdp"]
+    assert report["epsilon"]["rdp"] == pytest.approx(want, rel=1e-6)
+    assert [r["round"] for r in report["per_round"]] == [1, 2, 3, 4]
+    assert summary["privacy"]["epsilon"]["rdp"] == pytest.approx(want, rel=1e-6)
+
+
+def test_budget_stops_a_deployment(tmp_path: Path):
+    limit = epsilon_for(2.0, 1.0, 2, 1e-5)["rdp"] + 1e-6
+    job = _dp_job(tmp_path, PRIVACY + f"epsilon_limit = {limit}\n")
+    summary = _run(job, tmp_path / "run")
+    assert summary["status"] == "budget_exhausted" and summary["rounds_completed"] == 2
+    assert "round 3 not run" in str(summary["stopped"])
+
+
+def test_deployment_needs_the_population_under_central_dp(tmp_path: Path):
+    job = _dp_job(tmp_path, PRIVACY.replace("population = 3\n", ""))
+    with pytest.raises(ConfigError, match=r"privacy\.population"):
+        _run(job, tmp_path / "run")
+
+
+def test_site_policy_file(tmp_path: Path):
+    good = tmp_path / "policy.toml"
+    good.write_text("max_epsilon = 4.0\nrequire_privacy = true\n")
+    assert load_policy(good) == SitePolicy(4.0, 1e-5, True)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_epsilom = 4.0\n")
+    with pytest.raises(ConfigError, match="max_epsilom: unknown key"):
+        load_policy(bad)
