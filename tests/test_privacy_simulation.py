@@ -46,6 +46,11 @@ def test_central_dp_reports_epsilon_each_round_as_dp_accounting_does(tmp_path):
     assert report["epsilon"]["rdp"] == pytest.approx(eps[-1])
     assert report["epsilon"]["pld"] <= report["epsilon"]["rdp"]
     assert "SEEDED" in report["noise_source"]
+    per_site = report["per_site"]
+    assert sum(s["rounds_participated"] for s in per_site.values()) == sum(
+        row["replies"] for row in result.history
+    )
+    assert all(s["epsilon"] == report["epsilon"]["best"] for s in per_site.values())
     assert result.summary["privacy"]["epsilon"]["rdp"] == pytest.approx(eps[-1])
 
 

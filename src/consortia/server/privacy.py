@@ -106,6 +106,7 @@ class PrivacyController:
         self.rng = SecureRng(derive_seed(seed, "server-noise")) if seeded else SecureRng()
         self.accountant = PrivacyAccountant()
         self.site_accountants: dict[str, PrivacyAccountant] = {}
+        self.participation: dict[str, int] = {}
         self.per_round: list[dict[str, Any]] = []
         self.stopped: str | None = None
         self.eligible_sites = eligible_sites
@@ -235,6 +236,8 @@ class PrivacyController:
             )
             metrics["local_epsilon_max"] = worst
         else:
+            for site, _ in agg.contributors:
+                self.participation[site] = self.participation.get(site, 0) + 1
             self.accountant.extend(self.round_events(len(agg.contributors)))
             metrics["epsilon"] = self.epsilon() or math.inf
             if self.adaptive is not None:
@@ -330,4 +333,10 @@ class PrivacyController:
         eps = self.accountant.epsilon(cfg.delta)
         out["epsilon"] = {"rdp": eps["rdp"], "pld": eps["pld"], "best": eps["best"]}
         out["events"] = self.accountant.to_dict()["events"]
+        # Site-level DP: the bound holds for every eligible site, sampled or not; the rounds
+        # each site actually took part in are listed for its own records.
+        out["per_site"] = {
+            site: {"rounds_participated": n, "epsilon": eps["best"]}
+            for site, n in sorted(self.participation.items())
+        }
         return out
