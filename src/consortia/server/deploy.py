@@ -352,9 +352,13 @@ class Deployment:
             cfg, population or self.min_sites, self.job.spec.size, cfg.privacy.seeded_noise
         )
         assert ctl is not None
-        done = [r.metrics for r in store.completed_rounds()]
+        done = store.completed_rounds()
         if done:
-            ctl.restore(done)
+            ctl.restore([r.metrics for r in done])
+            for r in done:
+                for p in store.participants(r.number):
+                    if p.phase == "fit" and p.outcome == "replied":
+                        ctl.participation[p.site] = ctl.participation.get(p.site, 0) + 1
         return ctl
 
     def _strategy_init(self, weights: np.ndarray) -> dict[str, np.ndarray]:
