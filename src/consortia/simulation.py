@@ -30,7 +30,13 @@ from consortia.fleet.base import Fleet
 from consortia.fleet.debug import DebugFleet
 from consortia.fleet.pool import PoolFleet
 from consortia.monitor.progress import ProgressBar
-from consortia.monitor.run_folder import Checkpoints, MetricsFile, RunFolder, default_run_dir
+from consortia.monitor.run_folder import (
+    Checkpoints,
+    MetricsFile,
+    RunFolder,
+    default_run_dir,
+    run_summary,
+)
 from consortia.monitor.tensorboard import TensorBoardWriter
 from consortia.server.rounds import LoopSettings, LoopState, RoundListener, RoundLoop
 from consortia.strategy.presets import Strategy, make_strategy
@@ -59,6 +65,21 @@ class SimulationResult:
     @property
     def final_metrics(self) -> dict[str, Any]:
         return dict(self.summary.get("final_metrics", {}))
+
+
+def add_privacy(
+    summary: dict[str, Any],
+    folder: RunFolder,
+    privacy: PrivacyController | None,
+    stopped: str | None,
+) -> None:
+    """Write privacy.json and put its headline (and any budget stop) in the summary."""
+    if privacy is not None:
+        report = privacy.report()
+        folder.write_privacy(report)
+        summary["privacy"] = privacy_summary(report)
+    if stopped is not None:
+        summary["stopped"] = stopped
 
 
 def privacy_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -311,32 +332,20 @@ def simulate(
             tb.close()
     digest = folder.write_model(spec, state.weights)
     history = metrics.history
-    summary = {
-        "job": cfg.name,
-        "status": "failed" if error else ("budget_exhausted" if stopped else "completed"),
-        "rounds": cfg.rounds,
-        "rounds_completed": state.round,
-        "sites": len(ids),
-        "mode": "debug" if debug else "parallel",
-        "seconds": round(time.perf_counter() - t_start, 3),
-        "failures": sum(int(r["failures"]) for r in history),
-        "final_metrics": {
-            k: v
-            for k, v in (history[-1] if history else {}).items()
-            if isinstance(v, float) and k != "seconds"
-        },
-        "model": str(folder.path / "model.safetensors"),
-        "model_digest": digest,
-        "run_dir": str(folder.path),
-    }
-    if error is not None:
-        summary["error"] = error
-    if privacy is not None:
-        report = privacy.report()
-        folder.write_privacy(report)
-        summary["privacy"] = privacy_summary(report)
-    if stopped is not None:
-        summary["stopped"] = stopped
+    summary = run_summary(
+        folder,
+        job=cfg.name,
+        status="failed" if error else ("budget_exhausted" if stopped else "completed"),
+        rounds=cfg.rounds,
+        rounds_completed=state.round,
+        history=history,
+        seconds=time.perf_counter() - t_start,
+        digest=digest,
+        error=error,
+        sites=len(ids),
+        mode="debug" if debug else "parallel",
+    )
+    add_privacy(summary, folder, privacy, stopped)
     folder.write_summary(summary)
     result = SimulationResult(spec, state.weights, history, folder.path, summary)
     if error is not None:

@@ -61,6 +61,39 @@ class RunFolder:
         _write_json(self.path / "summary.json", summary)
 
 
+def run_summary(
+    folder: RunFolder,
+    *,
+    job: str,
+    status: str,
+    rounds: int,
+    rounds_completed: int,
+    history: list[dict[str, Any]],
+    seconds: float,
+    digest: str,
+    error: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """summary.json's common fields, for simulations and deployments alike."""
+    last = history[-1] if history else {}
+    summary: dict[str, Any] = {
+        "job": job,
+        "status": status,
+        "rounds": rounds,
+        "rounds_completed": rounds_completed,
+        **extra,
+        "seconds": round(seconds, 3),
+        "failures": sum(int(r.get("failures", 0)) for r in history),
+        "final_metrics": {k: v for k, v in last.items() if isinstance(v, float) and k != "seconds"},
+        "model": str(folder.path / "model.safetensors"),
+        "model_digest": digest,
+        "run_dir": str(folder.path),
+    }
+    if error is not None:
+        summary["error"] = error
+    return summary
+
+
 class MetricsFile:
     """metrics.jsonl, one line per round, flushed so a crash loses at most the round running."""
 

@@ -30,7 +30,7 @@ from consortia.core.config import JobConfig, load_job
 from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.fleet.base import Failure, Fleet, Outcome
-from consortia.monitor.run_folder import MetricsFile, RunFolder
+from consortia.monitor.run_folder import MetricsFile, RunFolder, run_summary
 from consortia.monitor.tensorboard import TensorBoardWriter
 from consortia.server.rounds import LoopState, RoundListener, RoundLoop, RoundRecord
 from consortia.server.store import (
@@ -44,9 +44,9 @@ from consortia.server.store import (
     write_checkpoint,
 )
 from consortia.simulation import (
+    add_privacy,
     loop_settings,
     privacy_from_config,
-    privacy_summary,
     strategy_from_config,
 )
 from consortia.task import build_trainer, load_app, load_dataset
@@ -412,12 +412,7 @@ class Deployment:
                 store.set_job(status=status)
             summary = self._summary(folder, store, state, rounds, status, error, t_start)
             summary["resumed_from_round"] = resumed_from
-            if privacy is not None:
-                report = privacy.report()
-                folder.write_privacy(report)
-                summary["privacy"] = privacy_summary(report)
-            if stopped is not None:
-                summary["stopped"] = stopped
+            add_privacy(summary, folder, privacy, stopped)
             folder.write_summary(summary)
             store.close()
         if error is not None:
@@ -474,29 +469,21 @@ class Deployment:
         history = [r.metrics for r in store.completed_rounds()]
         sites = sorted({p.site for r in range(1, state.round + 1) for p in store.participants(r)})
         row = store.job()
-        summary: dict[str, Any] = {
-            "job": self.job.config.name,
-            "job_id": row.id if row else None,
-            "status": status,
-            "rounds": rounds,
-            "rounds_completed": state.round,
-            "sites": len(sites),
-            "site_names": sites,
-            "mode": "deployment",
-            "seconds": round(time.perf_counter() - t_start, 3),
-            "failures": sum(int(r.get("failures", 0)) for r in history),
-            "final_metrics": {
-                k: v
-                for k, v in (history[-1] if history else {}).items()
-                if isinstance(v, float) and k != "seconds"
-            },
-            "model": str(folder.path / "model.safetensors"),
-            "model_digest": digest,
-            "run_dir": str(folder.path),
-        }
-        if error is not None:
-            summary["error"] = error
-        return summary
+        return run_summary(
+            folder,
+            job=self.job.config.name,
+            status=status,
+            rounds=rounds,
+            rounds_completed=state.round,
+            history=history,
+            seconds=time.perf_counter() - t_start,
+            digest=digest,
+            error=error,
+            job_id=row.id if row else None,
+            sites=len(sites),
+            site_names=sites,
+            mode="deployment",
+        )
 
 
 @dataclass
