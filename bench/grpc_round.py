@@ -24,6 +24,7 @@ import argparse
 import os
 import resource
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -105,11 +106,17 @@ def role_site(args: argparse.Namespace) -> None:
 
 
 def role_raw_site(args: argparse.Namespace) -> None:
-    """Plain TCP: per round, receive the model, send back an update of the same size."""
+    """Plain TCP (or TLS with --pki): per round, receive the model, send back an update of
+    the same size."""
     nbytes = args.params * 4
     buf = bytearray(nbytes)
     view = memoryview(buf)
-    with socket.create_connection(("127.0.0.1", args.port)) as s:
+    with socket.create_connection(("127.0.0.1", args.port)) as plain:
+        s = plain
+        if args.pki:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(str(Path(args.pki) / "ca.pem"))
+            s = ctx.wrap_socket(plain, server_hostname="localhost")
         for _ in range(args.rounds):
             got = 0
             while got < nbytes:
@@ -216,13 +223,15 @@ def grpc_rounds(args: argparse.Namespace, pki: Path) -> dict[str, list[float]]:
     }
 
 
-def raw_rounds(args: argparse.Namespace) -> dict[str, list[float]]:
-    """The same bytes over plain loopback TCP: every site at once, down then up."""
+def raw_rounds(args: argparse.Namespace, pki: Path | None = None) -> dict[str, list[float]]:
+    """The same bytes over loopback TCP: every site at once, down then up. With ``pki``,
+    over TLS with the federation's server certificate: the floor any TLS transport has."""
     nbytes = args.params * 4
     model = np.full(args.params, 0.5, np.float32).view(np.uint8)
     with socket.create_server(("127.0.0.1", 0), backlog=args.sites) as srv:
         port = srv.getsockname()[1]
         rounds = args.rounds + 1
+        tls = ["--pki", str(pki)] if pki else []
         procs = [
             _child(
                 "raw-site",
@@ -232,10 +241,15 @@ def raw_rounds(args: argparse.Namespace) -> dict[str, list[float]]:
                 str(args.params),
                 "--rounds",
                 str(rounds),
+                *tls,
             )
             for _ in range(args.sites)
         ]
-        conns = [srv.accept()[0] for _ in range(args.sites)]
+        conns: list[socket.socket] = [srv.accept()[0] for _ in range(args.sites)]
+        if pki is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+            conns = [ctx.wrap_socket(c, server_side=True) for c in conns]
         bufs = [bytearray(nbytes) for _ in conns]
 
         def one(c: socket.socket, buf: bytearray) -> None:
@@ -330,11 +344,14 @@ def main() -> None:
             add_site(pki, f"site-{i}")
         grpc: dict[str, list[float]] = {}
         raw: dict[str, list[float]] = {}
-        for _ in range(args.reps):  # interleaved, so both see the same machine state
+        raw_tls: dict[str, list[float]] = {}
+        for _ in range(args.reps):  # interleaved, so all see the same machine state
             for k, v in grpc_rounds(args, pki).items():
                 grpc.setdefault(k, []).extend(v)
             for k, v in raw_rounds(args).items():
                 raw.setdefault(k, []).extend(v)
+            for k, v in raw_rounds(args, pki).items():
+                raw_tls.setdefault(k, []).extend(v)
         round_s, train_s = _med(grpc["round_s"]), _med(grpc["train_s"])
         beyond = _med([r - t for r, t in zip(grpc["round_s"], grpc["train_s"], strict=True)])
         raw_s = _med(raw["transfer_s"])
@@ -345,6 +362,9 @@ def main() -> None:
         )
         print(f"  raw loopback TCP, same bytes    median {raw_s:.3f} s")
         print(f"  round beyond training / raw     {beyond / raw_s:.2f} x   (target <= 1.5)")
+        tls_s = _med(raw_tls["transfer_s"])
+        print(f"  raw loopback TLS, same bytes    median {tls_s:.3f} s ({tls_s / raw_s:.2f} x raw)")
+        print(f"  round beyond training / raw TLS {beyond / tls_s:.2f} x")
         print(
             f"  bytes per site per round        {wire / MIB:.2f} MiB on the wire = "
             f"{wire / payload:.4f} x payload {payload / MIB:.2f} MiB   (target <= 1.05)"
