@@ -20,7 +20,7 @@ from consortia.core.messages import EvaluateIns, FitIns, FitRes, TrainSettings
 from consortia.fleet.base import Failure, Reply
 from consortia.fleet.grpc import GrpcFleet, codec
 from consortia.fleet.grpc import federation_pb2 as pb
-from consortia.fleet.grpc import federation_pb2_grpc as pb_grpc
+from consortia.fleet.grpc.client import connect_method
 from consortia.fleet.grpc.credentials import site_credentials
 from consortia.fleet.grpc.session import Pending, Session
 
@@ -34,7 +34,7 @@ class RawSite:
         self._out: queue.Queue[pb.SiteMessage | None] = queue.Queue()
         self.received: queue.Queue[pb.ServerMessage] = queue.Queue()
         self.channel = grpc.secure_channel(fleet.address, site_credentials(site_dir))
-        self.call = pb_grpc.FederationStub(self.channel).Connect(self._requests())
+        self.call = connect_method(self.channel, pb.SiteMessage.SerializeToString)(self._requests())
         self.error: grpc.RpcError | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

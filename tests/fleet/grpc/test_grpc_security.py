@@ -20,7 +20,7 @@ from consortia.core.messages import FitIns, TrainSettings
 from consortia.fleet.base import Failure, Reply
 from consortia.fleet.grpc import GrpcFleet, SiteConnectionError, run_site
 from consortia.fleet.grpc import federation_pb2 as pb
-from consortia.fleet.grpc import federation_pb2_grpc as pb_grpc
+from consortia.fleet.grpc.client import connect_method
 from consortia.security.pki import add_site, init_pki, revoke_site
 
 
@@ -41,7 +41,7 @@ def test_certificate_from_another_ca_is_refused(fleet: GrpcFleet, tmp_path: Path
 def test_client_without_a_certificate_is_refused(fleet: GrpcFleet, pki: Path) -> None:
     creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
     with grpc.secure_channel(fleet.address, creds) as ch:
-        call = pb_grpc.FederationStub(ch).Connect(
+        call = connect_method(ch, pb.SiteMessage.SerializeToString)(
             iter([pb.SiteMessage(hello=pb.Hello(site_name="site-a", protocol_version=1))]),
             timeout=3,
         )

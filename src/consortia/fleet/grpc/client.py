@@ -14,7 +14,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,21 @@ def _channel(
     return grpc.secure_channel(address, site_credentials(site_dir), options=options)
 
 
+def connect_method(
+    channel: grpc.Channel, request_serializer: Callable[[Any], bytes] = codec.serialize_message
+) -> Any:
+    """The Federation.Connect stream on ``channel``.
+
+    Not protoc's generated stub (none is generated): its serializer could not pass the
+    pre-encoded chunk frames that ``codec.serialize_message`` lets through untouched.
+    """
+    return channel.stream_stream(
+        _CONNECT,
+        request_serializer=request_serializer,
+        response_deserializer=pb.ServerMessage.FromString,
+    )
+
+
 def run_site(
     server_address: str,
     site: Site,
@@ -322,13 +337,7 @@ def _serve_once(
     log.info("connecting to %s", address)
     with _channel(address, site_dir, conn.chunk_bytes, server_name) as channel:
         try:
-            # Not the generated stub: its serializer cannot pass pre-encoded chunk frames.
-            connect = channel.stream_stream(
-                _CONNECT,
-                request_serializer=codec.serialize_message,
-                response_deserializer=pb.ServerMessage.FromString,
-            )
-            conn.call = connect(conn.outgoing(hello))
+            conn.call = connect_method(channel)(conn.outgoing(hello))
             threading.Thread(target=conn.watch, name="site-watchdog", daemon=True).start()
             for msg in conn.call:
                 conn.last_seen = time.monotonic()
