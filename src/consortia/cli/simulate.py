@@ -15,7 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, help="override the job's number of rounds")
     p.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>)")
     p.add_argument("--seed", type=int, help="override the job's seed")
-    p.add_argument("--debug", action="store_true", help="run sites one by one in this process")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="run sites one by one in this process (DP noise seeded: reproducible, not private)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.set_defaults(func=run)
 
