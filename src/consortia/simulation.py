@@ -97,18 +97,19 @@ def privacy_summary(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def strategy_from_config(job: JobConfig, seeded: bool = False) -> Strategy:
-    """The job's strategy; under central or distributed DP, selection is Poisson sampling
-    (its coin flips seeded only when ``seeded``, i.e. in debug and test runs)."""
-    st, tr = job.strategy, job.train
-    selection: Selection
+def selection_from_config(job: JobConfig, seeded: bool = False) -> Selection:
+    """Under central or distributed DP, Poisson sampling (its coin flips seeded only when
+    ``seeded``, i.e. in debug and test runs); otherwise the strategy's uniform sample."""
     if job.poisson_sampling:
         assert job.privacy is not None and job.privacy.sample_rate is not None
-        selection = PoissonSelection(job.privacy.sample_rate, seeded=seeded)
-    else:
-        selection = UniformSelection(
-            fraction=st.fraction, count=st.sites_per_round, min_sites=st.min_sites
-        )
+        return PoissonSelection(job.privacy.sample_rate, seeded=seeded)
+    st = job.strategy
+    return UniformSelection(fraction=st.fraction, count=st.sites_per_round, min_sites=st.min_sites)
+
+
+def strategy_from_config(job: JobConfig, seeded: bool = False) -> Strategy:
+    """The job's strategy: selection, aggregator, server optimiser and training settings."""
+    st = job.strategy
     opt = st.server_optimizer
     options: dict[str, Any] = {}
     if opt.lr is not None:
@@ -120,18 +121,11 @@ def strategy_from_config(job: JobConfig, seeded: bool = False) -> Strategy:
         options.update(beta1=opt.beta1, beta2=opt.beta2, tau=opt.tau)
     if name == "momentum" or (name is None and st.preset == "fedavgm"):
         options["momentum"] = opt.momentum
-    settings = TrainSettings(
-        local_epochs=tr.local_epochs,
-        batch_size=tr.batch_size,
-        optimizer=tr.optimizer,
-        lr=tr.lr,
-        momentum=tr.momentum,
-        weight_decay=tr.weight_decay,
-        proximal_mu=tr.proximal_mu,
-    )
+    # TrainConfig (the job file) names its fields as TrainSettings (the message) does.
+    settings = TrainSettings(**job.train.model_dump())
     return make_strategy(
         st.preset,
-        selection=selection,
+        selection=selection_from_config(job, seeded),
         train=settings,
         aggregator=st.aggregator,
         server_optimizer=name,
@@ -145,7 +139,7 @@ def loop_settings(job: JobConfig, n_sites: int) -> LoopSettings:
     if ev.federated_every > 0:
         fed_sel = UniformSelection(fraction=ev.federated_fraction, count=ev.federated_sites)
     min_replies = st.min_replies or st.min_sites
-    expected = strategy_from_config(job).selection
+    expected = selection_from_config(job)
     if not job.poisson_sampling and min_replies > expected.how_many(n_sites):
         raise ConfigError(
             f"strategy.min_replies: {min_replies} replies can never arrive when "

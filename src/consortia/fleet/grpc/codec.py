@@ -9,6 +9,7 @@ unpickles or evaluates network data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -240,6 +241,12 @@ def decode_site_message(data: bytes) -> pb.SiteMessage | Malformed:
 # ---- settings and metrics -------------------------------------------------------------
 
 
+# The proto message mirrors TrainSettings field by field (``extra`` aside), so both
+# directions copy by name: a field added to one but not the other fails loudly here
+# instead of being dropped on the wire.
+_SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "extra")
+
+
 def settings_to_pb(s: TrainSettings) -> pb.TrainSettings:
     extra: dict[str, pb.Scalar] = {}
     for k, v in s.extra.items():
@@ -256,19 +263,7 @@ def settings_to_pb(s: TrainSettings) -> pb.TrainSettings:
                 f"TrainSettings.extra[{k!r}] is a {type(v).__name__}; only bool, int, float "
                 "and str travel to sites"
             )
-    return pb.TrainSettings(
-        local_epochs=s.local_epochs,
-        batch_size=s.batch_size,
-        optimizer=s.optimizer,
-        lr=s.lr,
-        momentum=s.momentum,
-        weight_decay=s.weight_decay,
-        proximal_mu=s.proximal_mu,
-        extra=extra,
-        dp_noise_multiplier=s.dp_noise_multiplier,
-        dp_max_grad_norm=s.dp_max_grad_norm,
-        dp_seeded_noise=s.dp_seeded_noise,
-    )
+    return pb.TrainSettings(extra=extra, **{n: getattr(s, n) for n in _SETTING_FIELDS})
 
 
 def _scalar(v: pb.Scalar) -> bool | int | float | str:
@@ -280,29 +275,11 @@ def _scalar(v: pb.Scalar) -> bool | int | float | str:
 
 
 def settings_from_pb(s: pb.TrainSettings) -> TrainSettings:
-    for name in (
-        "lr",
-        "momentum",
-        "weight_decay",
-        "proximal_mu",
-        "dp_noise_multiplier",
-        "dp_max_grad_norm",
-    ):
-        if not math.isfinite(getattr(s, name)):
+    values = {n: getattr(s, n) for n in _SETTING_FIELDS}
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
             raise InvalidMessageError(f"training setting {name} is not finite")
-    return TrainSettings(
-        local_epochs=s.local_epochs,
-        batch_size=s.batch_size,
-        optimizer=s.optimizer,
-        lr=s.lr,
-        momentum=s.momentum,
-        weight_decay=s.weight_decay,
-        proximal_mu=s.proximal_mu,
-        extra={k: _scalar(v) for k, v in s.extra.items()},
-        dp_noise_multiplier=s.dp_noise_multiplier,
-        dp_max_grad_norm=s.dp_max_grad_norm,
-        dp_seeded_noise=s.dp_seeded_noise,
-    )
+    return TrainSettings(extra={k: _scalar(v) for k, v in s.extra.items()}, **values)
 
 
 def privacy_to_pb(p: ClientPrivacy) -> pb.ClientPrivacy:
