@@ -4,14 +4,15 @@ Usage: ``python bench/grpc_round.py [--sites 10] [--params 10_000_000] [--rounds
 [--reps 3] [--chunk-mib 2] [--big-gib 1] [--skip-big]``.
 
 Part 1 starts ``--sites`` site processes (``run_site``, each with its own certificate) and
-runs ``--rounds`` FedAvg rounds of a ``--params`` float32 model through the real round loop
-(``RoundLoop`` over ``GrpcFleet``). Local training is a NumPy add (the sites report how
-long it took), so the round time is almost all transport. In the same run, the same bytes
-(model down, update up, every site at once) move over plain loopback TCP sockets between
-the same number of processes: that is the raw transfer time. Bytes on the wire are the
-loopback interface's counters (``/proc/net/dev``, IP packets included) during the rounds.
-Targets (issue 3): bytes per site per round <= 1.05 x (model down + update up); round
-time beyond local training <= 1.5 x raw transfer time.
+runs ``--rounds`` FedAvg rounds of a ``--params`` float32 model through the real round
+steps (the standard ``Workflow`` over ``GrpcFleet``). Local training is a NumPy add (the
+sites report how long it took), so the round time is almost all transport. In the same
+run, the same bytes (model down, update up, every site at once) move over plain loopback
+TCP sockets, and over loopback TLS sockets with the federation's certificates, between the
+same number of processes: the raw transfer times. Bytes on the wire are the loopback
+interface's counters (``/proc/net/dev``, IP packets included) during the rounds. Targets:
+bytes per site per round <= 1.05 x (model down + update up) (issue 3); round time beyond
+local training <= 1.5 x the raw TLS transfer time (issue 7).
 
 Part 2 moves a ``--big-gib`` GiB model to one site and its update back (one fit round
 trip through ``GrpcFleet``), with both ends in fresh processes, and reports the time and
@@ -37,13 +38,14 @@ from typing import Any
 import numpy as np
 
 from consortia.client.runtime import Site, SiteData
+from consortia.core.events import RoundRecord
 from consortia.core.messages import FitIns, TrainSettings
 from consortia.core.spec import ModelSpec
-from consortia.fleet.base import Reply
+from consortia.fleet.base import Reply, Timing
 from consortia.fleet.grpc import GrpcFleet, run_site
 from consortia.fleet.grpc.codec import DEFAULT_CHUNK_BYTES
 from consortia.security.pki import add_site, init_pki
-from consortia.server.rounds import LoopSettings, LoopState, RoundLoop, RoundRecord
+from consortia.server.workflow import LoopSettings, Workflow, standard_steps
 from consortia.strategy.presets import make_strategy
 from consortia.strategy.selection import UniformSelection
 
@@ -137,7 +139,7 @@ def role_big_server(args: argparse.Namespace) -> None:
         base = peak_rss_mib()
         w = np.full(size, 0.5, np.float32)
         t0 = time.perf_counter()
-        (out,) = list(fleet.send([("site-0", FitIns(1, w, TrainSettings(), 0))], 3600))
+        (out,) = list(fleet.send([("site-0", FitIns(1, w, TrainSettings(), 0))], Timing(3600)))
         seconds = time.perf_counter() - t0
         assert isinstance(out, Reply), out
         assert out.message.delta.shape == (size,) and float(out.message.delta[-1]) > 0
@@ -186,29 +188,24 @@ def grpc_rounds(args: argparse.Namespace, pki: Path) -> dict[str, list[float]]:
         _child("site", "--address", fleet.address, "--name", n, *common, stdin=True) for n in names
     ]
     records: list[RoundRecord] = []
-
-    class Keep:
-        def on_round(self, record: RoundRecord, state: LoopState) -> None:
-            records.append(record)
-
     try:
         fleet.wait_for_sites(args.sites, timeout=120)
         spec, w = AddTrainer(args.params).initial()
         strategy = make_strategy(
             "fedavg", selection=UniformSelection(count=args.sites), train=TrainSettings()
         )
-        loop = RoundLoop(
-            spec,
-            strategy,
-            fleet,
-            LoopSettings(rounds=args.rounds + 1, min_fit_replies=args.sites, central_every=0),
-            listeners=[Keep()],
+        settings = LoopSettings(
+            rounds=args.rounds + 1, min_fit_replies=args.sites, central_every=0, grace_s=None
         )
-        state = loop.run_round(loop.initial_state(w))  # warm-up: connections, allocations
+        workflow = Workflow(spec, standard_steps(strategy, settings), settings)
+        # warm-up: connections, allocations
+        state, record = workflow.run_round(workflow.initial_state(w), fleet)
+        records.append(record)
         wire: list[float] = []
         for _ in range(args.rounds):
             before = lo_bytes()
-            state = loop.run_round(state)
+            state, record = workflow.run_round(state, fleet)
+            records.append(record)
             wire.append((lo_bytes() - before) / args.sites)
         assert all(r.replies == args.sites for r in records)
     finally:
@@ -357,7 +354,7 @@ def main() -> None:
         raw_s = _med(raw["transfer_s"])
         wire, raw_wire = _med(grpc["wire_bytes_per_site"]), _med(raw["wire_bytes_per_site"])
         print(
-            f"  round (gRPC + mTLS, RoundLoop)  median {round_s:.3f} s "
+            f"  round (gRPC + mTLS, Workflow)   median {round_s:.3f} s "
             f"(local training {train_s * 1e3:.1f} ms)"
         )
         print(f"  raw loopback TCP, same bytes    median {raw_s:.3f} s")

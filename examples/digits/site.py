@@ -21,10 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from consortia import Site, SiteData
-from consortia.client.trainers.torch import TorchTrainer
-from consortia.data import make_partition
-from consortia.task import load_app
+from consortia import Site, SiteData, TorchTrainer, load_app, make_partition
 
 # The task's own module next to this file (the job's [task] app), loaded under a unique name.
 _APP = load_app("app.py", Path(__file__).parent)

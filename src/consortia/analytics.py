@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from consortia.client.runtime import SiteData
-from consortia.core.config import AnalyticsQuery, JobConfig, load_job
+from consortia.core.config import AnalyticsQuery, JobConfig
 from consortia.core.errors import ConfigError
 from consortia.core.rng import derive_seed
 from consortia.privacy.accountant import PrivacyAccountant
@@ -26,7 +26,7 @@ from consortia.privacy.analytics import NoiseSpec, dp_count, dp_histogram, dp_me
 from consortia.privacy.budget import check_budget
 from consortia.privacy.rng import SecureRng
 from consortia.simulation import build_sites
-from consortia.task import load_dataset
+from consortia.task import load_dataset, load_job_with_app
 
 
 @dataclass
@@ -101,7 +101,7 @@ def run_analytics(
     base_dir: str | Path | None = None,
 ) -> AnalyticsResult:
     if isinstance(job, (str, Path)):
-        cfg, base = load_job(job), Path(job).parent
+        cfg, base = load_job_with_app(job), Path(job).parent
     else:
         cfg, base = job, Path(base_dir or ".")
     if cfg.analytics is None:

@@ -1,7 +1,9 @@
 """``simulate``: a whole federation of virtual sites on one machine, from one job file.
 
-Builds the pieces (trainer, partition, sites, strategy, fleet, records) and hands them to
-the round loop. Nothing here trains or aggregates; it only wires.
+Builds the pieces (trainer, partition, site apps, strategy, fleet, recorders) and hands
+them to the run driver that deployments use too, so a simulation checkpoints durably and
+``resume=True`` continues one from its last completed round. Nothing here trains or
+aggregates; it only wires.
 """
 
 from __future__ import annotations
@@ -9,45 +11,57 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from consortia.client.app import SiteApp
 from consortia.client.runtime import Site, SiteData
 from consortia.client.trainers.base import Trainer
-from consortia.core.config import JobConfig, load_job
+from consortia.core.config import JobConfig
 from consortia.core.dataset import Dataset
-from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
-from consortia.core.messages import TrainSettings
+from consortia.core.errors import ConfigError, RoundFailedError
+from consortia.core.events import Subscriber
+from consortia.core.registry import FLEETS
 from consortia.core.rng import generator
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.data import label_histograms, make_partition
 from consortia.fleet.base import Fleet
-from consortia.fleet.debug import DebugFleet
-from consortia.fleet.pool import PoolFleet
+from consortia.monitor.metrics import MetricsFile, TensorBoardWriter
 from consortia.monitor.progress import ProgressBar
-from consortia.monitor.run_folder import (
-    Checkpoints,
-    MetricsFile,
-    RunFolder,
-    default_run_dir,
-    run_summary,
+from consortia.server.build import (
+    loop_settings,
+    privacy_from_config,
+    selection_from_config,
+    strategy_from_config,
 )
-from consortia.monitor.tensorboard import TensorBoardWriter
-from consortia.server.rounds import LoopSettings, LoopState, RoundListener, RoundLoop
-from consortia.strategy.presets import Strategy, make_strategy
-from consortia.strategy.selection import PoissonSelection, Selection, UniformSelection
-from consortia.task import build_trainer, load_dataset
+from consortia.server.run import PreparedJob, Run, RunOptions, privacy_summary
+from consortia.server.run_folder import default_run_dir
+from consortia.server.workflow import Step
+from consortia.strategy.aggregators import Aggregator
+from consortia.strategy.presets import Strategy
+from consortia.task import app_hook, build_trainer, load_dataset, load_job_with_app
 
 if TYPE_CHECKING:
     from consortia.client.policy import SitePolicy
-    from consortia.server.privacy import PrivacyController
+
+__all__ = [
+    "SimulationResult",
+    "build_sites",
+    "loop_settings",
+    "privacy_from_config",
+    "privacy_summary",
+    "selection_from_config",
+    "simulate",
+    "strategy_from_config",
+]
 
 log = logging.getLogger(__name__)
+
+MakeSite = Callable[[str], SiteApp]
 
 
 @dataclass
@@ -65,118 +79,6 @@ class SimulationResult:
     @property
     def final_metrics(self) -> dict[str, Any]:
         return dict(self.summary.get("final_metrics", {}))
-
-
-def add_privacy(
-    summary: dict[str, Any],
-    folder: RunFolder,
-    privacy: PrivacyController | None,
-    stopped: str | None,
-) -> None:
-    """Write privacy.json and put its headline (and any budget stop) in the summary."""
-    if privacy is not None:
-        report = privacy.report()
-        folder.write_privacy(report)
-        summary["privacy"] = privacy_summary(report)
-    if stopped is not None:
-        summary["stopped"] = stopped
-
-
-def privacy_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The privacy section of summary.json: the headline of privacy.json."""
-    out: dict[str, Any] = {"mode": report["mode"], "delta": report["delta"]}
-    if "epsilon" in report:
-        out["epsilon"] = report["epsilon"]
-        out["noise_multiplier"] = report["mechanism"]["noise_multiplier"]
-        out["sample_rate"] = report["sampling"]["rate"]
-    else:
-        eps = [s["epsilon"]["best"] for s in report["per_site"].values() if s["epsilon"]["best"]]
-        out["epsilon_max_over_sites"] = max(eps, default=0.0)
-    if report["budget"]["stopped"]:
-        out["stopped"] = report["budget"]["stopped"]
-    return out
-
-
-def selection_from_config(job: JobConfig, seeded: bool = False) -> Selection:
-    """Under central or distributed DP, Poisson sampling (its coin flips seeded only when
-    ``seeded``, i.e. in debug and test runs); otherwise the strategy's uniform sample."""
-    if job.poisson_sampling:
-        assert job.privacy is not None and job.privacy.sample_rate is not None
-        return PoissonSelection(job.privacy.sample_rate, seeded=seeded)
-    st = job.strategy
-    return UniformSelection(fraction=st.fraction, count=st.sites_per_round, min_sites=st.min_sites)
-
-
-def strategy_from_config(job: JobConfig, seeded: bool = False) -> Strategy:
-    """The job's strategy: selection, aggregator, server optimiser and training settings."""
-    st = job.strategy
-    opt = st.server_optimizer
-    options: dict[str, Any] = {}
-    if opt.lr is not None:
-        options["lr"] = opt.lr
-    name = opt.name
-    if name in ("adam", "yogi", "adagrad") or (
-        name is None and st.preset in ("fedadam", "fedyogi", "fedadagrad")
-    ):
-        options.update(beta1=opt.beta1, beta2=opt.beta2, tau=opt.tau)
-    if name == "momentum" or (name is None and st.preset == "fedavgm"):
-        options["momentum"] = opt.momentum
-    # TrainConfig (the job file) names its fields as TrainSettings (the message) does.
-    settings = TrainSettings(**job.train.model_dump())
-    return make_strategy(
-        st.preset,
-        selection=selection_from_config(job, seeded),
-        train=settings,
-        aggregator=st.aggregator,
-        server_optimizer=name,
-        server_options=options,
-    )
-
-
-def loop_settings(job: JobConfig, n_sites: int) -> LoopSettings:
-    st, ev = job.strategy, job.evaluation
-    fed_sel = None
-    if ev.federated_every > 0:
-        fed_sel = UniformSelection(fraction=ev.federated_fraction, count=ev.federated_sites)
-    min_replies = st.min_replies or st.min_sites
-    expected = selection_from_config(job)
-    if not job.poisson_sampling and min_replies > expected.how_many(n_sites):
-        raise ConfigError(
-            f"strategy.min_replies: {min_replies} replies can never arrive when "
-            f"{expected.how_many(n_sites)} sites are asked per round"
-        )
-    return LoopSettings(
-        rounds=job.rounds,
-        seed=job.seed,
-        fit_deadline_s=st.deadline_s,
-        min_fit_replies=min_replies,
-        central_every=ev.central_every,
-        federated_every=ev.federated_every,
-        federated_selection=fed_sel,
-        evaluate_deadline_s=ev.deadline_s,
-    )
-
-
-def privacy_from_config(
-    job: JobConfig, n_sites: int, dimension: int, seeded: bool
-) -> PrivacyController | None:
-    if job.privacy is None:
-        return None
-    if job.privacy.mode == "local" and job.privacy.epsilon_limit is not None:
-        raise ConfigError(
-            "privacy.epsilon_limit: local DP is example-level and spent per site; "
-            "set each site's policy (max_epsilon) instead"
-        )
-    from consortia.server.privacy import PrivacyController
-
-    return PrivacyController(
-        job.privacy,
-        eligible_sites=n_sites,
-        dimension=dimension,
-        rounds=job.rounds,
-        seed=job.seed,
-        seeded=seeded,
-    )
 
 
 def _take(x: Any, idx: np.ndarray) -> Any:
@@ -217,22 +119,26 @@ def build_sites(job: JobConfig, data: Dataset) -> tuple[list[str], dict[str, Sit
 
 def _site_factory(
     trainer: Trainer, sites: dict[str, SiteData], policy: SitePolicy | None
-) -> Callable[[str], Site]:
-    def make(site_id: str) -> Site:
+) -> MakeSite:
+    def make(site_id: str) -> SiteApp:
         return Site(site_id, trainer, sites[site_id], policy)
 
     return make
 
 
-@contextlib.contextmanager
-def _fleet(
-    debug: bool, ids: list[str], make: Callable[[str], Site], workers: int
-) -> Iterator[Fleet]:
-    fleet: Fleet = DebugFleet(ids, make) if debug else PoolFleet(ids, make, workers)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
+def _load(
+    job: str | Path | JobConfig, base_dir: str | Path | None, updates: dict[str, Any]
+) -> tuple[JobConfig, Path, str | None]:
+    if isinstance(job, (str, Path)):
+        path = Path(job)
+        cfg, text, base = load_job_with_app(path), path.read_text(), path.parent
+    else:
+        cfg, text, base = job, None, Path(base_dir or ".")
+    if updates:
+        cfg = JobConfig.model_validate({**cfg.model_dump(), **updates})
+    if cfg.simulation is None:
+        raise ConfigError("simulation: this job has no [simulation] section (virtual sites)")
+    return cfg, base, text
 
 
 def simulate(
@@ -244,52 +150,42 @@ def simulate(
     debug: bool = False,
     progress: bool = False,
     base_dir: str | Path | None = None,
+    resume: bool = False,
+    strategy: Strategy | None = None,
+    aggregator: Aggregator | None = None,
+    listeners: Sequence[Subscriber] = (),
+    make_site: MakeSite | None = None,
+    steps: Callable[[list[Step]], list[Step]] | None = None,
 ) -> SimulationResult:
     """Run a simulated federation; returns the final model and per-round metrics.
 
     ``job`` is a job file path or a parsed JobConfig (then ``base_dir`` locates ``task.app``).
+    ``strategy`` or ``aggregator`` replace the job's; ``listeners`` subscribe to the run's
+    events; ``make_site(site_id)`` builds each site's app instead of the built-in ``Site``;
+    ``steps`` edits the list of round steps. ``resume=True`` continues the run in ``out``.
     On a failed round the last good model is still written and RoundFailedError raised.
     """
-    t_start = time.perf_counter()
-    job_text = None
-    if isinstance(job, (str, Path)):
-        path = Path(job)
-        cfg = load_job(path)
-        job_text = path.read_text()
-        base = path.parent
-    else:
-        cfg, base = job, Path(base_dir or ".")
     updates: dict[str, Any] = {}
     if rounds is not None:
         updates["rounds"] = rounds
     if seed is not None:
         updates["seed"] = seed
-    if updates:
-        cfg = JobConfig.model_validate({**cfg.model_dump(), **updates})
-    if cfg.simulation is None:
-        raise ConfigError("simulation: this job has no [simulation] section (virtual sites)")
+    cfg, base, text = _load(job, base_dir, updates)
+    assert cfg.simulation is not None
+    if resume and out is None:
+        raise ConfigError("resume: name the run folder to continue (out=...)")
 
     trainer = build_trainer(cfg.task, base)
     data = load_dataset(cfg.task, base)
     ids, site_data, hist = build_sites(cfg, data)
     spec, weights = trainer.initial()
     seeded = debug or (cfg.privacy is not None and cfg.privacy.seeded_noise)
-    strategy = strategy_from_config(cfg, seeded=seeded)
-    settings = loop_settings(cfg, len(ids))
-    privacy = privacy_from_config(cfg, len(ids), spec.size, seeded)
-    sp = cfg.simulation.site_policy
     policy = None
+    sp = cfg.simulation.site_policy
     if sp is not None:
         from consortia.client.policy import SitePolicy
 
         policy = SitePolicy(sp.max_epsilon, sp.delta, sp.require_privacy)
-
-    folder = RunFolder(out or default_run_dir())
-    if job_text is not None:
-        folder.write_job(job_text)
-    else:
-        folder.write_job(cfg.model_dump_json(indent=1), "job.json")
-    folder.write_partition(ids, hist)
 
     central = None
     if data.has_test and cfg.evaluation.central_every > 0:
@@ -298,52 +194,61 @@ def simulate(
         def central(w: np.ndarray) -> dict[str, float]:
             return trainer.evaluate(w, x_test, y_test)
 
-    metrics = MetricsFile(folder)
-    checkpoints = Checkpoints(folder, spec)
-    tb = TensorBoardWriter(folder.path / "tensorboard")
-    listeners: list[RoundListener] = [metrics, checkpoints, tb]
-    state = LoopState(0, weights)
-    error: str | None = None
-    stopped: str | None = None
-    # The pool forks here, before any progress-bar thread exists.
-    make_site = _site_factory(trainer, site_data, policy)
-    with _fleet(debug, ids, make_site, cfg.simulation.workers) as fleet:
-        loop = RoundLoop(spec, strategy, fleet, settings, central, listeners, privacy)
-        state = loop.initial_state(weights)
-        bar = ProgressBar(cfg.rounds) if progress else None
-        if bar is not None:
-            loop.listeners.append(bar)
-        try:
-            with bar or contextlib.nullcontext():
-                state = loop.run(state)
-        except RoundFailedError as exc:
-            error = str(exc)
-            state = checkpoints.last or state
-        except BudgetExhausted as exc:
-            stopped = str(exc)
-            state = checkpoints.last or state
-        finally:
-            tb.close()
-    digest = folder.write_model(spec, state.weights)
-    history = metrics.history
-    summary = run_summary(
-        folder,
-        job=cfg.name,
-        status="failed" if error else ("budget_exhausted" if stopped else "completed"),
-        rounds=cfg.rounds,
-        rounds_completed=state.round,
-        history=history,
-        seconds=time.perf_counter() - t_start,
-        digest=digest,
-        error=error,
-        sites=len(ids),
-        mode="debug" if debug else "parallel",
+    prepared = PreparedJob(
+        text if text is not None else cfg.model_dump_json(indent=1),
+        cfg,
+        trainer,
+        spec,
+        weights,
+        central,
+        text_name="job.toml" if text is not None else "job.json",
+        overrides=updates,
+        workflow=app_hook(cfg.task, base, "workflow"),
     )
-    add_privacy(summary, folder, privacy, stopped)
-    folder.write_summary(summary)
-    result = SimulationResult(spec, state.weights, history, folder.path, summary)
-    if error is not None:
+    fleet_name = "debug" if debug else cfg.simulation.fleet
+    factory = FLEETS.get(fleet_name)
+    make = (
+        make_site or app_hook(cfg.task, base, "site") or _site_factory(trainer, site_data, policy)
+    )
+    # The pool forks here, before any progress-bar thread exists.
+    fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
+    bar = ProgressBar(cfg.rounds) if progress else None
+    subscribers: list[Subscriber] = [MetricsFile(), TensorBoardWriter(), *listeners]
+    if bar is not None:
+        subscribers.append(bar)
+    options = RunOptions(
+        out=Path(out) if out is not None else default_run_dir(),
+        resume=resume,
+        rounds=rounds,
+        round_retries=0,
+        mode="debug" if debug else ("parallel" if fleet_name == "pool" else fleet_name),
+        eligible_sites=len(ids),
+        seeded=seeded,
+        min_sites=1,
+    )
+    run = Run(
+        prepared,
+        options,
+        lambda job_id: fleet,
+        subscribers=subscribers,
+        strategy=strategy,
+        aggregator=aggregator,
+        steps=steps,
+        summary_extra=lambda store, state: {"sites": len(ids)},
+        on_open=lambda folder: folder.write_partition(ids, hist),
+    )
+    try:
+        with bar or contextlib.nullcontext():
+            result = run.run()
+    finally:
+        fleet.close()
+    summary = result.summary
+    sim = SimulationResult(
+        spec, result.state.weights, result.history, Path(summary["run_dir"]), summary
+    )
+    if summary.get("status") == "failed":
         raise RoundFailedError(
-            f"{error}; the last good model (round {state.round}) is in {folder.path}"
+            f"{summary.get('error')}; the last good model (round {result.state.round}) is in "
+            f"{summary['run_dir']}"
         )
-    return result
+    return sim

@@ -7,6 +7,7 @@ here, lazily, so a scikit-learn job never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -17,9 +18,20 @@ from types import ModuleType
 from typing import Any
 
 from consortia.client.trainers.base import Trainer
-from consortia.core.config import TaskConfig
+from consortia.client.trainers.frameworks import TrainerBuilder, app_function
+from consortia.core.config import JobConfig, TaskConfig, parse_job, read_job
 from consortia.core.dataset import Dataset
 from consortia.core.errors import ConfigError
+from consortia.core.registry import FRAMEWORKS
+
+__all__ = [
+    "app_function",
+    "app_hook",
+    "build_trainer",
+    "load_app",
+    "load_dataset",
+    "load_job_with_app",
+]
 
 
 def load_app(ref: str, base_dir: Path) -> ModuleType:
@@ -42,30 +54,30 @@ def load_app(ref: str, base_dir: Path) -> ModuleType:
         raise ConfigError(f"task.app: cannot import module {ref!r} ({exc})") from None
 
 
-def app_function(module: ModuleType, name: str, field: str) -> Callable[..., Any]:
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ConfigError(f"task.{field}: {module.__name__} has no function {name!r}")
-    return fn
+def load_job_with_app(path: str | Path) -> JobConfig:
+    """Read a job file after importing its task's app: an app that registers an aggregator,
+    a message kind or a framework can then be named by that name in the same file."""
+    path = Path(path)
+    data = read_job(path)
+    task = data.get("task")
+    if isinstance(task, dict) and isinstance(task.get("app"), str):
+        # A missing app is reported when the task is built; the file's own errors first.
+        with contextlib.suppress(ConfigError):
+            load_app(task["app"], path.parent)
+    return parse_job(data, str(path))
+
+
+def app_hook(task: TaskConfig, base_dir: Path, field: str) -> Callable[..., Any] | None:
+    """The app function a [task] field names (``site``, ``workflow``), or None if unset."""
+    name = getattr(task, field)
+    if name is None:
+        return None
+    return app_function(load_app(task.app, base_dir), name, field)
 
 
 def build_trainer(task: TaskConfig, base_dir: Path) -> Trainer:
-    app = load_app(task.app, base_dir)
-    if task.framework == "torch":
-        from consortia.client.trainers.torch import TorchTrainer
-
-        return TorchTrainer(app_function(app, task.model, "model"), loss=task.loss)
-    if task.framework == "sklearn":
-        from consortia.client.trainers.sklearn import SklearnTrainer
-
-        return SklearnTrainer(app_function(app, task.model, "model"))
-    from consortia.client.trainers.numpy import FunctionTrainer
-
-    return FunctionTrainer(
-        app_function(app, task.model, "model"),
-        app_function(app, task.fit, "fit"),
-        app_function(app, task.evaluate, "evaluate"),
-    )
+    builder: TrainerBuilder = FRAMEWORKS.get(task.framework)  # type: ignore[assignment]
+    return builder(load_app(task.app, base_dir), task)
 
 
 def load_dataset(task: TaskConfig, base_dir: Path) -> Dataset:

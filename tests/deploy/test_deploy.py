@@ -17,11 +17,12 @@ from deploy_helpers import TOY_JOB
 from consortia.client.runtime import Site
 from consortia.client.trainers.numpy import FunctionTrainer
 from consortia.core.errors import ConfigError, RoundFailedError
+from consortia.core.events import LoopState, RoundRecord
 from consortia.core.serialize import load_model
+from consortia.deployment import Deployment, DeployOptions, prepare_job
 from consortia.fleet.base import Fleet
 from consortia.fleet.debug import DebugFleet
-from consortia.server.deploy import Deployment, DeployOptions, PreparedJob, prepare_job
-from consortia.server.rounds import LoopState, RoundRecord
+from consortia.server.run import PreparedJob
 from consortia.server.store import STORE_FILE, ServerStore, StoreError
 
 
@@ -89,19 +90,19 @@ class _Crash(Exception):
 def test_resume_after_a_crash_gives_the_uninterrupted_model(
     job: PreparedJob, reference: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from consortia.server import deploy
+    from consortia.server.run import Run
 
-    real = deploy.DurableRounds.on_round
+    real = Run._commit
 
-    def on_round(self: deploy.DurableRounds, record: RoundRecord, state: LoopState) -> None:
-        real(self, record, state)
+    def commit(self: Run, folder: Any, store: Any, record: RoundRecord, state: LoopState) -> None:
+        real(self, folder, store, record, state)
         if state.round == 2:
             raise _Crash  # the process dies between the commit and anything after it
 
-    monkeypatch.setattr(deploy.DurableRounds, "on_round", on_round)
+    monkeypatch.setattr(Run, "_commit", commit)
     with pytest.raises(_Crash):
         _run(job, tmp_path)
-    monkeypatch.setattr(deploy.DurableRounds, "on_round", real)
+    monkeypatch.setattr(Run, "_commit", real)
     with ServerStore(tmp_path / STORE_FILE) as s:
         assert [r.number for r in s.completed_rounds()] == [1, 2]
     summary = _run(job, tmp_path, resume=True)

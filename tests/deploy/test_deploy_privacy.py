@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import toy_app
@@ -13,10 +14,10 @@ from deploy_helpers import TOY_JOB
 from consortia.cli.client import load_policy
 from consortia.client.policy import SitePolicy
 from consortia.core.errors import ConfigError
+from consortia.core.events import LoopState, RoundRecord
+from consortia.deployment import Deployment, DeployOptions, prepare_job
 from consortia.fleet.debug import DebugFleet
 from consortia.privacy import epsilon_for
-from consortia.server.deploy import Deployment, DeployOptions, prepare_job
-from consortia.server.rounds import LoopState, RoundRecord
 
 PRIVACY = """
 [privacy]
@@ -47,20 +48,20 @@ class _Crash(Exception):
 
 
 def test_resumed_dp_job_keeps_counting_epsilon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from consortia.server import deploy
+    from consortia.server.run import Run
 
     job = _dp_job(tmp_path)
-    real = deploy.DurableRounds.on_round
+    real = Run._commit
 
-    def on_round(self: deploy.DurableRounds, record: RoundRecord, state: LoopState) -> None:
-        real(self, record, state)
+    def commit(self: Run, folder: Any, store: Any, record: RoundRecord, state: LoopState) -> None:
+        real(self, folder, store, record, state)
         if state.round == 2:
             raise _Crash
 
-    monkeypatch.setattr(deploy.DurableRounds, "on_round", on_round)
+    monkeypatch.setattr(Run, "_commit", commit)
     with pytest.raises(_Crash):
         _run(job, tmp_path / "run")
-    monkeypatch.setattr(deploy.DurableRounds, "on_round", real)
+    monkeypatch.setattr(Run, "_commit", real)
     summary = _run(job, tmp_path / "run", resume=True)
     assert summary["rounds_completed"] == 4
     report = json.loads((tmp_path / "run" / "privacy.json").read_text())

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.credentials import site_credentials
 
@@ -43,7 +44,9 @@ class RawStream:
         self.welcome = threading.Event()
         self.ended: list[grpc.RpcError] = []
         threading.Thread(target=self._read, daemon=True).start()
-        hello = pb.SiteMessage(hello=pb.Hello(protocol_version=1, max_chunk_bytes=2**20))
+        hello = pb.SiteMessage(
+            hello=pb.Hello(protocol_version=codec.PROTOCOL_VERSION, max_chunk_bytes=2**20)
+        )
         self.send(hello.SerializeToString())
         assert self.welcome.wait(10), "no welcome from the server"
 
@@ -68,14 +71,16 @@ class RawStream:
 
 
 def _reply(
-    b: pb.Binding, v: pb.VectorInfo, kind: str, n: int, m: dict[str, float]
+    b: pb.Binding, v: pb.ArrayInfo, body: str, n: int, m: dict[str, float]
 ) -> pb.SiteMessage:
-    reply = pb.Reply(binding=b, vector=v)
-    if kind == "fit":
-        reply.fit.CopyFrom(pb.FitResult(num_examples=n, metrics=m))
-    elif kind == "evaluate":
-        reply.evaluate.CopyFrom(pb.EvaluateResult(num_examples=n, metrics=m))
-    elif kind == "error":
+    reply = pb.Reply(binding=b)
+    if body == "payload":
+        scalars = {"num_examples": pb.Scalar(integer=n)}
+        scalars.update({f"metrics[{k}]": pb.Scalar(number=x) for k, x in m.items()})
+        reply.payload.CopyFrom(pb.Payload(scalars=scalars, arrays=[v]))
+    elif body == "empty payload":
+        reply.payload.CopyFrom(pb.Payload())
+    elif body == "error":
         reply.error.reason = "x" * 10
     return pb.SiteMessage(reply=reply)
 
@@ -86,11 +91,12 @@ def _hostile(job_id: str) -> st.SearchStrategy[bytes]:
         pb.Binding,
         job_id=st.sampled_from([job_id, "other-job", ""]),
         round=st.integers(0, 6) | st.just(2**64 - 1),  # stale, current, future, absurd
-        phase=st.integers(0, 5),
+        kind=st.sampled_from(["fit", "evaluate", "nonsense", ""]),
         request_id=ids,
     )
     vector = st.builds(
-        pb.VectorInfo,
+        pb.ArrayInfo,
+        name=st.sampled_from(["delta", "weights", "", "x" * 300]),
         length=st.sampled_from([0, 6, 7, 2**40, 2**64 - 1]),
         dtype=st.integers(0, 7),
         num_chunks=st.integers(0, 2**32 - 1),
@@ -98,8 +104,10 @@ def _hostile(job_id: str) -> st.SearchStrategy[bytes]:
     metrics = st.dictionaries(
         st.text(max_size=4), st.sampled_from([0.5, float("nan"), float("-inf")]), max_size=3
     )
-    body = st.sampled_from(["fit", "evaluate", "error", "none"])
-    reply = st.builds(_reply, binding, vector, body, st.sampled_from([0, 3, 2**63]), metrics)
+    body = st.sampled_from(["payload", "empty payload", "error", "none"])
+    reply = st.builds(
+        _reply, binding, vector, body, st.sampled_from([0, 3, 2**63 - 1, -1]), metrics
+    )
     chunk = st.builds(
         lambda rid, i, data: pb.SiteMessage(chunk=pb.Chunk(request_id=rid, index=i, data=data)),
         ids,
@@ -107,7 +115,9 @@ def _hostile(job_id: str) -> st.SearchStrategy[bytes]:
         st.binary(max_size=64),
     )
     hello = st.builds(
-        lambda name: pb.SiteMessage(hello=pb.Hello(site_name=name, protocol_version=1)),
+        lambda name: pb.SiteMessage(
+            hello=pb.Hello(site_name=name, protocol_version=codec.PROTOCOL_VERSION)
+        ),
         st.sampled_from(["site-a", "hostile", "../etc"]),
     )
     structured = (reply | chunk | hello | st.just(pb.SiteMessage())).map(

@@ -29,10 +29,10 @@ from deploy_helpers import (
 )
 
 from consortia.core.serialize import load_model
+from consortia.deployment import Deployment, DeployOptions, prepare_job
 from consortia.fleet.debug import DebugFleet
 from consortia.fleet.grpc import SiteConnectionError, run_site
 from consortia.security.pki import add_site, init_pki
-from consortia.server.deploy import Deployment, DeployOptions, prepare_job
 
 Spawn = Callable[..., Proc]
 
@@ -50,11 +50,16 @@ def test_three_sites_train_the_digits_example_over_mutual_tls(
         "server", server_args(DIGITS_JOB, port, pki, out, "--rounds", "3", "--min-sites", "3")
     )
     sites = ("hospital-a", "hospital-b", "hospital-c")
+    # hospital-a exits when the job ends (the default); the others stay for the next job.
     clients = [
         spawn(
-            s, client_args(port, s, pki / "sites" / s, DIGITS_APP), {"CONSORTIA_DIGITS_SHARDS": "3"}
+            s,
+            client_args(
+                port, s, pki / "sites" / s, DIGITS_APP, *([] if i == 0 else ["--keep-alive"])
+            ),
+            {"CONSORTIA_DIGITS_SHARDS": "3"},
         )
-        for s in sites
+        for i, s in enumerate(sites)
     ]
     assert server.wait(60) == 0, server.output()
     log = server.output()
@@ -77,14 +82,21 @@ def test_three_sites_train_the_digits_example_over_mutual_tls(
     )
     assert list((out / "tensorboard").iterdir())
     assert {p: o for p, (o, _) in _participants(out, 3).items()} == dict.fromkeys(sites, "replied")
-    # Each client showed its connection and its rounds; Ctrl-C and SIGTERM end it with 0.
-    clients[0].wait_for_text("round 3 fit: reply sent", 5)
-    assert f"connected to 127.0.0.1:{port} as hospital-a" in clients[0].output()
-    clients[0].signal(signal.SIGINT)
-    clients[1].signal(signal.SIGTERM)
+    # Each client showed its connection and its rounds. The server told them the job was
+    # over: hospital-a exits 0 by itself and says so; with --keep-alive the others stay
+    # connected for the next job until Ctrl-C or SIGTERM, which also end them with 0.
+    assert clients[0].wait(15) == 0
+    out0 = clients[0].output()
+    assert f"connected to 127.0.0.1:{port} as hospital-a" in out0
+    assert "round 3 fit: reply sent" in out0
+    assert "is over (completed); site hospital-a exits" in out0
+    for c in clients[1:]:
+        c.wait_for_text("keeping the connection for the server's next job", 10)
+        assert c.popen.poll() is None
+    clients[1].signal(signal.SIGINT)
     clients[2].signal(signal.SIGTERM)
-    assert [c.wait(10) for c in clients] == [0, 0, 0]
-    assert "site hospital-a stopped" in clients[0].output()
+    assert [c.wait(10) for c in clients[1:]] == [0, 0]
+    assert "site hospital-b stopped" in clients[1].output()
 
 
 def test_sites_with_a_certificate_from_another_ca_are_refused(

@@ -1,12 +1,14 @@
 """Process-pool and debug fleets: replies in request order, failures never stop a phase."""
 
+import os
 import time
 
 import numpy as np
 
+from consortia.client.app import SiteApp
 from consortia.client.runtime import Site, SiteData
-from consortia.core.messages import FitIns, TrainSettings
-from consortia.fleet.base import Failure, Reply
+from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, TrainSettings
+from consortia.fleet.base import Failure, Reply, Timing
 from consortia.fleet.debug import DebugFleet
 from consortia.fleet.pool import PoolFleet
 
@@ -58,7 +60,7 @@ def test_pool_fleet_reports_errors_and_missed_deadlines_without_stalling():
     fleet = PoolFleet(list(SITES), _make, workers=2)
     try:
         start = time.monotonic()
-        outcomes = list(fleet.send(_requests(), deadline_s=1.0))
+        outcomes = list(fleet.send(_requests(), Timing(1.0)))
         assert time.monotonic() - start < 2.0  # did not wait for the 3 s site
         _check(outcomes)
     finally:
@@ -66,7 +68,7 @@ def test_pool_fleet_reports_errors_and_missed_deadlines_without_stalling():
 
 
 def test_debug_fleet_gives_the_same_outcomes():
-    _check(list(DebugFleet(list(SITES), _make).send(_requests(), deadline_s=1.0)))
+    _check(list(DebugFleet(list(SITES), _make).send(_requests(), Timing(1.0))))
 
 
 def test_batched_sites_keep_request_order_and_their_own_errors():
@@ -79,7 +81,7 @@ def test_batched_sites_keep_request_order_and_their_own_errors():
     try:
         w = np.zeros(1, np.float32)
         reqs = [(s, FitIns(1, w, TrainSettings(), seed=0)) for s in many]
-        outcomes = list(fleet.send(reqs, deadline_s=10.0))
+        outcomes = list(fleet.send(reqs, Timing(10.0)))
     finally:
         fleet.close()
     assert [o.site for o in outcomes] == list(many)
@@ -88,3 +90,54 @@ def test_batched_sites_keep_request_order_and_their_own_errors():
             assert isinstance(o, Failure) and "bad batch" in o.reason
         else:
             assert isinstance(o, Reply) and o.message.delta[0] == i
+
+
+class Counter(SiteApp):
+    """Counts the messages it has answered: state that must live in one place."""
+
+    def __init__(self, site_id: str) -> None:
+        super().__init__(site_id)
+        self.calls = 0
+
+    def on_evaluate(self, ins: EvaluateIns) -> EvaluateRes:
+        self.calls += 1
+        if self.site_id == "die" and ins.round == 2:
+            os._exit(3)  # a native crash takes the whole worker process down
+        return EvaluateRes(self.site_id, ins.round, 1, {"calls": float(self.calls)})
+
+
+def _ask(fleet, sites, rnd):
+    reqs = [(s, EvaluateIns(rnd, np.zeros(1))) for s in sites]
+    return list(fleet.send(reqs, Timing(20.0)))
+
+
+def test_a_site_keeps_its_app_and_state_on_its_worker_across_phases():
+    sites = [f"s{i}" for i in range(7)]
+    fleet = PoolFleet(sites, Counter, workers=3)
+    try:
+        for rnd in range(1, 5):
+            chosen = sites[rnd % 3 :]  # different subsets each time
+            for o in _ask(fleet, chosen, rnd):
+                assert isinstance(o, Reply)
+        counts = {o.site: o.message.metrics["calls"] for o in _ask(fleet, sites, 5)}
+    finally:
+        fleet.close()
+    expected = {s: 1 + sum(1 for r in range(1, 5) if s in sites[r % 3 :]) for s in sites}
+    assert counts == expected
+
+
+def test_a_dead_worker_fails_its_sites_and_is_replaced():
+    sites = ["a", "b", "die", "d"]
+    fleet = PoolFleet(sites, Counter, workers=2)
+    try:
+        assert all(isinstance(o, Reply) for o in _ask(fleet, sites, 1))
+        second = _ask(fleet, sites, 2)
+        failed = {o.site for o in second if isinstance(o, Failure)}
+        assert "die" in failed
+        assert all(
+            "worker process died (exit code 3)" in o.reason for o in second if o.site in failed
+        )
+        third = _ask(fleet, sites, 3)  # the replacement worker serves again (state lost)
+        assert all(isinstance(o, Reply) for o in third if o.site != "die")
+    finally:
+        fleet.close()

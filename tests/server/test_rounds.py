@@ -8,7 +8,7 @@ from consortia.core.errors import RoundFailedError
 from consortia.core.messages import FitRes, TrainSettings
 from consortia.core.spec import ModelSpec
 from consortia.fleet.debug import DebugFleet
-from consortia.server.rounds import LoopSettings, RoundLoop
+from consortia.server.workflow import LoopSettings, Workflow, standard_steps
 from consortia.strategy.presets import make_strategy
 from consortia.strategy.selection import UniformSelection
 
@@ -44,13 +44,29 @@ def _site(sid, target, n, trainer=None):
     return Site(sid, trainer or ToTarget(), SiteData(x, np.zeros(n), x, np.zeros(n)))
 
 
+class _Loop:
+    """Rounds of the standard workflow over a debug fleet, keeping every round's record."""
+
+    def __init__(self, workflow, fleet):
+        self.workflow, self.fleet, self.records = workflow, fleet, []
+
+    def initial_state(self, weights):
+        return self.workflow.initial_state(weights)
+
+    def run(self, state):
+        while state.round < self.workflow.settings.rounds:
+            state, record = self.workflow.run_round(state, self.fleet)
+            self.records.append(record)
+        return state
+
+
 def _loop(sites, rounds=1, min_replies=1, **kw):
     fleet = DebugFleet(list(sites), lambda s: sites[s])
     strategy = make_strategy(
         "fedavg", selection=UniformSelection(count=len(sites)), train=TrainSettings()
     )
     settings = LoopSettings(rounds=rounds, min_fit_replies=min_replies, **kw)
-    return RoundLoop(SPEC, strategy, fleet, settings)
+    return _Loop(Workflow(SPEC, standard_steps(strategy, settings), settings), fleet)
 
 
 def test_fedavg_round_is_the_example_weighted_mean():
@@ -68,9 +84,8 @@ def test_site_that_raises_does_not_stop_the_round():
         "b": _site("b", [9.0, 9.0], 1, Broken()),
         "c": _site("c", [4.0, 0.0], 1),
     }
-    records = []
     loop = _loop(sites, min_replies=2)
-    loop.listeners.append(type("L", (), {"on_round": lambda self, r, s: records.append(r)})())
+    records = loop.records
     state = loop.run(loop.initial_state(np.zeros(2, np.float32)))
     np.testing.assert_allclose(state.weights, [3.0, 1.0])
     (rec,) = records
@@ -97,13 +112,13 @@ def test_too_few_replies_stops_with_a_clear_error_and_keeps_the_last_good_state(
 
 def test_forged_sender_and_stale_round_are_refused():
     class Liar(Site):
-        def handle(self, message):
-            real = super().handle(message)
+        def on_fit(self, message):
+            real = super().on_fit(message)
             return FitRes("someone-else", real.round, real.delta, real.num_examples, {})
 
     class Stale(Site):
-        def handle(self, message):
-            real = super().handle(message)
+        def on_fit(self, message):
+            real = super().on_fit(message)
             return FitRes(real.site, real.round - 1, real.delta, real.num_examples, {})
 
     x = np.ones((1, 2), np.float32)
@@ -112,9 +127,8 @@ def test_forged_sender_and_stale_round_are_refused():
         "b": Liar("b", ToTarget(), SiteData(x, np.zeros(1))),
         "c": Stale("c", ToTarget(), SiteData(x, np.zeros(1))),
     }
-    records = []
     loop = _loop(sites)
-    loop.listeners.append(type("L", (), {"on_round": lambda self, r, s: records.append(r)})())
+    records = loop.records
     state = loop.run(loop.initial_state(np.zeros(2, np.float32)))
     np.testing.assert_allclose(state.weights, [2.0, 2.0])
     reasons = {f.site: f.reason for f in records[0].failures}
@@ -123,11 +137,10 @@ def test_forged_sender_and_stale_round_are_refused():
 
 def test_federated_evaluation_reports_distribution_and_worst_site():
     sites = {"a": _site("a", [1.0, 1.0], 1), "b": _site("b", [3.0, 3.0], 1)}
-    records = []
     loop = _loop(
         sites, federated_every=1, federated_selection=UniformSelection(count=2), central_every=0
     )
-    loop.listeners.append(type("L", (), {"on_round": lambda self, r, s: records.append(r)})())
+    records = loop.records
     loop.run(loop.initial_state(np.zeros(2, np.float32)))
     m = records[0].metrics
     # global = [2, 2]: each site is off by 2 in total -> accuracy 1/3 everywhere

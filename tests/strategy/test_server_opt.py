@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from consortia.core.errors import ConfigError
 from consortia.strategy.server_opt import SGD, Adagrad, Adam, Momentum, Yogi, make_server_optimizer
 
 X = np.array([1.0, -2.0])
@@ -62,5 +63,5 @@ def test_steps_do_not_mutate_inputs():
 def test_factory_defaults_and_errors():
     assert make_server_optimizer("sgd") == SGD(lr=1.0)
     assert make_server_optimizer("adam").lr == 0.01
-    with pytest.raises(ValueError, match="unknown server optimiser"):
+    with pytest.raises(ConfigError, match=r"unknown server optimiser 'lion'; choose from adagrad"):
         make_server_optimizer("lion")

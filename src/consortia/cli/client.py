@@ -2,9 +2,11 @@
 
 consortia client --server HOST:PORT --site NAME --pki SITE_DIR --app FILE_OR_MODULE:FUNCTION
 
-``FUNCTION(site_name)`` returns the site's ``consortia.Site`` (its trainer and local data);
-nothing else of the site leaves this machine. The client dials out (no inbound port),
-reconnects on its own with backoff, and exits with status 0 on Ctrl-C or SIGTERM.
+``FUNCTION(site_name)`` returns the site's app: a ``consortia.Site`` (a trainer and local
+data) or any ``consortia.SiteApp``; nothing else of the site leaves this machine. The
+client dials out (no inbound port), reconnects on its own with backoff, and exits with
+status 0 when the server says the job is over (``--keep-alive``: it stays for the next
+job), on Ctrl-C or on SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from consortia.core.errors import ConfigError
 def load_site(ref: str, site_name: str) -> Any:
     """Import ``FILE.py:FUNCTION`` (relative to the working directory) or
     ``package.module:FUNCTION`` and call it with the site's name."""
-    from consortia.client.runtime import Site
+    from consortia.client.app import SiteApp
     from consortia.task import load_app
 
     module_ref, sep, fn_name = ref.rpartition(":")
@@ -37,10 +39,10 @@ def load_site(ref: str, site_name: str) -> Any:
     if not callable(fn):
         raise ConfigError(f"--app {ref!r}: {module_ref} has no function {fn_name!r}")
     site = fn(site_name)
-    if not isinstance(site, Site):
+    if not isinstance(site, SiteApp):
         raise ConfigError(
             f"--app {ref!r}: {fn_name}({site_name!r}) returned {type(site).__name__}, "
-            "not a consortia Site"
+            "not a consortia SiteApp (e.g. consortia.Site)"
         )
     if site.site_id != site_name:
         raise ConfigError(
@@ -117,6 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="give up after this many failed connection attempts in a row (default: never)",
     )
+    p.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="stay connected when a job ends, for the server's next job (default: exit 0)",
+    )
     p.set_defaults(func=run)
 
 
@@ -137,8 +144,12 @@ def run(args: argparse.Namespace) -> int:
         check_identity(args.pki, args.site)
     site = load_site(args.app, args.site)
     if args.policy is not None:
+        from consortia.client.runtime import policy_check
+
         site.policy = load_policy(args.policy)
-        console.print(f"site policy from {args.policy}: {site.policy}")
+        if policy_check not in site.middleware:  # a custom app is held to the policy too
+            site.middleware.insert(0, policy_check)
+        console.print(f"site policy from {args.policy}: {site.policy}", markup=False)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -148,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     console.print(f"[bold]site {args.site}[/]: serving {args.app} to {args.server}")
-    run_site(
+    ended = run_site(
         args.server,
         site,
         None if args.insecure else args.pki,
@@ -158,6 +169,12 @@ def run(args: argparse.Namespace) -> int:
         max_backoff_s=args.max_backoff,
         max_attempts=args.max_attempts,
         server_name=args.server_name,
+        keep_alive=args.keep_alive,
     )
-    console.print(f"site {args.site} stopped")
+    if ended is not None:
+        console.print(
+            f"job {ended.job_id} is over ({ended.status}); site {args.site} exits", markup=False
+        )
+    else:
+        console.print(f"site {args.site} stopped", markup=False)
     return 0

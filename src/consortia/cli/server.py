@@ -16,43 +16,59 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 
 class ConsoleReporter:
     """Connected sites and round progress on the terminal, one line per event (readable
-    in a log file as well as live)."""
+    in a log file as well as live). Site names, reasons and metric values come from sites:
+    they are printed as text, never interpreted as console markup."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def waiting(self, connected: list[str], needed: int) -> None:
-        names = ", ".join(connected) or "none"
-        self.console.print(
-            f"[yellow]waiting for sites[/]: {len(connected)} of {needed} connected ({names})"
-        )
+    def _say(self, style: str, head: str, rest: str = "") -> None:
+        line = Text(head, style=style)
+        line.append(rest)
+        self.console.print(line)
 
-    def round_started(self, number: int, total: int, connected: list[str]) -> None:
-        self.console.print(
-            f"[bold]round {number}/{total}[/] starting; {len(connected)} sites connected: "
-            + ", ".join(connected)
-        )
+    def __call__(self, event: Any) -> None:
+        from consortia.core.events import RoundDone, RoundFailed, RoundStarted, WaitingForSites
 
-    def round_done(self, record: Any, total: int) -> None:
-        m = record.metrics
-        acc = m.get("accuracy", m.get("federated_accuracy"))
-        shown = f", accuracy {acc:.4f}" if isinstance(acc, float) else ""
-        failed = f", [red]{len(record.failures)} failed[/]" if record.failures else ""
-        self.console.print(
-            f"[green]round {record.round}/{total} done[/] in {record.seconds:.2f} s: "
-            f"{record.replies}/{record.sites} replies{failed}{shown}"
-        )
-        for f in record.failures:
-            self.console.print(f"  [red]{f.site}[/]: {f.reason}")
-
-    def round_failed(self, number: int, error: str, attempt: int) -> None:
-        self.console.print(
-            f"[red]round {number} failed[/] (attempt {attempt}): {error}; trying again"
-        )
+        if isinstance(event, WaitingForSites):
+            names = ", ".join(event.connected) or "none"
+            self._say(
+                "yellow",
+                "waiting for sites",
+                f": {len(event.connected)} of {event.needed} connected ({names})",
+            )
+        elif isinstance(event, RoundStarted):
+            self._say(
+                "bold",
+                f"round {event.round}/{event.rounds}",
+                f" starting; {len(event.connected)} sites connected: " + ", ".join(event.connected),
+            )
+        elif isinstance(event, RoundDone):
+            record = event.record
+            m = record.metrics
+            acc = m.get("accuracy", m.get("federated_accuracy"))
+            shown = f", accuracy {acc:.4f}" if isinstance(acc, float) else ""
+            failed = f", {len(record.failures)} failed" if record.failures else ""
+            self._say(
+                "green",
+                f"round {record.round}/{event.rounds} done",
+                f" in {record.seconds:.2f} s: {record.replies}/{record.sites} replies"
+                f"{failed}{shown}",
+            )
+            for f in record.failures:
+                self._say("red", f"  {f.site}", f": {f.reason}")
+        elif isinstance(event, RoundFailed):
+            again = "; trying again" if event.retrying else ""
+            self._say(
+                "red",
+                f"round {event.round} failed",
+                f" (attempt {event.attempt}): {event.error}{again}",
+            )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,9 +97,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from consortia.core.errors import ConfigError
+    from consortia.deployment import Deployment, DeployOptions, prepare_job
     from consortia.fleet.grpc import GrpcFleet
     from consortia.monitor.progress import summary_table
-    from consortia.server.deploy import Deployment, DeployOptions, prepare_job
 
     console = Console()
     logging.basicConfig(

@@ -20,6 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run sites one by one in this process (DP noise seeded: reproducible, not private)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last completed round (same job file)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.set_defaults(func=run)
 
@@ -38,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         debug=args.debug,
         progress=not args.quiet,
+        resume=args.resume,
     )
     if not args.quiet:
         console.print(summary_table(result.summary))

@@ -1,18 +1,23 @@
-"""A site: its local data and trainer, answering the server's messages.
+"""The built-in site: its local data and a trainer, answering fit and evaluate.
 
 The same ``Site`` object answers in-process (debug fleet), in a worker process (pool
-fleet) and behind ``consortia client`` (gRPC), so site code is written once.
+fleet) and behind ``consortia client`` (gRPC), so site code is written once. Its privacy
+stages are middleware: the site's own policy is checked before any training, and the
+update is clipped (and, under distributed DP, encoded with this site's noise share)
+after it, on the way out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from consortia.client.app import Handler, Middleware, SiteApp
 from consortia.client.trainers.base import Trainer
-from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes, InvalidMessageError
+from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 
 if TYPE_CHECKING:  # the privacy stack (dp-accounting) loads only for jobs that use it
     from consortia.client.policy import SitePolicy
@@ -36,48 +41,70 @@ class SiteData:
         return 0 if self.y_eval is None else len(self.y_eval)
 
 
-class Site:
+def policy_check(app: SiteApp, message: Any, call_next: Handler) -> Any:
+    """Refuse a round the site's own policy forbids, before any of its data is touched."""
+    policy = getattr(app, "policy", None)
+    if policy is not None and isinstance(message, FitIns):
+        data = getattr(app, "data", None)
+        n = data.num_train if data is not None else 0
+        policy.check_fit(app.site_id, message, n, message.weights.size)
+    return call_next(message)
+
+
+def privatize_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
+    """Clip (central DP) or clip, round and add this site's noise share (distributed DP)."""
+    reply = call_next(message)
+    if not isinstance(message, FitIns) or message.privacy is None:
+        return reply
+    from consortia.client.stages import privatize
+
+    delta, clip_bit = privatize(reply.delta, message.privacy, app.site_id, message.round)
+    return FitRes(reply.site, reply.round, delta, reply.num_examples, reply.metrics, clip_bit)
+
+
+DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (policy_check, privatize_update)
+
+
+class Site(SiteApp):
+    """A trainer and local data: FedAvg-style fit and local evaluation."""
+
     def __init__(
-        self, site_id: str, trainer: Trainer, data: SiteData, policy: SitePolicy | None = None
+        self,
+        site_id: str,
+        trainer: Trainer,
+        data: SiteData,
+        policy: SitePolicy | None = None,
+        middleware: Sequence[Middleware] = DEFAULT_MIDDLEWARE,
     ) -> None:
-        self.site_id = site_id
+        super().__init__(site_id, middleware)
         self.trainer = trainer
         self.data = data
         self.policy = policy
 
-    def handle(self, message: Any) -> FitRes | EvaluateRes:
-        if isinstance(message, FitIns):
-            return self.fit(message)
-        if isinstance(message, EvaluateIns):
-            return self.evaluate(message)
-        raise InvalidMessageError(
-            f"site {self.site_id}: unexpected message {type(message).__name__}"
-        )
-
-    def fit(self, ins: FitIns) -> FitRes:
+    def on_fit(self, ins: FitIns) -> FitRes:
         n = self.data.num_train
-        if self.policy is not None:
-            self.policy.check_fit(self.site_id, ins, n, ins.weights.size)
         if n == 0:
             # A site with no data contributes nothing (weight 0) rather than failing; under
             # distributed DP it must still add its share of the noise.
-            delta = np.zeros_like(ins.weights)
-            metrics: dict[str, float] = {}
-        else:
-            local, metrics = self.trainer.fit(
-                ins.weights, self.data.x_train, self.data.y_train, ins.settings, ins.seed
-            )
-            delta = np.subtract(local, ins.weights, dtype=ins.weights.dtype)
-        clip_bit = None
-        if ins.privacy is not None:
-            from consortia.client.stages import privatize
+            return FitRes(self.site_id, ins.round, np.zeros_like(ins.weights), 0, {})
+        local, metrics = self.trainer.fit(
+            ins.weights, self.data.x_train, self.data.y_train, ins.settings, ins.seed
+        )
+        delta = np.subtract(local, ins.weights, dtype=ins.weights.dtype)
+        return FitRes(self.site_id, ins.round, delta, n, metrics)
 
-            delta, clip_bit = privatize(delta, ins.privacy, self.site_id, ins.round)
-        return FitRes(self.site_id, ins.round, delta, n, metrics, clip_bit)
-
-    def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
+    def on_evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         n = self.data.num_eval
         if n == 0:
             return EvaluateRes(self.site_id, ins.round, 0, {})
         metrics = self.trainer.evaluate(ins.weights, self.data.x_eval, self.data.y_eval)
         return EvaluateRes(self.site_id, ins.round, n, metrics)
+
+    # Kept for callers that trained a Site directly before handlers had names.
+    def fit(self, ins: FitIns) -> FitRes:
+        reply: FitRes = self.handle(ins)
+        return reply
+
+    def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
+        reply: EvaluateRes = self.handle(ins)
+        return reply

@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from consortia.core.errors import ConfigError
+from consortia.core.registry import (
+    AGGREGATORS,
+    FLEETS,
+    FRAMEWORKS,
+    PRESETS,
+    SERVER_OPTIMIZERS,
+    Registry,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,12 +37,24 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 
+def _registered(registry: Registry[object]) -> AfterValidator:
+    """A job-file name checked against the registry the part registered itself in."""
+    return AfterValidator(registry.check)
+
+
+AggregatorName = Annotated[str, _registered(AGGREGATORS)]
+PresetName = Annotated[str, _registered(PRESETS)]
+OptimizerName = Annotated[str, _registered(SERVER_OPTIMIZERS)]
+FleetName = Annotated[str, _registered(FLEETS)]
+FrameworkName = Annotated[str, _registered(FRAMEWORKS)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TaskConfig(_Strict):
-    framework: Literal["torch", "sklearn", "numpy"]
+    framework: FrameworkName
     app: str = Field(
         description="Python file (relative to the job file) or module with the task's functions"
     )
@@ -36,6 +63,16 @@ class TaskConfig(_Strict):
     loss: str = "cross_entropy"
     fit: str = "fit"
     evaluate: str = "evaluate"
+    site: str | None = Field(
+        None,
+        description="function (site_id) -> SiteApp that simulation uses for each site "
+        "instead of the built-in Site; a deployment's client names it with --app",
+    )
+    workflow: str | None = Field(
+        None,
+        description="function (list of round steps) -> list of round steps: adds or "
+        "replaces steps, in simulation and deployment alike",
+    )
 
 
 class TrainConfig(_Strict):
@@ -49,7 +86,7 @@ class TrainConfig(_Strict):
 
 
 class ServerOptimizerConfig(_Strict):
-    name: Literal["sgd", "momentum", "adam", "yogi", "adagrad"] | None = None
+    name: OptimizerName | None = None
     lr: float | None = Field(None, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -153,13 +190,18 @@ class SitePolicyConfig(_Strict):
 
 
 class StrategyConfig(_Strict):
-    preset: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    preset: PresetName = "fedavg"
     sites_per_round: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     min_sites: int = Field(1, ge=1)
     min_replies: int | None = Field(None, ge=1)
     deadline_s: float = Field(600.0, gt=0)
-    aggregator: Literal["weighted_mean", "mean"] = "weighted_mean"
+    grace_s: float = Field(
+        3.0,
+        ge=0,
+        description="once min_replies are in, wait this long for the rest, then end the phase",
+    )
+    aggregator: AggregatorName = "weighted_mean"
     server_optimizer: ServerOptimizerConfig = ServerOptimizerConfig()
 
     @model_validator(mode="after")
@@ -209,6 +251,7 @@ class PartitionConfig(_Strict):
 class SimulationConfig(_Strict):
     sites: int = Field(ge=1)
     workers: int = Field(2, ge=1)
+    fleet: FleetName = "pool"
     local_eval_fraction: float = Field(0.0, ge=0, lt=1)
     partition: PartitionConfig = PartitionConfig()
     site_policy: SitePolicyConfig | None = None
@@ -240,6 +283,18 @@ class JobConfig(_Strict):
             )
         if not self.poisson_sampling and not sized:
             raise ValueError("strategy: give sites_per_round or fraction")
+        return self
+
+    @model_validator(mode="after")
+    def _aggregator_fits_privacy(self) -> JobConfig:
+        needs = getattr(AGGREGATORS.get(self.strategy.aggregator), "needs", "sum")
+        if needs == "all" and self.privacy is not None and self.privacy.mode != "local":
+            raise ValueError(
+                f"strategy.aggregator: {self.strategy.aggregator!r} needs every update, but "
+                f"privacy.mode = {self.privacy.mode!r} works on the sum of updates only "
+                "(the noise is calibrated to the sum); choose a sum-only aggregator such "
+                f"as 'weighted_mean' or 'mean', or local DP"
+            )
         return self
 
     @model_validator(mode="after")
@@ -295,14 +350,20 @@ def parse_job(data: dict[str, Any], origin: str = "job") -> JobConfig:
         raise ConfigError(f"{origin}: {_describe(exc)}") from None
 
 
-def load_job(path: str | Path) -> JobConfig:
+def read_job(path: str | Path) -> dict[str, Any]:
+    """The job file's TOML, not yet validated."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file ({exc.strerror})") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_job(data, str(path))
+
+
+def load_job(path: str | Path) -> JobConfig:
+    """Read and validate a job file (``consortia.task.load_job_with_app`` first imports
+    the task's app, so that names the app registers are valid in the file)."""
+    return parse_job(read_job(path), str(path))

@@ -1,24 +1,49 @@
-"""Typed messages of the round protocol, one class per phase and direction.
+"""Message kinds of the round protocol: a registry, and the built-in fit and evaluate kinds.
 
-Messages are plain frozen dataclasses holding numpy vectors; transports turn them into
-bytes with their own schema (never pickle across a network). ``validate_*`` functions are
-the boundary checks every incoming reply passes before it touches server state.
+A kind is a name, a request class, a reply class and the checks a reply must pass before
+it touches server state. Classes are frozen dataclasses holding numpy vectors and scalars;
+transports carry them as a ``Payload`` (core/payload.py), never as pickles, so registering
+a kind on both sides is all a new phase needs: no transport, codec or proto edit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from consortia.core.errors import ConsortiaError
+from consortia.core.errors import ConfigError
+from consortia.core.payload import InvalidMessageError, Payload, from_payload, to_payload
 from consortia.core.spec import ModelSpec
 
+__all__ = [
+    "ClientPrivacy",
+    "EvaluateIns",
+    "EvaluateRes",
+    "Failure",
+    "FitIns",
+    "FitRes",
+    "InvalidMessageError",
+    "MessageKind",
+    "Outcome",
+    "Payload",
+    "Reply",
+    "TrainSettings",
+    "check_reply",
+    "decode",
+    "encode",
+    "kind_named",
+    "kind_of",
+    "register_kind",
+]
 
-class InvalidMessageError(ConsortiaError):
-    """An incoming message failed validation; it is dropped and its sender marked failed."""
+MAX_METRICS = 256
+MAX_NAME_CHARS = 128
+MAX_EXAMPLES = 2**53  # beyond this a float weight cannot represent the count exactly
 
 
 @dataclass(frozen=True)
@@ -107,56 +132,230 @@ class EvaluateRes:
     metrics: dict[str, float]
 
 
-Message = FitIns | FitRes | EvaluateIns | EvaluateRes
+# ---- outcomes of sending a request --------------------------------------------------------
 
 
-def _check_header(reply: FitRes | EvaluateRes, site: str, round_: int) -> None:
-    if reply.site != site:
-        raise InvalidMessageError(f"reply claims sender {reply.site!r} but came from {site!r}")
-    if reply.round != round_:
-        raise InvalidMessageError(f"reply for round {reply.round} arrived in round {round_}")
-    if not isinstance(reply.num_examples, int) or reply.num_examples < 0:
-        raise InvalidMessageError(
-            f"num_examples must be a non-negative int, got {reply.num_examples!r}"
-        )
-    for k, v in reply.metrics.items():
-        if not isinstance(k, str) or not isinstance(v, (int, float)) or not math.isfinite(v):
+@dataclass(frozen=True)
+class Reply:
+    site: str
+    message: Any
+
+
+@dataclass(frozen=True)
+class Failure:
+    site: str
+    reason: str
+
+
+Outcome = Reply | Failure
+
+
+# ---- the registry ----------------------------------------------------------------------------
+
+ReplyCheck = Callable[[Any, Any], None]
+RequestCheck = Callable[[Any], None]
+ReplyArrays = Callable[[Any], dict[str, tuple[int, np.dtype]]]
+
+
+@dataclass(frozen=True)
+class MessageKind:
+    """``check(reply, request)`` raises InvalidMessageError for a reply the server must not
+    use; ``check_request(request)`` for a request a site must not act on (a deployed site
+    runs it on everything the server sends); ``reply_arrays(request)`` names the exact
+    arrays (length, dtype) a reply may carry, so a transport can refuse an announced size
+    before allocating anything for it."""
+
+    name: str
+    request: type
+    reply: type
+    check: ReplyCheck | None = None
+    reply_arrays: ReplyArrays | None = None
+    check_request: RequestCheck | None = None
+
+
+_KINDS: dict[str, MessageKind] = {}
+_BY_CLASS: dict[type, MessageKind] = {}
+
+
+def register_kind(
+    name: str,
+    request: type,
+    reply: type,
+    *,
+    check: ReplyCheck | None = None,
+    reply_arrays: ReplyArrays | None = None,
+    check_request: RequestCheck | None = None,
+) -> MessageKind:
+    """Register a message kind (idempotent for the same classes)."""
+    if not name.isidentifier():
+        raise ConfigError(f"message kind {name!r} must be an identifier (letters, digits, _)")
+    for cls in (request, reply):
+        if not dataclasses.is_dataclass(cls) or "round" not in {
+            f.name for f in dataclasses.fields(cls)
+        }:
+            raise ConfigError(f"{cls.__name__}: a message class is a dataclass with a round")
+    if "site" not in {f.name for f in dataclasses.fields(reply)}:
+        raise ConfigError(f"{reply.__name__}: a reply class needs a site field (its sender)")
+    kind = MessageKind(name, request, reply, check, reply_arrays, check_request)
+    old = _KINDS.get(name)
+    if old is not None and (old.request, old.reply) != (request, reply):
+        raise ConfigError(f"message kind {name!r} is already registered to other classes")
+    _KINDS[name] = kind
+    _BY_CLASS[request] = _BY_CLASS[reply] = kind
+    return kind
+
+
+def kind_named(name: str) -> MessageKind:
+    kind = _KINDS.get(name)
+    if kind is None:
+        raise InvalidMessageError(f"unknown message kind {name[:64]!r}")
+    return kind
+
+
+def kind_of(message: Any) -> MessageKind:
+    kind = _BY_CLASS.get(type(message))
+    if kind is None:
+        raise InvalidMessageError(f"{type(message).__name__} is not a registered message kind")
+    return kind
+
+
+def encode(message: Any) -> Payload:
+    return to_payload(kind_of(message).name, message)
+
+
+def decode(payload: Payload, *, reply: bool, site: str | None = None) -> Any:
+    """The request (site side: checked by its kind's ``check_request``) or the reply (server
+    side, ``site`` = the transport's identity; ``check_reply`` runs in the round's phase)."""
+    kind = kind_named(payload.kind)
+    message = from_payload(kind.reply if reply else kind.request, payload, site)
+    if not reply and kind.check_request is not None:
+        kind.check_request(message)
+    return message
+
+
+def check_reply(reply: Any, request: Any, site: str) -> Any:
+    """Everything the server checks before using a reply: its class, its sender and round,
+    then its kind's own rules."""
+    kind = kind_of(request)
+    if type(reply) is not kind.reply:
+        raise InvalidMessageError(f"expected a {kind.name} reply, got {type(reply).__name__}")
+    sender, round_ = getattr(reply, "site", None), getattr(reply, "round", None)
+    if sender != site:
+        raise InvalidMessageError(f"reply claims sender {sender!r} but came from {site!r}")
+    if round_ != request.round:
+        raise InvalidMessageError(f"reply for round {round_} arrived in round {request.round}")
+    if kind.check is not None:
+        kind.check(reply, request)
+    return reply
+
+
+# ---- fit and evaluate ------------------------------------------------------------------------
+
+
+def check_examples_and_metrics(num_examples: Any, metrics: Any) -> None:
+    if (
+        not isinstance(num_examples, int)
+        or isinstance(num_examples, bool)
+        or not 0 <= num_examples <= MAX_EXAMPLES
+    ):
+        raise InvalidMessageError(f"num_examples must be a non-negative int, got {num_examples!r}")
+    if len(metrics) > MAX_METRICS:
+        raise InvalidMessageError(f"{len(metrics)} metrics exceed the limit of {MAX_METRICS}")
+    for k, v in metrics.items():
+        if not isinstance(k, str) or not k or len(k) > MAX_NAME_CHARS:
+            raise InvalidMessageError(f"metric name {str(k)[:40]!r} is not allowed")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise InvalidMessageError(f"metric {k!r} must be a finite number, got {v!r}")
 
 
-def validate_fit_res(
-    reply: Any, spec: ModelSpec, site: str, round_: int, modulus_bits: int = 0
-) -> FitRes:
-    """Check sender, round, shape, dtype and value range of an update before using it.
+def update_dtype(request: FitIns) -> np.dtype:
+    """The dtype a site's update must arrive in: the model's, or uint64 under distributed DP."""
+    if request.privacy is not None and request.privacy.mode == "distributed":
+        return np.dtype(np.uint64)
+    return np.dtype(request.weights.dtype)
 
-    Plain updates are finite floats of the model's dtype; with ``modulus_bits`` (distributed
-    DP) they are unsigned integers below 2**modulus_bits.
-    """
-    if not isinstance(reply, FitRes):
-        raise InvalidMessageError(f"expected a fit reply, got {type(reply).__name__}")
-    _check_header(reply, site, round_)
-    d = reply.delta
+
+def _check_update(d: Any, size: int, dtype: np.dtype, modulus_bits: int) -> None:
     if not isinstance(d, np.ndarray) or d.ndim != 1:
         raise InvalidMessageError("update must be a 1-D array")
-    if d.shape[0] != spec.size:
-        raise InvalidMessageError(f"update has {d.shape[0]} values, the model has {spec.size}")
+    if d.shape[0] != size:
+        raise InvalidMessageError(f"update has {d.shape[0]} values, the model has {size}")
     if modulus_bits:
         if d.dtype != np.uint64:
             raise InvalidMessageError(f"encoded update dtype {d.dtype} is not uint64")
         if d.size and int(d.max()) >= 1 << modulus_bits:
             raise InvalidMessageError(f"encoded update has values of {modulus_bits} bits or more")
-        return reply
-    if d.dtype != spec.vector_dtype:
-        raise InvalidMessageError(f"update dtype {d.dtype} is not the model's {spec.vector_dtype}")
+        return
+    if d.dtype != dtype:
+        raise InvalidMessageError(f"update dtype {d.dtype} is not the model's {dtype}")
     if not np.isfinite(d).all():
         raise InvalidMessageError("update holds NaN or infinite values")
+
+
+def _check_fit(reply: FitRes, request: FitIns) -> None:
+    check_examples_and_metrics(reply.num_examples, reply.metrics)
+    p = request.privacy
+    bits = p.bits if p is not None and p.mode == "distributed" else 0
+    _check_update(reply.delta, request.weights.shape[0], np.dtype(request.weights.dtype), bits)
+    if reply.clip_bit is not None and reply.clip_bit not in (-0.5, 0.5):
+        raise InvalidMessageError(f"clip bit must be -0.5 or 0.5, got {reply.clip_bit!r}")
+
+
+def _check_fit_request(ins: FitIns) -> None:
+    """What a site checks of the server's instructions before it trains on them."""
+    if ins.seed < 0:
+        raise InvalidMessageError(f"seed must be non-negative, got {ins.seed}")
+    if ins.weights.ndim != 1 or ins.weights.dtype.kind != "f":
+        raise InvalidMessageError(f"the model must be a 1-D float vector, got {ins.weights.dtype}")
+    s = ins.settings
+    if s.local_epochs < 1 or s.batch_size < 1:
+        raise InvalidMessageError("local_epochs and batch_size must be at least 1")
+    for name in ("lr", "momentum", "weight_decay", "proximal_mu", "dp_noise_multiplier"):
+        if getattr(s, name) < 0:
+            raise InvalidMessageError(f"training setting {name} must be >= 0")
+    p = ins.privacy
+    if p is None:
+        return
+    if p.mode not in ("central", "distributed"):
+        raise InvalidMessageError(f"unknown privacy mode {p.mode[:32]!r}")
+    for name in ("clip_norm", "noise_multiplier", "sample_rate", "delta", "scale"):
+        if getattr(p, name) < 0:
+            raise InvalidMessageError(f"privacy setting {name} must be >= 0")
+    if not 0 <= p.bits <= 62 or p.min_sites < 0:
+        raise InvalidMessageError(f"privacy bits {p.bits} must be in 0..62, min_sites >= 0")
+    if p.noise_seed is not None and p.noise_seed < 0:
+        raise InvalidMessageError("noise_seed must be non-negative")
+
+
+def _check_evaluate(reply: EvaluateRes, request: EvaluateIns) -> None:
+    check_examples_and_metrics(reply.num_examples, reply.metrics)
+
+
+def validate_fit_res(
+    reply: Any, spec: ModelSpec, site: str, round_: int, modulus_bits: int = 0
+) -> FitRes:
+    """Check a fit reply against a model spec (for callers without the request at hand)."""
+    if not isinstance(reply, FitRes):
+        raise InvalidMessageError(f"expected a fit reply, got {type(reply).__name__}")
+    if reply.site != site:
+        raise InvalidMessageError(f"reply claims sender {reply.site!r} but came from {site!r}")
+    if reply.round != round_:
+        raise InvalidMessageError(f"reply for round {reply.round} arrived in round {round_}")
+    check_examples_and_metrics(reply.num_examples, reply.metrics)
+    _check_update(reply.delta, spec.size, spec.vector_dtype, modulus_bits)
     if reply.clip_bit is not None and reply.clip_bit not in (-0.5, 0.5):
         raise InvalidMessageError(f"clip bit must be -0.5 or 0.5, got {reply.clip_bit!r}")
     return reply
 
 
-def validate_evaluate_res(reply: Any, site: str, round_: int) -> EvaluateRes:
-    if not isinstance(reply, EvaluateRes):
-        raise InvalidMessageError(f"expected an evaluate reply, got {type(reply).__name__}")
-    _check_header(reply, site, round_)
-    return reply
+FIT = register_kind(
+    "fit",
+    FitIns,
+    FitRes,
+    check=_check_fit,
+    reply_arrays=lambda req: {"delta": (int(req.weights.shape[0]), update_dtype(req))},
+    check_request=_check_fit_request,
+)
+EVALUATE = register_kind(
+    "evaluate", EvaluateIns, EvaluateRes, check=_check_evaluate, reply_arrays=lambda req: {}
+)

@@ -7,24 +7,51 @@ process pool, Ray and gRPC deployment are interchangeable under the same round l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from consortia.core.messages import Failure, Outcome, Reply
+
+__all__ = ["Failure", "Fleet", "Outcome", "Reply", "SiteHandler", "Timing"]
+
+
+class SiteHandler(Protocol):
+    """What a fleet needs of a site app: its id and one entry point for every message."""
+
+    site_id: str
+
+    def handle(self, message: Any) -> Any: ...
+
+
+MakeSite = Callable[[str], SiteHandler]
 
 
 @dataclass(frozen=True)
-class Reply:
-    site: str
-    message: Any
+class Timing:
+    """When a phase ends: every request answered; or ``min_replies`` replies in and then
+    ``grace_s`` more seconds; or ``deadline_s`` after the requests went out."""
+
+    deadline_s: float
+    min_replies: int = 0
+    grace_s: float | None = None
+
+    def grace_over(self, replies: int, met_at: float | None, now: float) -> bool:
+        return (
+            self.grace_s is not None
+            and self.min_replies > 0
+            and replies >= self.min_replies
+            and met_at is not None
+            and now - met_at >= self.grace_s
+        )
 
 
-@dataclass(frozen=True)
-class Failure:
-    site: str
-    reason: str
-
-
-Outcome = Reply | Failure
+def grace_failure(site: str, timing: Timing) -> Failure:
+    return Failure(
+        site,
+        f"no reply within the {timing.grace_s:g} s grace period after the phase's minimum "
+        f"of {timing.min_replies} replies arrived",
+    )
 
 
 class Fleet(ABC):
@@ -35,13 +62,17 @@ class Fleet(ABC):
         """Ids of the sites that can be asked now, sorted."""
 
     @abstractmethod
-    def send(self, requests: Sequence[tuple[str, Any]], deadline_s: float) -> Iterator[Outcome]:
+    def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Outcome]:
         """Deliver each (site, message); yield one outcome per request, in request order.
 
-        A site that raises, disconnects or has not answered ``deadline_s`` seconds after
-        the call yields a ``Failure``; it never stops the other sites. Yielding in request
-        order (not arrival order) keeps aggregation, and so the final model, reproducible.
+        A site that raises, disconnects or has not answered when the phase ends (see
+        ``Timing``) yields a ``Failure``; it never stops the other sites. Yielding in
+        request order (not arrival order) keeps aggregation, and so the final model,
+        reproducible.
         """
+
+    def end_job(self, status: str) -> None:  # noqa: B027 - optional hook
+        """Tell the sites that the job is over (a deployment's clients then exit)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers or connections."""

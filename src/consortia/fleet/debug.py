@@ -4,32 +4,41 @@ site code works, and every protocol step can be followed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from consortia.client.runtime import Site
-from consortia.fleet.base import Failure, Fleet, Outcome, Reply
+from consortia.fleet.base import Failure, Fleet, MakeSite, Outcome, Reply, SiteHandler, Timing
 
 
 class DebugFleet(Fleet):
-    def __init__(self, site_ids: Sequence[str], make_site: Callable[[str], Site]) -> None:
+    """Each site app is made on first use and kept for the whole job."""
+
+    def __init__(self, site_ids: Sequence[str], make_site: MakeSite) -> None:
         self._ids = sorted(site_ids)
         self._make_site = make_site
+        self._apps: dict[str, SiteHandler] = {}
 
     def sites(self) -> list[str]:
         return list(self._ids)
 
-    def send(self, requests: Sequence[tuple[str, Any]], deadline_s: float) -> Iterator[Outcome]:
+    def app(self, site_id: str) -> SiteHandler:
+        app = self._apps.get(site_id)
+        if app is None:
+            app = self._apps[site_id] = self._make_site(site_id)
+        return app
+
+    def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Outcome]:
         # Sites run sequentially here, so each one's deadline counts its own time only;
-        # otherwise the last sites of a phase would fail merely for being last.
+        # otherwise the last sites of a phase would fail merely for being last. For the
+        # same reason the grace period does not apply: nothing runs in parallel to wait for.
         for site_id, message in requests:
             start = time.monotonic()
             try:
-                reply = self._make_site(site_id).handle(message)
+                reply = self.app(site_id).handle(message)
             except Exception as exc:  # a site's own code may raise anything
                 yield Failure(site_id, f"{type(exc).__name__}: {exc}")
                 continue
-            if time.monotonic() - start > deadline_s:
-                yield Failure(site_id, f"missed the {deadline_s:g} s deadline")
+            if time.monotonic() - start > timing.deadline_s:
+                yield Failure(site_id, f"missed the {timing.deadline_s:g} s deadline")
             else:
                 yield Reply(site_id, reply)

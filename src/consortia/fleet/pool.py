@@ -1,24 +1,44 @@
-"""Process-pool fleet: simulated sites train in parallel worker processes.
+"""Process-pool fleet: simulated sites run in parallel worker processes, each site pinned
+to one worker for the whole job so that its app object, and any state it keeps, lives
+there across phases and rounds.
 
 Workers are forked once per run from the process that built the sites, so the data set,
 partition and trainer are inherited (copy-on-write: no per-task pickling of data, and
-little extra memory) and only the model vector and the reply cross the process boundary.
+little extra memory) and only messages cross the process boundary, between processes of
+this run on this machine. A site is pinned on first use to the worker with the least work
+in that phase, which balances the first rounds and keeps every later message to that site
+on the same worker. Each worker has a sender thread, so a worker stuck in a slow site never
+blocks the parent: the phase still ends on time, and the stale reply is dropped later.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
+import logging
 import multiprocessing as mp
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from consortia.client.runtime import Site
-from consortia.fleet.base import Failure, Fleet, Outcome, Reply
+from consortia.fleet.base import (
+    Failure,
+    Fleet,
+    MakeSite,
+    Outcome,
+    Reply,
+    SiteHandler,
+    Timing,
+    grace_failure,
+)
 
-# Set in the parent just before the fork; each worker inherits it.
-_MAKE_SITE: Callable[[str], Site] | None = None
+log = logging.getLogger(__name__)
+
+# (phase tag, position in the phase, ok, reply or error text, seconds the site took)
+_Result = tuple[int, int, bool, Any, float]
 
 
 def _init_worker() -> None:
@@ -28,61 +48,180 @@ def _init_worker() -> None:
         torch.set_num_threads(1)
 
 
-def _handle(site_id: str, message: Any) -> tuple[bool, Any, float]:
-    # Errors are returned as text: an exception object from user code may not pickle.
-    start = time.monotonic()
-    try:
-        assert _MAKE_SITE is not None
-        return True, _MAKE_SITE(site_id).handle(message), time.monotonic() - start
-    except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}", time.monotonic() - start
+def _serve(conn: Connection, make_site: MakeSite) -> None:
+    """A worker's life: handle batches of (position, site, message) with the site's one app."""
+    _init_worker()
+    apps: dict[str, SiteHandler] = {}
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):
+            return
+        if item is None:
+            return
+        tag, batch = item
+        for seq, site_id, message in batch:
+            start = time.monotonic()
+            try:
+                app = apps.get(site_id)
+                if app is None:
+                    app = apps[site_id] = make_site(site_id)
+                out: _Result = (tag, seq, True, app.handle(message), 0.0)
+            except Exception as exc:  # text only: an exception from user code may not pickle
+                out = (tag, seq, False, f"{type(exc).__name__}: {exc}", 0.0)
+            out = (*out[:4], time.monotonic() - start)
+            try:
+                conn.send(out)
+            except Exception as exc:  # e.g. a reply that cannot be pickled
+                conn.send((tag, seq, False, f"reply could not be sent back: {exc}", out[4]))
 
 
-def _handle_batch(batch: list[tuple[str, Any]]) -> list[tuple[bool, Any, float]]:
-    return [_handle(site_id, message) for site_id, message in batch]
+class _Worker:
+    def __init__(self, index: int, make_site: MakeSite) -> None:
+        self.index = index
+        ctx = mp.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_serve, args=(child, make_site), name=f"consortia-site-worker-{index}"
+        )
+        self.process.daemon = True
+        self.process.start()
+        child.close()
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._sender = threading.Thread(target=self._send_loop, daemon=True)
+        self._sender.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._outbox.get()
+            try:
+                self.conn.send(item)  # None tells the worker to exit
+            except (OSError, ValueError):
+                return  # the worker died; the reader notices and fails its sites
+            if item is None:
+                return
+
+    def submit(self, tag: int, batch: list[tuple[int, str, Any]]) -> None:
+        self._outbox.put((tag, batch))
+
+    def stop(self) -> None:
+        self._outbox.put(None)
+        self._sender.join(timeout=2)
+        self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+        self.conn.close()
 
 
 class PoolFleet(Fleet):
-    def __init__(
-        self, site_ids: Sequence[str], make_site: Callable[[str], Site], workers: int = 2
-    ) -> None:
-        global _MAKE_SITE
+    def __init__(self, site_ids: Sequence[str], make_site: MakeSite, workers: int = 2) -> None:
         self._ids = sorted(site_ids)
-        _MAKE_SITE = make_site
-        self._workers = max(1, workers)
-        self._pool = mp.get_context("fork").Pool(self._workers, initializer=_init_worker)
+        self._make_site = make_site
+        self._workers = [_Worker(i, make_site) for i in range(max(1, workers))]
+        self._home: dict[str, int] = {}
+        self._tags = itertools.count(1)
 
     def sites(self) -> list[str]:
         return list(self._ids)
 
-    def send(self, requests: Sequence[tuple[str, Any]], deadline_s: float) -> Iterator[Outcome]:
-        """Sites go to the workers in small batches: a simulated site often trains in about
-        a millisecond, less than one task's round trip between processes. Batches stay
-        small (about four per worker a phase) so a slow site holds up few others; a site
-        whose own time passes the deadline fails on its own."""
-        deadline = time.monotonic() + deadline_s
-        size = max(1, math.ceil(len(requests) / (4 * self._workers)))
-        batches = [list(requests[i : i + size]) for i in range(0, len(requests), size)]
-        pending = [(b, self._pool.apply_async(_handle_batch, (b,))) for b in batches]
-        for batch, result in pending:
+    def _assign(self, requests: Sequence[tuple[str, Any]]) -> dict[int, list[tuple[int, str, Any]]]:
+        batches: dict[int, list[tuple[int, str, Any]]] = {w.index: [] for w in self._workers}
+        for seq, (site_id, message) in enumerate(requests):
+            home = self._home.get(site_id)
+            if home is None:
+                home = min(batches, key=lambda w: (len(batches[w]), w))
+                self._home[site_id] = home
+            batches[home].append((seq, site_id, message))
+        return batches
+
+    def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Outcome]:
+        tag = next(self._tags)
+        start = time.monotonic()
+        batches = self._assign(requests)
+        for w in self._workers:
+            if batches[w.index]:
+                w.submit(tag, batches[w.index])
+        return self._collect(tag, requests, batches, start, timing)
+
+    def _collect(
+        self,
+        tag: int,
+        requests: Sequence[tuple[str, Any]],
+        batches: dict[int, list[tuple[int, str, Any]]],
+        start: float,
+        timing: Timing,
+    ) -> Iterator[Outcome]:
+        results: dict[int, Outcome] = {}
+        owner = {seq: w for w, batch in batches.items() for seq, _, _ in batch}
+        replies, met_at = 0, None
+        for seq in range(len(requests)):
+            while seq not in results:
+                now = time.monotonic()
+                left = start + timing.deadline_s - now
+                if timing.grace_s is not None and met_at is not None:
+                    left = min(left, met_at + timing.grace_s - now)
+                if left <= 0:
+                    over = timing.grace_over(replies, met_at, now)
+                    for s in range(seq, len(requests)):
+                        if s not in results:
+                            site = requests[s][0]
+                            results[s] = (
+                                grace_failure(site, timing)
+                                if over
+                                else Failure(site, f"missed the {timing.deadline_s:g} s deadline")
+                            )
+                    break
+                for result in self._receive(tag, owner, left):
+                    _, s, ok, value, elapsed = result
+                    owner.pop(s, None)
+                    site = requests[s][0]
+                    if not ok:
+                        results[s] = Failure(site, value)
+                    elif elapsed > timing.deadline_s:
+                        results[s] = Failure(site, f"missed the {timing.deadline_s:g} s deadline")
+                    else:
+                        results[s] = Reply(site, value)
+                        replies += 1
+                        if met_at is None and 0 < timing.min_replies <= replies:
+                            met_at = time.monotonic()
+            yield results.pop(seq)
+
+    def _receive(self, tag: int, owner: dict[int, int], timeout: float) -> list[_Result]:
+        """Whatever results arrive within ``timeout``; a dead worker's sites fail."""
+        conns = {w.conn: w for w in self._workers}
+        out: list[_Result] = []
+        for conn in wait(list(conns), timeout):
+            w = conns[conn]  # type: ignore[index]
             try:
-                outcomes = result.get(timeout=max(0.0, deadline - time.monotonic()))
-            except mp.TimeoutError:
-                for site_id, _ in batch:
-                    yield Failure(site_id, f"missed the {deadline_s:g} s deadline")
+                result: _Result = w.conn.recv()
+            except (EOFError, OSError):
+                out.extend(self._worker_died(w, tag, owner))
                 continue
-            except Exception as exc:  # e.g. a reply that could not be sent back
-                for site_id, _ in batch:
-                    yield Failure(site_id, f"{type(exc).__name__}: {exc}")
-                continue
-            for (site_id, _), (ok, value, elapsed) in zip(batch, outcomes, strict=True):
-                if not ok:
-                    yield Failure(site_id, value)
-                elif elapsed > deadline_s:
-                    yield Failure(site_id, f"missed the {deadline_s:g} s deadline")
-                else:
-                    yield Reply(site_id, value)
+            if result[0] == tag:
+                out.append(result)
+        return out
+
+    def _worker_died(self, w: _Worker, tag: int, owner: dict[int, int]) -> list[_Result]:
+        w.process.join(timeout=1)
+        code = w.process.exitcode
+        lost = sorted(s for s, home in self._home.items() if home == w.index)
+        log.error(
+            "site worker %d died (exit code %s); its %d sites lose their state: %s",
+            w.index,
+            code,
+            len(lost),
+            ", ".join(lost[:10]),
+        )
+        reason = f"the site's worker process died (exit code {code})"
+        failed: list[_Result] = [
+            (tag, s, False, reason, 0.0) for s, home in owner.items() if home == w.index
+        ]
+        w.stop()
+        self._workers[w.index] = _Worker(w.index, self._make_site)
+        return failed
 
     def close(self) -> None:
-        self._pool.terminate()
-        self._pool.join()
+        workers, self._workers = self._workers, []
+        for w in workers:
+            w.stop()

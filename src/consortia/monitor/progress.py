@@ -15,7 +15,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from consortia.server.rounds import LoopState, RoundRecord
+from consortia.core.events import RoundDone, RunStarted
 
 
 class ProgressBar:
@@ -44,11 +44,17 @@ class ProgressBar:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def on_round(self, record: RoundRecord, state: LoopState) -> None:
-        acc = record.metrics.get("accuracy", record.metrics.get("federated_accuracy"))
-        self._progress.update(
-            self._task, completed=record.round, acc="-" if acc is None else f"{acc:.4f}"
-        )
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, RunStarted):
+            self._progress.update(self._task, total=event.rounds, completed=event.start_round)
+        elif isinstance(event, RoundDone):
+            m = event.record.metrics
+            acc = m.get("accuracy", m.get("federated_accuracy"))
+            self._progress.update(
+                self._task,
+                completed=event.record.round,
+                acc="-" if acc is None else f"{acc:.4f}",
+            )
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

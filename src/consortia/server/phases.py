@@ -1,18 +1,21 @@
-"""A phase: one message to each of some sites, replies until a deadline, a minimum to meet.
+"""A phase: one message to each of some sites, replies until the phase ends, a minimum to meet.
 
 A round is a sequence of phases (fit; evaluate; secure aggregation adds its own), each
-run by ``run_phase`` over whatever Fleet the job uses.
+run by ``run_phase`` over whatever Fleet the job uses. Every reply is checked (its class,
+sender, round and its kind's own rules) before ``accept`` sees it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from consortia.core.errors import ConsortiaError, RoundFailedError
-from consortia.fleet.base import Failure, Fleet
+from consortia.core.events import PhaseRecord
+from consortia.core.messages import Failure, check_reply
+from consortia.fleet.base import Fleet, Timing
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +27,31 @@ class Phase:
     requests: Sequence[tuple[str, Any]]
     deadline_s: float
     min_replies: int
+    grace_s: float | None = None
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(self.deadline_s, self.min_replies, self.grace_s)
 
 
-@dataclass
-class PhaseOutcome:
-    accepted: list[str] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
+def run_phase(
+    fleet: Fleet,
+    phase: Phase,
+    accept: Callable[[str, Any], None],
+    record: PhaseRecord | None = None,
+) -> PhaseRecord:
+    """Send the phase's requests; hand each checked reply to ``accept`` in request order.
 
-
-def run_phase(fleet: Fleet, phase: Phase, accept: Callable[[str, Any], None]) -> PhaseOutcome:
-    """Send the phase's requests; hand each reply to ``accept`` in request order.
-
-    ``accept`` validates and consumes a reply (e.g. streams it into the aggregate); if it
-    raises a ConsortiaError the reply is refused and its site recorded as failed, so one
-    bad site never stops the round. Raises RoundFailedError if too few replies survive.
+    ``accept`` consumes a reply (e.g. streams it into the aggregate); if it raises a
+    ConsortiaError the reply is refused and its site recorded as failed, so one bad site
+    never stops the round. Raises RoundFailedError if too few replies survive; the
+    ``record`` (filled as the phase goes) then still says who answered and who failed.
     """
-    outcome = PhaseOutcome()
-    for result in fleet.send(phase.requests, phase.deadline_s):
+    out = record or PhaseRecord(phase.name, [s for s, _ in phase.requests])
+    requests = dict(phase.requests)
+    for result in fleet.send(phase.requests, phase.timing):
         if isinstance(result, Failure):
-            outcome.failures.append(result)
+            out.failures.append(result)
             log.warning(
                 "round %d %s: site %s failed: %s",
                 phase.round,
@@ -52,18 +61,19 @@ def run_phase(fleet: Fleet, phase: Phase, accept: Callable[[str, Any], None]) ->
             )
             continue
         try:
-            accept(result.site, result.message)
+            message = check_reply(result.message, requests[result.site], result.site)
+            accept(result.site, message)
         except ConsortiaError as exc:
-            outcome.failures.append(Failure(result.site, f"reply refused: {exc}"))
+            out.failures.append(Failure(result.site, f"reply refused: {exc}"))
             log.warning(
                 "round %d %s: refused reply of %s: %s", phase.round, phase.name, result.site, exc
             )
             continue
-        outcome.accepted.append(result.site)
-    if len(outcome.accepted) < phase.min_replies:
-        reasons = "; ".join(f"{f.site}: {f.reason}" for f in outcome.failures[:5])
+        out.accepted.append(result.site)
+    if len(out.accepted) < phase.min_replies:
+        reasons = "; ".join(f"{f.site}: {f.reason}" for f in out.failures[:5])
         raise RoundFailedError(
-            f"round {phase.round} {phase.name}: {len(outcome.accepted)} replies, "
+            f"round {phase.round} {phase.name}: {len(out.accepted)} replies, "
             f"at least {phase.min_replies} needed ({reasons})"
         )
-    return outcome
+    return out

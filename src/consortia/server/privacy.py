@@ -28,17 +28,18 @@ from consortia.privacy.central import (
 )
 from consortia.privacy.distributed import DistributedDiscreteGaussian, choose_scale
 from consortia.privacy.rng import SecureRng
-from consortia.strategy.aggregators import Accumulator, PlainRound
+from consortia.strategy.aggregators import Aggregator, FitSink, RoundAggregate, State
 
 __all__ = ["BudgetExhausted", "PrivacyController"]
 
 
 class CentralRound:
-    """DP-FedAvg: sum of clipped updates (unweighted), Gaussian noise, fixed denominator."""
+    """DP-FedAvg: clipped updates, each of weight 1, into the sum-only aggregator; Gaussian
+    noise on their sum; the fixed denominator q*N."""
 
-    def __init__(self, ctl: PrivacyController, size: int, dtype: np.dtype) -> None:
+    def __init__(self, ctl: PrivacyController, inner: RoundAggregate, dtype: np.dtype) -> None:
         self._ctl = ctl
-        self._sum = np.zeros(size, np.float64)
+        self._inner = inner
         self._dtype = dtype
         self.bits = 0.0
         self.contributors: list[tuple[str, int]] = []
@@ -46,30 +47,39 @@ class CentralRound:
     def add(self, res: FitRes) -> None:
         # Sites clip; clipping again here means a site that did not cannot exceed the
         # sensitivity the noise is calibrated for (the server is trusted in central DP).
-        self._sum += clip_update(res.delta, self._ctl.clip_norm).vector
+        clipped = clip_update(res.delta, self._ctl.clip_norm).vector.astype(np.float64)
+        self._inner.add(res.site, clipped, 1.0, res.metrics)
         self.bits += res.clip_bit if res.clip_bit is not None else -0.5
         self.contributors.append((res.site, res.num_examples))
 
-    def result(self) -> np.ndarray:
+    def result(self) -> tuple[np.ndarray, State]:
         c = self._ctl
-        mean = noisy_mean(
-            self._sum,
+        n = len(self.contributors)
+        if n:
+            mean, state = self._inner.result()
+            total = mean.astype(np.float64) * n  # a sum-only aggregator's mean, back to the sum
+        else:  # Poisson sampling chose nobody: the release is noise alone
+            total, state = np.zeros(c.dimension, np.float64), {}
+        noised = noisy_mean(
+            total,
             noise_multiplier=c.update_noise_multiplier,
             clip_norm=c.clip_norm,
             expected_sites=c.expected_sites,
             rng=c.rng,
         )
-        return mean.astype(self._dtype)
+        return noised.astype(self._dtype), state
 
 
 class DistributedRound:
-    """Distributed DP: the modular sum of encoded updates, decoded once enough survived."""
+    """Distributed DP: the modular sum of encoded updates, decoded once enough survived,
+    handed to the sum-only aggregator as the one thing the server may see."""
 
-    def __init__(self, ctl: PrivacyController, size: int, dtype: np.dtype) -> None:
+    def __init__(self, ctl: PrivacyController, inner: RoundAggregate, dtype: np.dtype) -> None:
         assert ctl.mechanism is not None
         self._ctl = ctl
         self._mech = ctl.mechanism
-        self._sum = np.zeros(size, np.uint64)
+        self._inner = inner
+        self._sum = np.zeros(ctl.dimension, np.uint64)
         self._dtype = dtype
         self.contributors: list[tuple[str, int]] = []
 
@@ -79,14 +89,16 @@ class DistributedRound:
         np.mod(self._sum, np.uint64(self._mech.modulus), out=self._sum)
         self.contributors.append((res.site, res.num_examples))
 
-    def result(self) -> np.ndarray:
+    def result(self) -> tuple[np.ndarray, State]:
         n, need = len(self.contributors), self._mech.min_sites
         if n < need:
             raise RoundFailedError(
                 f"distributed DP: {n} sites contributed, {need} needed; their noise shares "
                 "would sum to too little noise, so this round's sum is not released"
             )
-        return (self._mech.decode(self._sum) / self._ctl.expected_sites).astype(self._dtype)
+        self._inner.add("(sum)", self._mech.decode(self._sum).astype(np.float64), 1.0, {})
+        total, state = self._inner.result()
+        return (total / self._ctl.expected_sites).astype(self._dtype), state
 
 
 class PrivacyController:
@@ -110,6 +122,7 @@ class PrivacyController:
         self.per_round: list[dict[str, Any]] = []
         self.stopped: str | None = None
         self.eligible_sites = eligible_sites
+        self.dimension = dimension
         self.mechanism: DistributedDiscreteGaussian | None = None
         self.adaptive: AdaptiveClipping | None = None
         if cfg.mode == "local":
@@ -208,12 +221,15 @@ class PrivacyController:
     def min_replies(self) -> int:
         return self.mechanism.min_sites if self.mechanism is not None else 0
 
-    def begin_round(self, acc: Accumulator, size: int, dtype: np.dtype) -> Any:
+    def begin_round(self, aggregator: Aggregator, dtype: np.dtype, state: State) -> Any:
+        """The round's fit sink: the aggregator wrapped in this job's mechanism."""
         if self.cfg.mode == "central":
-            return CentralRound(self, size, dtype)
+            inner = aggregator.begin(self.dimension, np.dtype(np.float64), state)
+            return CentralRound(self, inner, dtype)
         if self.cfg.mode == "distributed":
-            return DistributedRound(self, size, dtype)
-        return PlainRound(acc)
+            inner = aggregator.begin(self.dimension, np.dtype(np.float64), state)
+            return DistributedRound(self, inner, dtype)
+        return FitSink(aggregator.begin(self.dimension, dtype, state))
 
     # -- after a round -------------------------------------------------------------------
     def end_round(self, rnd: int, agg: Any, settings: TrainSettings) -> dict[str, float]:

@@ -1,7 +1,15 @@
-"""Aggregators: many flat update vectors -> one.
+"""Aggregators: a round's updates -> one update.
 
-Pure functions over vectors, plus a streaming accumulator the round loop feeds one reply at
-a time so that server memory holds one model, not one per site.
+The contract (``Aggregator``): ``begin(size, dtype, state)`` opens a round, the round loop
+calls ``add(site, update, weight, metrics)`` once per accepted reply, in request order, and
+``result()`` returns the aggregate with the state to keep for the next round (saved in the
+loop state and in checkpoints). Each aggregator declares what it needs: ``"sum"`` (it is a
+function of the weighted sum only, so it works under secure aggregation and distributed
+DP, where the server never sees one update) or ``"all"`` (robust statistics need every
+update: memory of one model per replying site). A job that pairs an ``"all"`` aggregator
+with a sum-only privacy mode is refused when the job file is read.
+
+The mean streams: server memory holds one model, not one per site.
 
 The weighted sum uses BLAS ``axpy`` (``y += a*x`` in one fused pass) from SciPy, because
 NumPy has no fused multiply-add ufunc: ``acc += w * u`` would materialise ``w * u`` and
@@ -12,15 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from scipy.linalg import blas
 
-from consortia.core.errors import ConsortiaError
+from consortia.core.errors import ConsortiaError, RoundFailedError
 from consortia.core.messages import FitRes
+from consortia.core.registry import AGGREGATORS
+
+State = dict[str, np.ndarray]
+Needs = Literal["sum", "all"]
 
 
 @functools.cache
@@ -101,22 +113,28 @@ def mean(updates: Sequence[np.ndarray]) -> np.ndarray:
     return weighted_mean(updates, [1.0] * len(updates))
 
 
-class Accumulator(Protocol):
-    def add(self, update: np.ndarray, weight: float) -> None: ...
+class RoundAggregate(Protocol):
+    """One round's aggregation in progress."""
 
-    def result(self) -> np.ndarray: ...
+    def add(
+        self, site: str, update: np.ndarray, weight: float, metrics: Mapping[str, float]
+    ) -> None: ...
 
-    @property
-    def count(self) -> int: ...
+    def result(self) -> tuple[np.ndarray, State]:
+        """The aggregate update and the aggregator's state for the next round."""
+        ...
 
 
 class Aggregator(Protocol):
-    """Makes a fresh accumulator for one round."""
+    """Opens one ``RoundAggregate`` per round; ``needs`` says "sum" or "all" (see above)."""
 
     @property
     def name(self) -> str: ...
 
-    def begin(self, size: int, dtype: np.dtype) -> Accumulator: ...
+    @property
+    def needs(self) -> Needs: ...
+
+    def begin(self, size: int, dtype: np.dtype, state: State) -> RoundAggregate: ...
 
 
 class StreamingMean:
@@ -158,37 +176,129 @@ class StreamingMean:
         return self._sum
 
 
+class _MeanRound:
+    def __init__(self, acc: StreamingMean) -> None:
+        self._acc = acc
+
+    def add(
+        self, site: str, update: np.ndarray, weight: float, metrics: Mapping[str, float]
+    ) -> None:
+        self._acc.add(update, weight)
+
+    def result(self) -> tuple[np.ndarray, State]:
+        return self._acc.result(), {}
+
+
 @dataclass(frozen=True)
 class MeanAggregator:
-    """Weighted (by examples) or unweighted mean, streamed."""
+    """Weighted (by examples) or unweighted mean, streamed: a function of the sum."""
 
     weighted: bool = True
+    needs: Needs = "sum"
 
     @property
     def name(self) -> str:
         return "weighted_mean" if self.weighted else "mean"
 
-    def begin(self, size: int, dtype: np.dtype) -> Accumulator:
-        return StreamingMean(size, dtype, weighted=self.weighted)
+    def begin(self, size: int, dtype: np.dtype, state: State) -> RoundAggregate:
+        return _MeanRound(StreamingMean(size, dtype, weighted=self.weighted))
 
 
-class PlainRound:
-    """A round's replies streamed into an accumulator by their example counts; the shape
-    the privacy wrappers (server/privacy.py) replace when DP is on."""
+# A pure function over the round's stacked updates (rows in request order), their weights,
+# the senders and the state from the previous round; returns the aggregate, or the
+# aggregate and the state to keep.
+CombineFn = Callable[
+    [np.ndarray, np.ndarray, Sequence[str], State], "np.ndarray | tuple[np.ndarray, State]"
+]
 
-    def __init__(self, acc: Accumulator) -> None:
-        self._acc = acc
+
+@dataclass
+class _CollectRound:
+    fn: CombineFn
+    size: int
+    dtype: np.dtype
+    state: State
+    sites: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+
+    def add(
+        self, site: str, update: np.ndarray, weight: float, metrics: Mapping[str, float]
+    ) -> None:
+        if update.shape != (self.size,):
+            raise AggregationError(f"update of shape {update.shape} is not ({self.size},)")
+        self.sites.append(site)
+        self.weights.append(float(weight))
+        self.rows.append(update)
+
+    def result(self) -> tuple[np.ndarray, State]:
+        if not self.rows:
+            raise AggregationError("no updates to aggregate")
+        out = self.fn(
+            np.stack(self.rows), np.asarray(self.weights, np.float64), self.sites, self.state
+        )
+        vector, state = out if isinstance(out, tuple) else (out, self.state)
+        vector = np.asarray(vector)
+        if vector.shape != (self.size,):
+            raise AggregationError(f"aggregate of shape {vector.shape} is not ({self.size},)")
+        return vector.astype(self.dtype, copy=False), dict(state)
+
+
+@dataclass(frozen=True)
+class AllUpdatesAggregator:
+    """An aggregator that needs every update, from a pure function (see ``CombineFn``).
+
+    Memory: one model per replying site, held until the round's result.
+    """
+
+    name: str
+    fn: CombineFn
+    needs: Needs = "all"
+
+    def begin(self, size: int, dtype: np.dtype, state: State) -> RoundAggregate:
+        return _CollectRound(self.fn, size, np.dtype(dtype), dict(state))
+
+
+def coordinate_median(
+    updates: np.ndarray, weights: np.ndarray, sites: Sequence[str], state: State
+) -> np.ndarray:
+    """Coordinate-wise median (unweighted): a few outlying updates cannot drag it far."""
+    return np.median(updates, axis=0)
+
+
+class FitSink:
+    """A round's fit replies streamed into the strategy's aggregator, weighted by examples.
+
+    The privacy wrappers (server/privacy.py) have the same shape and wrap the aggregator
+    instead of replacing it: clip before it and noise after it (central), or hand it the decoded sum
+    of encoded updates (distributed), so the aggregator the job names is always the one
+    that runs.
+    """
+
+    def __init__(self, inner: RoundAggregate) -> None:
+        self._inner = inner
         self.contributors: list[tuple[str, int]] = []
 
     def add(self, res: FitRes) -> None:
-        self._acc.add(res.delta, res.num_examples)
+        self._inner.add(res.site, res.delta, res.num_examples, res.metrics)
         self.contributors.append((res.site, res.num_examples))
 
-    def result(self) -> np.ndarray:
-        return self._acc.result()
+    def result(self) -> tuple[np.ndarray, State]:
+        if not any(n > 0 for _, n in self.contributors):
+            raise RoundFailedError("no replying site had any training examples")
+        return self._inner.result()
 
 
-AGGREGATORS: dict[str, Aggregator] = {
-    "weighted_mean": MeanAggregator(weighted=True),
-    "mean": MeanAggregator(weighted=False),
-}
+def register_aggregator(aggregator: Any, *, replace: bool = False) -> Any:
+    """Make ``aggregator`` nameable in a job file's ``strategy.aggregator``."""
+    if getattr(aggregator, "needs", None) not in ("sum", "all"):
+        raise AggregationError(
+            f"aggregator {getattr(aggregator, 'name', aggregator)!r} must declare "
+            "needs = 'sum' or 'all'"
+        )
+    return AGGREGATORS.register(aggregator.name, aggregator, replace=replace)
+
+
+register_aggregator(MeanAggregator(weighted=True))
+register_aggregator(MeanAggregator(weighted=False))
+register_aggregator(AllUpdatesAggregator("median", coordinate_median))

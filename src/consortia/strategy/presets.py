@@ -1,7 +1,7 @@
 """Strategy = selection + aggregator + server optimiser + client-side settings.
 
 FedAvg, FedProx, FedAvgM, FedAdam, FedYogi and FedAdagrad differ only in which server
-optimiser and which client setting they use, so a preset is a table row, not a class.
+optimiser and which client setting they use, so a preset is a registry row, not a class.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 from consortia.core.errors import ConfigError
 from consortia.core.messages import TrainSettings
-from consortia.strategy.aggregators import AGGREGATORS, Aggregator
+from consortia.core.registry import AGGREGATORS, PRESETS
+from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.selection import Selection
 from consortia.strategy.server_opt import ServerOptimizer, make_server_optimizer
 
@@ -24,15 +25,24 @@ class Strategy:
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
-# preset -> (server optimiser name, default server lr, default proximal mu)
-PRESETS: dict[str, tuple[str, float | None, float]] = {
-    "fedavg": ("sgd", 1.0, 0.0),
-    "fedprox": ("sgd", 1.0, 0.01),
-    "fedavgm": ("momentum", 1.0, 0.0),
-    "fedadam": ("adam", 0.01, 0.0),
-    "fedyogi": ("yogi", 0.01, 0.0),
-    "fedadagrad": ("adagrad", 0.01, 0.0),
-}
+@dataclass(frozen=True)
+class Preset:
+    """A named combination: the server optimiser, its default lr, the default FedProx mu."""
+
+    server_optimizer: str
+    server_lr: float
+    proximal_mu: float = 0.0
+
+
+for _name, _preset in {
+    "fedavg": Preset("sgd", 1.0),
+    "fedprox": Preset("sgd", 1.0, proximal_mu=0.01),
+    "fedavgm": Preset("momentum", 1.0),
+    "fedadam": Preset("adam", 0.01),
+    "fedyogi": Preset("yogi", 0.01),
+    "fedadagrad": Preset("adagrad", 0.01),
+}.items():
+    PRESETS.register(_name, _preset)
 
 
 def make_strategy(
@@ -40,23 +50,22 @@ def make_strategy(
     *,
     selection: Selection,
     train: TrainSettings | None = None,
-    aggregator: str = "weighted_mean",
+    aggregator: str | Aggregator = "weighted_mean",
     server_optimizer: str | None = None,
     server_options: dict[str, Any] | None = None,
 ) -> Strategy:
-    """Build a preset, letting any part be overridden by name."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown strategy preset {preset!r}; choose from {sorted(PRESETS)}")
-    if aggregator not in AGGREGATORS:
-        raise ConfigError(f"unknown aggregator {aggregator!r}; choose from {sorted(AGGREGATORS)}")
-    opt_name, default_lr, default_mu = PRESETS[preset]
+    """Build a preset, letting any part be overridden (by registered name, or an aggregator
+    object)."""
+    p: Preset = PRESETS.get(preset)  # type: ignore[assignment]
+    agg: Aggregator = AGGREGATORS.get(aggregator) if isinstance(aggregator, str) else aggregator  # type: ignore[assignment]
     options = dict(server_options or {})
-    options.setdefault("lr", default_lr)
+    if options.get("lr") is None:
+        options["lr"] = p.server_lr if server_optimizer in (None, p.server_optimizer) else None
     try:
-        opt = make_server_optimizer(server_optimizer or opt_name, **options)
+        opt = make_server_optimizer(server_optimizer or p.server_optimizer, **options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"strategy.server_optimizer: {exc}") from exc
     settings = train or TrainSettings()
-    if preset == "fedprox" and settings.proximal_mu == 0.0:
-        settings = replace(settings, proximal_mu=default_mu)
-    return Strategy(selection, AGGREGATORS[aggregator], opt, settings)
+    if p.proximal_mu and settings.proximal_mu == 0.0:
+        settings = replace(settings, proximal_mu=p.proximal_mu)
+    return Strategy(selection, agg, opt, settings)

@@ -9,10 +9,13 @@ just the state.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from consortia.core.registry import SERVER_OPTIMIZERS
 
 State = dict[str, np.ndarray]
 
@@ -109,20 +112,15 @@ class Adagrad(_Adaptive):
     name: str = "adagrad"
 
 
-def make_server_optimizer(
-    name: str,
-    lr: float | None = None,
-    momentum: float = 0.9,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    tau: float = 1e-3,
-) -> ServerOptimizer:
-    """Build by name; lr defaults to 1 for sgd/momentum and 0.01 for the adaptive ones."""
-    if name == "sgd":
-        return SGD(lr=1.0 if lr is None else lr)
-    if name == "momentum":
-        return Momentum(lr=1.0 if lr is None else lr, momentum=momentum)
-    cls = {"adam": Adam, "yogi": Yogi, "adagrad": Adagrad}.get(name)
-    if cls is None:
-        raise ValueError(f"unknown server optimiser {name!r}")
-    return cls(lr=0.01 if lr is None else lr, beta1=beta1, beta2=beta2, tau=tau)
+def make_server_optimizer(name: str, **options: float | None) -> ServerOptimizer:
+    """Build a registered optimiser by name from the options it takes (others are ignored,
+    so one job-file section can serve every optimiser); an lr of None keeps its default."""
+    cls = SERVER_OPTIMIZERS.get(name)
+    names = {f.name for f in dataclasses.fields(cls)} - {"name"}  # type: ignore[arg-type]
+    kwargs = {k: v for k, v in options.items() if k in names and v is not None}
+    optimizer: ServerOptimizer = cls(**kwargs)  # type: ignore[operator]
+    return optimizer
+
+
+for _cls in (SGD, Momentum, Adam, Yogi, Adagrad):
+    SERVER_OPTIMIZERS.register(_cls.name, _cls)

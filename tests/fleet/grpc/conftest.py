@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grpc_site_helpers import SITES, SiteStarter
+from grpc_site_helpers import SITES, SiteRun, SiteStarter
 
-from consortia.client.runtime import Site
+from consortia.fleet.base import SiteHandler
 from consortia.fleet.grpc import GrpcFleet, run_site
 from consortia.security.pki import add_site, init_pki
 
@@ -35,34 +35,37 @@ def fleet(pki: Path) -> Iterator[GrpcFleet]:
 @pytest.fixture()
 def start_site(pki: Path) -> Iterator[SiteStarter]:
     """Start ``run_site`` in a thread; every started site is stopped and joined at teardown."""
-    started: list[tuple[threading.Thread, threading.Event]] = []
+    started: list[SiteRun] = []
     errors: list[BaseException] = []
 
     def start(
-        fleet: GrpcFleet, site: Site, site_dir: Path | None = None, **kw: Any
-    ) -> tuple[threading.Thread, threading.Event]:
-        stop = threading.Event()
+        fleet: GrpcFleet, site: SiteHandler, site_dir: Path | None = None, **kw: Any
+    ) -> SiteRun:
         kw.setdefault("heartbeat_s", 0.5)
         kw.setdefault("initial_backoff_s", 0.05)
         kw.setdefault("max_backoff_s", 0.2)
 
         def body() -> None:
             try:
-                run_site(
-                    fleet.address, site, site_dir or pki / "sites" / site.site_id, stop=stop, **kw
+                run.result = run_site(
+                    fleet.address,
+                    site,
+                    site_dir or pki / "sites" / site.site_id,
+                    stop=run.stop,
+                    **kw,
                 )
             except BaseException as exc:  # reported at teardown: a site must not crash
                 errors.append(exc)
 
-        t = threading.Thread(target=body, daemon=True)
-        t.start()
-        started.append((t, stop))
-        return t, stop
+        run = SiteRun(threading.Thread(target=body, daemon=True), threading.Event())
+        run.thread.start()
+        started.append(run)
+        return run
 
     yield start
-    for _, stop in started:
-        stop.set()
-    for t, _ in started:
-        t.join(5)
-        assert not t.is_alive(), "run_site did not stop within 5 s of its stop event"
+    for run in started:
+        run.stop.set()
+    for run in started:
+        run.thread.join(5)
+        assert not run.thread.is_alive(), "run_site did not stop within 5 s of its stop event"
     assert not errors, f"a site thread raised: {errors!r}"

@@ -6,25 +6,39 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from grpc_site_helpers import SiteStarter, make_site
+from grpc_site_helpers import ProbeIns, ProbeRes, SiteStarter, make_site
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consortia.core.messages import EvaluateIns, FitIns, FitRes, TrainSettings
-from consortia.fleet.base import Failure, Reply
+from consortia.core.messages import (
+    MAX_EXAMPLES,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    InvalidMessageError,
+    TrainSettings,
+    check_reply,
+    encode,
+    kind_of,
+)
+from consortia.fleet.base import Failure, Reply, Timing
 from consortia.fleet.grpc import GrpcFleet, codec
 from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.client import connect_method
 from consortia.fleet.grpc.credentials import site_credentials
-from consortia.fleet.grpc.session import Pending, Session
+from consortia.fleet.grpc.session import REPLY_BYTES_FLOOR, Pending, Session
+from consortia.server.phases import Phase, run_phase
 
 W = np.arange(6, dtype=np.float32)
+V = codec.PROTOCOL_VERSION
 
 
 class RawSite:
@@ -39,7 +53,7 @@ class RawSite:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if hello:
-            self.send(pb.SiteMessage(hello=pb.Hello(protocol_version=1, max_chunk_bytes=2**20)))
+            self.send(pb.SiteMessage(hello=pb.Hello(protocol_version=V, max_chunk_bytes=2**20)))
             assert self.recv("welcome").welcome.site_name == "hostile"
 
     def _requests(self) -> Iterator[pb.SiteMessage]:
@@ -73,22 +87,36 @@ class RawSite:
         self.channel.close()
 
 
+def _fit_payload(n: int = 6, num_examples: int = 3) -> pb.Payload:
+    """A well-formed fit reply body: the update announced, one example count, one metric."""
+    return pb.Payload(
+        arrays=[pb.ArrayInfo(name="delta", length=n, dtype=pb.DTYPE_FLOAT32, num_chunks=1)],
+        scalars={
+            "num_examples": pb.Scalar(integer=num_examples),
+            "metrics[loss]": pb.Scalar(number=0.5),
+        },
+    )
+
+
 def _reply(req: pb.Request, **changes: object) -> pb.SiteMessage:
     b = pb.Binding()
     b.CopyFrom(req.binding)
     for k, v in changes.items():
         setattr(b, k, v)
-    vec = pb.VectorInfo(length=req.vector.length, dtype=req.vector.dtype, num_chunks=1)
-    return pb.SiteMessage(reply=pb.Reply(binding=b, vector=vec, fit=pb.FitResult(num_examples=3)))
+    return pb.SiteMessage(
+        reply=pb.Reply(binding=b, payload=_fit_payload(req.payload.arrays[0].length))
+    )
 
 
-def _chunk(rid: int, values: np.ndarray) -> pb.SiteMessage:
-    return pb.SiteMessage(chunk=pb.Chunk(request_id=rid, index=0, data=values.tobytes()))
+def _chunk(rid: int, values: np.ndarray, index: int = 0) -> pb.SiteMessage:
+    return pb.SiteMessage(chunk=pb.Chunk(request_id=rid, index=index, data=values.tobytes()))
 
 
-def _fit_round(fleet: GrpcFleet, raw: RawSite, round_: int) -> tuple[Iterator[object], pb.Request]:
+def _fit_round(
+    fleet: GrpcFleet, raw: RawSite, round_: int, deadline_s: float = 3
+) -> tuple[Iterator[Any], pb.Request]:
     """Ask the hostile site (and nobody else) for a fit; return the outcome stream + request."""
-    outcomes = fleet.send([("hostile", FitIns(round_, W, TrainSettings(), 0))], deadline_s=3)
+    outcomes = fleet.send([("hostile", FitIns(round_, W, TrainSettings(), 0))], Timing(deadline_s))
     req = raw.recv("request").request
     raw.recv("chunk")
     return iter(outcomes), req
@@ -108,6 +136,21 @@ def raw(fleet: GrpcFleet, pki: Path) -> Iterator[RawSite]:
     r.close()
 
 
+def test_the_request_is_one_generic_payload_with_its_kind_in_the_binding(
+    fleet: GrpcFleet, raw: RawSite
+) -> None:
+    outcomes, req = _fit_round(fleet, raw, 1, deadline_s=0.2)
+    assert list(outcomes) == [Failure("hostile", "no reply within the 0.2 s deadline")]
+    b = req.binding
+    assert (b.job_id, b.round, b.kind) == ("job-1", 1, "fit")
+    assert [(a.name, a.length, a.dtype, a.num_chunks) for a in req.payload.arrays] == [
+        ("weights", 6, pb.DTYPE_FLOAT32, 1)
+    ]
+    assert req.payload.scalars["seed"].integer == 0
+    assert req.payload.scalars["settings.lr"].number == 0.01
+    assert "round" not in req.payload.scalars  # the round travels in the binding only
+
+
 def test_valid_hand_made_reply_is_accepted(fleet: GrpcFleet, raw: RawSite) -> None:
     outcomes, req = _fit_round(fleet, raw, 1)
     raw.send(_reply(req))
@@ -115,51 +158,277 @@ def test_valid_hand_made_reply_is_accepted(fleet: GrpcFleet, raw: RawSite) -> No
     (out,) = list(outcomes)
     assert isinstance(out, Reply) and isinstance(out.message, FitRes)
     assert (out.message.site, out.message.round, out.message.num_examples) == ("hostile", 1, 3)
+    assert out.message.metrics == {"loss": 0.5}
     np.testing.assert_array_equal(out.message.delta, np.full(6, 2, np.float32))
 
 
-@pytest.mark.parametrize(
-    ("name", "reason"),
-    [
-        ("nan", "invalid reply: vector holds NaN or infinite values"),
-        ("short", "invalid reply: all 1 chunks arrived with 20 of 24 bytes"),
-        ("wrong_length", "invalid reply: update announces 5 values"),
-        ("wrong_dtype", "invalid reply: update announces 6 values of dtype code 3"),
-        ("wrong_body", "invalid reply: a evaluate body does not answer round 1 fit"),
-        ("wrong_round", "invalid reply: binding says round 9 phase 1, request was round 1 fit"),
-        ("bad_metric", "invalid reply: metric 'loss' is not finite (nan)"),
-        ("site_error", "site reported: I refuse"),
-    ],
-)
+def _array(name: str = "delta", length: int = 6, dtype: int = pb.DTYPE_FLOAT32) -> pb.ArrayInfo:
+    return pb.ArrayInfo(name=name, length=length, dtype=dtype, num_chunks=1)
+
+
+def _set_arrays(*arrays: pb.ArrayInfo) -> Callable[[pb.SiteMessage], None]:
+    def edit(m: pb.SiteMessage) -> None:
+        del m.reply.payload.arrays[:]
+        m.reply.payload.arrays.extend(arrays)
+
+    return edit
+
+
+def _set_scalar(name: str, value: pb.Scalar) -> Callable[[pb.SiteMessage], None]:
+    def edit(m: pb.SiteMessage) -> None:
+        m.reply.payload.scalars[name].CopyFrom(value)
+
+    return edit
+
+
+def _drop_scalar(name: str) -> Callable[[pb.SiteMessage], None]:
+    def edit(m: pb.SiteMessage) -> None:
+        del m.reply.payload.scalars[name]
+
+    return edit
+
+
+def _many_scalars(m: pb.SiteMessage) -> None:
+    for i in range(codec.MAX_SCALARS):
+        m.reply.payload.scalars[f"metrics[m{i}]"].number = 1.0
+
+
+def _many_arrays(m: pb.SiteMessage) -> None:
+    m.reply.payload.arrays.extend(_array(f"x{i}", 0) for i in range(codec.MAX_ARRAYS))
+
+
+def _error(m: pb.SiteMessage) -> None:
+    m.reply.error.reason = "I refuse"
+
+
+def _no_body(m: pb.SiteMessage) -> None:
+    m.reply.ClearField("payload")
+
+
+def _binding(**changes: object) -> Callable[[pb.SiteMessage], None]:
+    def edit(m: pb.SiteMessage) -> None:
+        for k, v in changes.items():
+            setattr(m.reply.binding, k, v)
+
+    return edit
+
+
+def _chunk_count(n: int) -> Callable[[pb.SiteMessage], None]:
+    def edit(m: pb.SiteMessage) -> None:
+        m.reply.payload.arrays[0].num_chunks = n
+
+    return edit
+
+
+def _keep(m: pb.SiteMessage) -> None:
+    pass
+
+
+EXPECTED = "expected [delta (6 float32)]"
+BAD_REPLIES: dict[str, tuple[Callable[[pb.SiteMessage], None], Any, str]] = {
+    # name: (edit of the reply header, chunk values (or index, values), failure reason)
+    "nan": (_keep, np.array([1, 1, np.nan, 1, 1, 1], np.float32), "array holds NaN or infinite"),
+    "inf": (_keep, np.array([1, 1, 1, 1, 1, -np.inf], np.float32), "array holds NaN or infinite"),
+    "short": (_keep, np.ones(5, np.float32), "all 1 chunks arrived with 20 of 24 bytes"),
+    "long": (_keep, np.ones(7, np.float32), "chunks carry more than the announced 24 bytes"),
+    "chunk_out_of_order": (_keep, (1, np.ones(6, np.float32)), "chunk 1 arrived, expected chunk 0"),
+    "too_few_chunks": (_chunk_count(0), None, "0 chunks cannot carry 24 bytes"),
+    "wrong_length": (
+        _set_arrays(_array(length=5)),
+        None,
+        f"fit reply announces arrays [delta (5 float32)]; {EXPECTED}",
+    ),
+    "wrong_dtype": (
+        _set_arrays(_array(dtype=pb.DTYPE_FLOAT64)),
+        None,
+        f"fit reply announces arrays [delta (6 float64)]; {EXPECTED}",
+    ),
+    "unknown_dtype": (_set_arrays(_array(dtype=99)), None, "unknown array dtype code 99"),
+    "huge": (
+        _set_arrays(_array(length=2**60)),
+        None,
+        f"fit reply announces arrays [delta ({2**60} float32)]; {EXPECTED}",
+    ),
+    "wrong_array_name": (
+        _set_arrays(_array(name="weights")),
+        None,
+        f"fit reply announces arrays [weights (6 float32)]; {EXPECTED}",
+    ),
+    "extra_array": (
+        _set_arrays(_array(), _array(name="more", length=1)),
+        None,
+        f"fit reply announces arrays [delta (6 float32), more (1 float32)]; {EXPECTED}",
+    ),
+    "no_array": (_set_arrays(), None, f"fit reply announces arrays []; {EXPECTED}"),
+    "duplicate_array": (_set_arrays(_array(), _array()), None, "field 'delta' appears twice"),
+    "too_many_arrays": (_many_arrays, None, "65 arrays and 2 scalars exceed the limits"),
+    "too_many_scalars": (_many_scalars, None, "1 arrays and 1026 scalars exceed the limits"),
+    "long_name": (
+        _set_scalar("metrics[" + "m" * 300 + "]", pb.Scalar(number=1.0)),
+        None,
+        "field name of 309 characters is not allowed",
+    ),
+    "long_text": (
+        _set_scalar("note", pb.Scalar(text="x" * 5000)),
+        None,
+        "note: text of 5000 characters is too long",
+    ),
+    "empty_scalar": (_set_scalar("num_examples", pb.Scalar()), None, "num_examples: empty value"),
+    "nan_metric": (
+        _set_scalar("metrics[loss]", pb.Scalar(number=float("nan"))),
+        None,
+        "metrics[loss] is not finite",
+    ),
+    "nan_scalar": (
+        _set_scalar("clip_bit", pb.Scalar(number=float("inf"))),
+        None,
+        "clip_bit is not finite",
+    ),
+    "wrong_type": (
+        _set_scalar("num_examples", pb.Scalar(text="3")),
+        None,
+        "num_examples must be int, got str",
+    ),
+    "flag_for_int": (
+        _set_scalar("num_examples", pb.Scalar(flag=True)),
+        None,
+        "num_examples must be int, got a flag",
+    ),
+    "missing_field": (_drop_scalar("num_examples"), None, "num_examples is missing"),
+    "unknown_field": (
+        _set_scalar("bogus", pb.Scalar(integer=1)),
+        None,
+        "fit message has unknown fields: 'bogus'",
+    ),
+    "forged_sender": (
+        _set_scalar("site", pb.Scalar(text="site-a")),
+        None,
+        "fit message has unknown fields: 'site'",
+    ),
+    "forged_round": (
+        _set_scalar("round", pb.Scalar(integer=2)),
+        None,
+        "fit message has unknown fields: 'round'",
+    ),
+    "wrong_kind": (
+        _binding(kind="evaluate"),
+        None,
+        "binding says round 1 'evaluate', request was round 1 fit",
+    ),
+    "unknown_kind": (
+        _binding(kind="bogus"),
+        None,
+        "binding says round 1 'bogus', request was round 1 fit",
+    ),
+    "wrong_round": (_binding(round=9), None, "binding says round 9 'fit', request was round 1 fit"),
+    "no_body": (_no_body, None, "a reply with no body does not answer round 1 fit"),
+    "site_error": (_error, None, None),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REPLIES))
 def test_bad_reply_fails_that_request_with_its_reason(
-    fleet: GrpcFleet, raw: RawSite, name: str, reason: str
+    fleet: GrpcFleet, raw: RawSite, name: str
 ) -> None:
+    edit, values, reason = BAD_REPLIES[name]
     outcomes, req = _fit_round(fleet, raw, 1)
     rid = req.binding.request_id
     m = _reply(req)
-    values = np.ones(6, np.float32)
-    if name == "nan":
-        values[2] = np.nan
-    elif name == "short":
-        values = values[:5]
-    elif name == "wrong_length":
-        m.reply.vector.length = 5
-    elif name == "wrong_dtype":
-        m.reply.vector.dtype = pb.DTYPE_FLOAT64
-    elif name == "wrong_body":
-        m.reply.evaluate.num_examples = 1
-    elif name == "wrong_round":
-        m.reply.binding.round = 9
-    elif name == "bad_metric":
-        m.reply.fit.metrics["loss"] = float("nan")
-    elif name == "site_error":
-        m.reply.error.reason = "I refuse"
+    edit(m)
     raw.send(m)
-    raw.send(_chunk(rid, values))
+    index, values = values if isinstance(values, tuple) else (0, values)
+    if name != "site_error":  # the update's bytes follow whatever was announced; after a
+        # refused header they are dropped without a word (the request is already closed)
+        raw.send(_chunk(rid, np.ones(6, np.float32) if values is None else values, index))
     (out,) = list(outcomes)
     assert isinstance(out, Failure)
-    assert out.reason.startswith(reason), out.reason
+    want = "site reported: I refuse" if reason is None else f"invalid reply: {reason}"
+    assert out.reason.startswith(want), out.reason
+    # An invalid reply is logged and counted once, naming the request; a site's own error
+    # report is an answer, not a refusal.
+    logged = (
+        [] if reason is None else [f"round 1 fit: {out.reason.removeprefix('invalid reply: ')}"]
+    )
+    assert _wait_refusals(fleet, len(logged)) == logged
     assert fleet.sites() == ["hostile"]  # still connected: one bad reply fails one request
+    # ... and the same connection answers the next round normally.
+    outcomes2, req2 = _fit_round(fleet, raw, 2)
+    raw.send(_reply(req2))
+    raw.send(_chunk(req2.binding.request_id, np.full(6, 4, np.float32)))
+    (ok,) = list(outcomes2)
+    assert isinstance(ok, Reply) and ok.message.round == 2, ok
+
+
+def test_a_new_reply_before_the_arrays_of_the_last_one_fails_the_unfinished_one(
+    fleet: GrpcFleet, raw: RawSite
+) -> None:
+    outcomes, req = _fit_round(fleet, raw, 1)
+    raw.send(_reply(req))
+    raw.send(_reply(req))  # again, before a byte of the first one's update
+    (out,) = list(outcomes)
+    assert out == Failure(
+        "hostile", "invalid reply: a new reply started before its arrays were complete"
+    )
+    assert _wait_refusals(fleet, 2)[1] == (
+        f"second reply for round 1 'fit' (request {req.binding.request_id}) refused"
+    )
+
+
+def _answer_in_background(raw: RawSite, edit: Callable[[pb.Payload], None]) -> threading.Thread:
+    def body() -> None:
+        req = raw.recv("request").request
+        m = _reply(req)
+        edit(m.reply.payload)
+        raw.send(m)
+        raw.send(_chunk(req.binding.request_id, np.ones(6, np.float32)))
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t
+
+
+def _metrics(n: int, name: str = "m") -> Callable[[pb.Payload], None]:
+    def edit(p: pb.Payload) -> None:
+        for i in range(n):
+            p.scalars[f"metrics[{name}{i}]"].number = 0.0
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (
+            lambda p: p.scalars["num_examples"].CopyFrom(pb.Scalar(integer=2**60)),
+            f"num_examples must be a non-negative int, got {2**60}",
+        ),
+        (
+            lambda p: p.scalars["num_examples"].CopyFrom(pb.Scalar(integer=-1)),
+            "num_examples must be a non-negative int, got -1",
+        ),
+        (_metrics(256), "257 metrics exceed the limit of 256"),
+        (_metrics(1, "x" * 129), "metric name 'xxxxxxxx"),
+        (
+            lambda p: p.scalars["clip_bit"].CopyFrom(pb.Scalar(number=0.25)),
+            "clip bit must be -0.5 or 0.5, got 0.25",
+        ),
+    ],
+    ids=["huge-count", "negative-count", "too-many-metrics", "long-metric-name", "clip-bit"],
+)
+def test_a_reply_the_wire_carries_but_its_kind_forbids_is_refused_by_the_phase(
+    fleet: GrpcFleet, raw: RawSite, edit: Callable[[pb.Payload], None], reason: str
+) -> None:
+    """Well-formed on the wire, so the fleet hands it over; the phase runner's check_reply
+    refuses it before any aggregate sees it, and the phase records why."""
+    t = _answer_in_background(raw, edit)
+    accepted: list[str] = []
+    phase = Phase("fit", 1, [("hostile", FitIns(1, W, TrainSettings(), 0))], 3, min_replies=0)
+    record = run_phase(fleet, phase, lambda site, msg: accepted.append(site))
+    t.join(3)
+    assert accepted == [] and record.accepted == []
+    (failure,) = record.failures
+    assert failure.site == "hostile"
+    assert failure.reason.startswith(f"reply refused: {reason}"), failure.reason
 
 
 def test_duplicate_stale_foreign_and_stray_messages_are_refused_and_logged(
@@ -178,29 +447,31 @@ def test_duplicate_stale_foreign_and_stray_messages_are_refused_and_logged(
     raw.send(_reply(req2, job_id="other-job"))
     raw.send(_reply(req2, request_id=10_000))
     raw.send(_chunk(777, good))
-    raw.send(pb.SiteMessage(hello=pb.Hello(site_name="site-a", protocol_version=1)))
+    raw.send(pb.SiteMessage(hello=pb.Hello(site_name="site-a", protocol_version=V)))
     raw.send(pb.SiteMessage())
     raw.send(_reply(req2))
     raw.send(_chunk(req2.binding.request_id, np.full(6, 5, np.float32)))
+    raw.send(_reply(req2))  # a second submission for a request already answered
     (second,) = list(outcomes2)
     assert isinstance(second, Reply) and second.message.round == 2
     np.testing.assert_array_equal(second.message.delta, np.full(6, 5, np.float32))
-    reasons = _wait_refusals(fleet, 6)
+    reasons = _wait_refusals(fleet, 7)
     assert reasons == [
-        f"second reply for round 1 fit (request {req1.binding.request_id}) refused",
+        f"second reply for round 1 'fit' (request {req1.binding.request_id}) refused",
         "reply for job 'other-job', this server runs 'job-1'",
-        "reply for round 2 fit matches no open request (10000)",
+        "reply for round 2 'fit' matches no open request (10000)",
         "chunk for request 777 that is not arriving",
         "unexpected hello message after hello",
         "unexpected empty message after hello",
+        f"second reply for round 2 'fit' (request {req2.binding.request_id}) refused",
     ]
-    assert "refused from hostile: second reply for round 1 fit" in caplog.text
+    assert "refused from hostile: second reply for round 1 'fit'" in caplog.text
 
 
 def test_reply_after_the_deadline_and_stale_round_are_refused(
     fleet: GrpcFleet, raw: RawSite
 ) -> None:
-    outcomes = fleet.send([("hostile", FitIns(1, W, TrainSettings(), 0))], deadline_s=0.3)
+    outcomes = fleet.send([("hostile", FitIns(1, W, TrainSettings(), 0))], Timing(0.3))
     req1 = raw.recv("request").request
     (out,) = list(outcomes)
     assert out == Failure("hostile", "no reply within the 0.3 s deadline")
@@ -209,8 +480,8 @@ def test_reply_after_the_deadline_and_stale_round_are_refused(
     stale = _reply(req1, request_id=5_000, round=0)
     raw.send(stale)
     assert _wait_refusals(fleet, 2) == [
-        "reply for round 1 fit arrived after its deadline; refused",
-        "stale reply for round 0 fit; the federation is at round 1",
+        "reply for round 1 'fit' arrived after its deadline; refused",
+        "stale reply for round 0 'fit'; the federation is at round 1",
     ]
 
 
@@ -221,6 +492,16 @@ def test_first_message_must_be_hello(fleet: GrpcFleet, pki: Path) -> None:
     r.close()
     assert r.error is not None and r.error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "first message must be hello" in (r.error.details() or "")
+
+
+def test_a_site_speaking_protocol_1_is_refused(fleet: GrpcFleet, pki: Path) -> None:
+    r = RawSite(fleet, pki / "sites" / "hostile", hello=False)
+    r.send(pb.SiteMessage(hello=pb.Hello(protocol_version=1)))
+    r._reader.join(3)
+    r.close()
+    assert r.error is not None and r.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert r.error.details() == f"protocol version 1, server speaks {V}"
+    assert fleet.sites() == []
 
 
 def _raw_connect(fleet: GrpcFleet, pki: Path, frames: list[bytes]) -> tuple[list[str], object]:
@@ -240,7 +521,7 @@ def _raw_connect(fleet: GrpcFleet, pki: Path, frames: list[bytes]) -> tuple[list
         return kinds, grpc.StatusCode.OK
 
 
-HELLO = pb.SiteMessage(hello=pb.Hello(protocol_version=1)).SerializeToString()
+HELLO = pb.SiteMessage(hello=pb.Hello(protocol_version=V)).SerializeToString()
 
 
 def test_garbage_bytes_are_refused_with_a_reason_and_the_stream_survives(
@@ -267,46 +548,192 @@ def test_oversize_message_ends_only_that_connection(
     big = pb.SiteMessage(chunk=pb.Chunk(request_id=1, data=b"\0" * too_big)).SerializeToString()
     _, status = _raw_connect(fleet, pki, [HELLO, big])
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own size cap
-    (out,) = fleet.send([("site-a", EvaluateIns(1, W))], deadline_s=5)
+    (out,) = fleet.send([("site-a", EvaluateIns(1, W))], Timing(5))
     assert isinstance(out, Reply)  # the server kept serving the honest site
     assert fleet._sessions["site-a"] is honest
+
+
+# ---- a custom kind: no exact arrays declared, so a reply is held to a byte budget -------
+
+
+def _probe_session(fleet: GrpcFleet) -> tuple[Session, Pending]:
+    session = Session(fleet, "s", chunk_bytes=1024)
+    small = ProbeIns(2, np.zeros(4, np.uint8), np.zeros(2), "l", 1, False, 1.0)
+    p = Pending(3, "s", small, kind_of(small))
+    session.submit(p)
+    return session, p
+
+
+def _probe_reply(arrays: list[pb.ArrayInfo]) -> pb.SiteMessage:
+    scalars = {
+        "label": pb.Scalar(text="L"),
+        "count": pb.Scalar(integer=2),
+        "strict": pb.Scalar(flag=True),
+    }
+    b = pb.Binding(job_id="job-1", round=2, request_id=3, kind="grpc_probe")
+    return pb.SiteMessage(
+        reply=pb.Reply(binding=b, payload=pb.Payload(arrays=arrays, scalars=scalars))
+    )
+
+
+# Two empty arrays (one empty chunk each) make a minimal well-formed probe reply.
+_PROBE_ARRAYS = [
+    pb.ArrayInfo(name="image", length=0, dtype=pb.DTYPE_UINT8, num_chunks=1),
+    pb.ArrayInfo(name="scores", length=0, dtype=pb.DTYPE_FLOAT64, num_chunks=1),
+]
+_PROBE_CHUNKS = [pb.SiteMessage(chunk=pb.Chunk(request_id=3, index=i)) for i in (0, 1)]
+
+
+def test_a_custom_kinds_reply_is_held_to_its_byte_budget(bare_fleet: GrpcFleet) -> None:
+    assert REPLY_BYTES_FLOOR == 2**20  # the budget for a request of a few bytes
+    over = [
+        pb.ArrayInfo(name="image", length=2**20, dtype=pb.DTYPE_UINT8, num_chunks=1024),
+        pb.ArrayInfo(name="scores", length=1, dtype=pb.DTYPE_FLOAT64, num_chunks=1),
+    ]
+    session, p = _probe_session(bare_fleet)
+    session.on_message(_probe_reply(over))
+    assert p.outcome == Failure(
+        "s",
+        "invalid reply: grpc_probe message announces 1048584 bytes of arrays, over the limit "
+        "of 1048576",
+    )
+    session.close("done")
+    # Within the budget, two arrays of two dtypes arrive chunk by chunk with one index.
+    session, p = _probe_session(bare_fleet)
+    ok = [
+        pb.ArrayInfo(name="image", length=1500, dtype=pb.DTYPE_UINT8, num_chunks=2),
+        pb.ArrayInfo(name="scores", length=2, dtype=pb.DTYPE_FLOAT64, num_chunks=1),
+    ]
+    session.on_message(_probe_reply(ok))
+    image, scores = np.arange(1500).astype(np.uint8), np.array([0.5, -1.0])
+    for frame in codec.iter_payload_frames([image, scores], 3, 1024):
+        session.on_message(pb.SiteMessage.FromString(frame))
+    assert isinstance(p.outcome, Reply) and isinstance(p.outcome.message, ProbeRes)
+    res = p.outcome.message
+    assert (res.site, res.round, res.label, res.count, res.strict, res.tags) == (
+        "s",
+        2,
+        "L",
+        2,
+        True,
+        {},
+    )
+    np.testing.assert_array_equal(res.image, image)
+    np.testing.assert_array_equal(res.scores, scores)
+    session.close("done")
+
+
+def test_a_custom_kinds_reply_is_still_checked_field_by_field(bare_fleet: GrpcFleet) -> None:
+    session, p = _probe_session(bare_fleet)
+    m = _probe_reply(_PROBE_ARRAYS)
+    m.reply.payload.scalars["count"].CopyFrom(pb.Scalar(number=2.0))
+    for msg in (m, *_PROBE_CHUNKS):
+        session.on_message(msg)
+    assert p.outcome == Failure("s", "invalid reply: count must be int, got float")
+    session.close("done")
 
 
 # ---- property: no sequence of messages can break a session ------------------------------
 
 _ids = st.sampled_from([1, 2, 3, 99])
-_bindings = st.builds(
-    pb.Binding,
-    job_id=st.sampled_from(["job-1", "other", ""]),
-    round=st.integers(0, 4),
-    phase=st.integers(0, 4),
-    request_id=_ids,
+# The property test below opens request 1 (fit), 2 (evaluate) and 3 (grpc_probe), all in
+# round 2. Half the bindings and payloads start from a right answer and change a little,
+# so that sequences get past the binding checks and reach every check behind them.
+_RIGHT = {
+    1: pb.Binding(job_id="job-1", round=2, kind="fit", request_id=1),
+    2: pb.Binding(job_id="job-1", round=2, kind="evaluate", request_id=2),
+    3: pb.Binding(job_id="job-1", round=2, kind="grpc_probe", request_id=3),
+}
+_bindings = st.one_of(
+    st.sampled_from(list(_RIGHT.values())),
+    st.builds(
+        pb.Binding,
+        job_id=st.sampled_from(["job-1", "other", ""]),
+        round=st.integers(0, 4),
+        kind=st.sampled_from(["fit", "evaluate", "grpc_probe", "bogus", ""]),
+        request_id=_ids,
+    ),
 )
-_vectors = st.builds(
-    pb.VectorInfo,
+_arrays = st.builds(
+    pb.ArrayInfo,
+    name=st.sampled_from(["delta", "image", "scores", "", "x" * 300]),
     length=st.sampled_from([0, 5, 6, 7, 2**40]),
-    dtype=st.integers(0, 5),
+    dtype=st.integers(0, 8),
     num_chunks=st.integers(0, 3),
 )
-_metrics = st.dictionaries(
-    st.text(max_size=3), st.sampled_from([0.0, 1.5, float("nan"), float("inf")]), max_size=3
+_scalar_values = st.one_of(
+    st.sampled_from([0.0, 1.5, -0.5, float("nan"), float("inf")]).map(
+        lambda v: pb.Scalar(number=v)
+    ),
+    st.sampled_from([0, 3, -1, 2**60]).map(lambda v: pb.Scalar(integer=v)),
+    st.sampled_from(["", "L", "x" * 5000]).map(lambda v: pb.Scalar(text=v)),
+    st.booleans().map(lambda v: pb.Scalar(flag=v)),
+    st.just(pb.Scalar()),
+)
+_scalar_names = st.sampled_from(
+    [
+        "num_examples",
+        "metrics[loss]",
+        "metrics[]",
+        "clip_bit",
+        "label",
+        "count",
+        "strict",
+        "site",
+        "round",
+        "tags[k]",
+        "",
+        "y" * 300,
+    ]
+)
+_EVAL_PAYLOAD = pb.Payload(
+    scalars={"num_examples": pb.Scalar(integer=2), "metrics[acc]": pb.Scalar(number=1.0)}
+)
+_GOOD_PAYLOADS = [
+    _fit_payload(num_examples=4),
+    _EVAL_PAYLOAD,
+    _probe_reply(_PROBE_ARRAYS).reply.payload,
+]
+
+
+def _mutated(
+    base: pb.Payload, arrays: list[pb.ArrayInfo] | None, scalars: dict[str, pb.Scalar]
+) -> pb.Payload:
+    out = pb.Payload()
+    out.CopyFrom(base)
+    if arrays is not None:
+        del out.arrays[:]
+        out.arrays.extend(arrays)
+    for k, v in scalars.items():
+        out.scalars[k].CopyFrom(v)
+    return out
+
+
+_payloads = st.one_of(
+    st.builds(
+        lambda arrays, scalars: pb.Payload(arrays=arrays, scalars=scalars),
+        st.lists(_arrays, max_size=3),
+        st.dictionaries(_scalar_names, _scalar_values, max_size=5),
+    ),
+    st.builds(
+        _mutated,
+        st.sampled_from(_GOOD_PAYLOADS),
+        st.none() | st.lists(_arrays, max_size=2),
+        st.dictionaries(_scalar_names, _scalar_values, max_size=2),
+    ),
 )
 _replies = st.builds(
-    lambda b, v, body, n, m, reason: pb.Reply(
+    lambda b, body, payload, reason: pb.Reply(
         binding=b,
-        vector=v,
         **{
-            "fit": {"fit": pb.FitResult(num_examples=n, metrics=m)},
-            "evaluate": {"evaluate": pb.EvaluateResult(num_examples=n, metrics=m)},
+            "payload": {"payload": payload},
             "error": {"error": pb.SiteError(reason=reason)},
             "none": {},
         }[body],
     ),
     _bindings,
-    _vectors,
-    st.sampled_from(["fit", "evaluate", "error", "none"]),
-    st.sampled_from([0, 3, 2**60]),
-    _metrics,
+    st.sampled_from(["payload", "payload", "error", "none"]),
+    _payloads,
     st.text(max_size=5),
 )
 _chunks = st.builds(
@@ -315,29 +742,26 @@ _chunks = st.builds(
     index=st.integers(0, 2),
     data=st.one_of(
         st.binary(max_size=30),
-        st.sampled_from([np.ones(6, np.float32).tobytes(), np.ones(3, np.float32).tobytes()]),
+        st.sampled_from(
+            [
+                np.ones(6, np.float32).tobytes(),
+                np.ones(3, np.float32).tobytes(),
+                np.full(6, np.nan, np.float32).tobytes(),
+                b"",
+            ]
+        ),
     ),
 )
-# Well-formed answers to the two open requests of the property test below, mixed in so
-# that sequences also reach the accept paths (and their interplay with junk).
-_GOOD_FIT = pb.SiteMessage(
-    reply=pb.Reply(
-        binding=pb.Binding(job_id="job-1", round=2, phase=pb.PHASE_FIT, request_id=1),
-        vector=pb.VectorInfo(length=6, dtype=pb.DTYPE_FLOAT32, num_chunks=1),
-        fit=pb.FitResult(num_examples=4, metrics={"loss": 0.5}),
-    )
-)
+# Well-formed answers to the open requests, mixed in so that sequences also reach the
+# accept paths (and their interplay with junk).
+_GOOD_FIT = pb.SiteMessage(reply=pb.Reply(binding=_RIGHT[1], payload=_GOOD_PAYLOADS[0]))
 _GOOD_CHUNK = pb.SiteMessage(
     chunk=pb.Chunk(request_id=1, index=0, data=np.ones(6, np.float32).tobytes())
 )
-_GOOD_EVAL = pb.SiteMessage(
-    reply=pb.Reply(
-        binding=pb.Binding(job_id="job-1", round=2, phase=pb.PHASE_EVALUATE, request_id=2),
-        evaluate=pb.EvaluateResult(num_examples=2, metrics={"acc": 1.0}),
-    )
-)
+_GOOD_EVAL = pb.SiteMessage(reply=pb.Reply(binding=_RIGHT[2], payload=_EVAL_PAYLOAD))
+_GOOD_PROBE = _probe_reply(_PROBE_ARRAYS)
 _messages = st.one_of(
-    st.sampled_from([_GOOD_FIT, _GOOD_CHUNK, _GOOD_EVAL]),
+    st.sampled_from([_GOOD_FIT, _GOOD_CHUNK, _GOOD_EVAL, _GOOD_PROBE, *_PROBE_CHUNKS]),
     st.builds(lambda r: pb.SiteMessage(reply=r), _replies),
     st.builds(lambda c: pb.SiteMessage(chunk=c), _chunks),
     st.just(pb.SiteMessage(heartbeat=pb.Heartbeat(sequence=1))),
@@ -353,6 +777,25 @@ def bare_fleet() -> Iterator[GrpcFleet]:
     f.close()
 
 
+def _sent_scalars(msgs: list[pb.SiteMessage], rid: int, kind: str) -> list[dict[str, Any]]:
+    """The scalars of every reply payload the sequence sent for request ``rid``."""
+    return [
+        {k: getattr(v, v.WhichOneof("value")) for k, v in m.reply.payload.scalars.items()}
+        for m in msgs
+        if m.WhichOneof("kind") == "reply"
+        and m.reply.WhichOneof("body") == "payload"
+        and m.reply.binding.request_id == rid
+        and m.reply.binding.kind == kind
+        and all(v.WhichOneof("value") for v in m.reply.payload.scalars.values())
+    ]
+
+
+def _sent_bytes(msgs: list[pb.SiteMessage], rid: int) -> bytes:
+    return b"".join(
+        m.chunk.data for m in msgs if m.WhichOneof("kind") == "chunk" and m.chunk.request_id == rid
+    )
+
+
 @settings(
     max_examples=120,
     deadline=None,
@@ -363,53 +806,69 @@ def test_any_message_sequence_leaves_the_session_consistent(
     bare_fleet: GrpcFleet, msgs: list[pb.SiteMessage]
 ) -> None:
     """>= 1000 hostile messages in all (120 sequences of 5-15): none raises, each open
-    request ends at most once, and every accepted reply is exactly well-formed."""
+    request ends at most once, and every accepted reply is one the site really sent, of
+    its request's kind, whole, finite, and either passes its kind's checks or is refused
+    by them."""
     session = Session(bare_fleet, "s", chunk_bytes=1024)
-    fit = Pending(1, "s", FitIns(2, W, TrainSettings(), 0), pb.PHASE_FIT)
-    ev = Pending(2, "s", EvaluateIns(2, W), pb.PHASE_EVALUATE)
-    session.submit(fit)
-    session.submit(ev)
+    fit_ins = FitIns(2, W, TrainSettings(), 0)
+    ev_ins = EvaluateIns(2, W)
+    probe_ins = ProbeIns(2, np.zeros(4, np.uint8), np.zeros(2), "l", 1, False, 1.0)
+    pending = [
+        Pending(1, "s", fit_ins, kind_of(fit_ins)),
+        Pending(2, "s", ev_ins, kind_of(ev_ins)),
+        Pending(3, "s", probe_ins, kind_of(probe_ins)),
+    ]
+    for p in pending:
+        session.submit(p)
     for m in msgs:
         session.on_message(pb.SiteMessage.FromString(m.SerializeToString()))
-    for p in (fit, ev):
+    for p in pending:
         out = p.outcome
-        if isinstance(out, Reply):
-            res = out.message
-            assert res.site == "s" and res.round == 2
-            assert res.num_examples <= codec.MAX_EXAMPLES
-            assert all(np.isfinite(v) for v in res.metrics.values())
-            if isinstance(res, FitRes):  # only the well-formed pair can be accepted
-                assert (res.num_examples, res.metrics) == (4, {"loss": 0.5})
-                assert res.delta.dtype == np.float32
-                np.testing.assert_array_equal(res.delta, np.ones(6, np.float32))
-            else:  # any evaluate reply the sequence sent for request 2 may be the one taken
-                sent = [
-                    (m.reply.evaluate.num_examples, dict(m.reply.evaluate.metrics))
-                    for m in msgs
-                    if m.WhichOneof("kind") == "reply"
-                    and m.reply.WhichOneof("body") == "evaluate"
-                    and m.reply.binding.request_id == 2
-                ]
-                assert (res.num_examples, res.metrics) in sent
-        else:
+        if not isinstance(out, Reply):
             assert out is None or isinstance(out, Failure)
+            continue
+        res = out.message
+        assert type(res) is p.kind.reply
+        assert res.site == "s" and res.round == 2
+        sent = encode(res).scalars
+        assert sent in _sent_scalars(msgs, p.request_id, p.kind.name)
+        for v in sent.values():
+            assert not isinstance(v, float) or np.isfinite(v)
+        for a in encode(res).arrays.values():
+            assert a.dtype.kind != "f" or np.isfinite(a).all()
+            assert a.tobytes() in _sent_bytes(msgs, p.request_id)
+        if isinstance(res, FitRes):
+            assert res.delta.dtype == np.float32 and res.delta.shape == (6,)
+        try:
+            check_reply(res, p.message, "s")
+        except InvalidMessageError:
+            continue
+        if isinstance(res, (FitRes, EvaluateRes)):
+            assert 0 <= res.num_examples <= MAX_EXAMPLES
     session.close("end of example")
-    assert fit.done.is_set() and ev.done.is_set()
+    assert all(p.done.is_set() for p in pending)
 
 
 def test_good_answers_are_accepted_between_junk_messages(bare_fleet: GrpcFleet) -> None:
     """The accept paths the property test can reach, checked deterministically."""
     session = Session(bare_fleet, "s", chunk_bytes=1024)
-    fit = Pending(1, "s", FitIns(2, W, TrainSettings(), 0), pb.PHASE_FIT)
-    ev = Pending(2, "s", EvaluateIns(2, W), pb.PHASE_EVALUATE)
-    session.submit(fit)
-    session.submit(ev)
+    fit_ins, ev_ins = FitIns(2, W, TrainSettings(), 0), EvaluateIns(2, W)
+    probe_ins = ProbeIns(2, np.zeros(4, np.uint8), np.zeros(2), "l", 1, False, 1.0)
+    fit = Pending(1, "s", fit_ins, kind_of(fit_ins))
+    ev = Pending(2, "s", ev_ins, kind_of(ev_ins))
+    pr = Pending(3, "s", probe_ins, kind_of(probe_ins))
+    for p in (fit, ev, pr):
+        session.submit(p)
     junk = pb.SiteMessage(chunk=pb.Chunk(request_id=99, data=b"x"))
-    for m in (_GOOD_FIT, junk, pb.SiteMessage(heartbeat=pb.Heartbeat()), _GOOD_CHUNK, _GOOD_EVAL):
+    beat = pb.SiteMessage(heartbeat=pb.Heartbeat())
+    for m in (_GOOD_FIT, junk, beat, _GOOD_CHUNK, _GOOD_EVAL, _GOOD_PROBE, *_PROBE_CHUNKS):
         session.on_message(m)
     assert isinstance(fit.outcome, Reply) and isinstance(ev.outcome, Reply)
     np.testing.assert_array_equal(fit.outcome.message.delta, np.ones(6, np.float32))
-    assert ev.outcome.message.metrics == {"acc": 1.0}
+    assert fit.outcome.message.metrics == {"loss": 0.5}
+    assert ev.outcome.message == EvaluateRes("s", 2, 2, {"acc": 1.0})
+    assert isinstance(pr.outcome, Reply) and pr.outcome.message.label == "L"
+    assert bare_fleet.refusals[-1] == ("s", "chunk for request 99 that is not arriving")
     session.close("done")
 
 
@@ -464,7 +923,7 @@ def live(
     # After every hostile frame: still up, same honest connection, same exact answers.
     assert fleet.refusal_count - before >= 500
     w = np.arange(3000, dtype=np.float32)  # several 4 KiB chunks
-    (out,) = fleet.send([("site-a", FitIns(7, w, TrainSettings(), 0))], deadline_s=5)
+    (out,) = fleet.send([("site-a", FitIns(7, w, TrainSettings(), 0))], Timing(5))
     assert isinstance(out, Reply) and out.message.round == 7
     np.testing.assert_array_equal(out.message.delta, np.ones(3000, np.float32))
     stop.set()

@@ -17,11 +17,13 @@ import pytest
 from grpc_site_helpers import SiteStarter, make_site
 
 from consortia.core.messages import FitIns, TrainSettings
-from consortia.fleet.base import Failure, Reply
-from consortia.fleet.grpc import GrpcFleet, SiteConnectionError, run_site
+from consortia.fleet.base import Failure, Reply, Timing
+from consortia.fleet.grpc import GrpcFleet, SiteConnectionError, codec, run_site
 from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.client import connect_method
 from consortia.security.pki import add_site, init_pki, revoke_site
+
+V = codec.PROTOCOL_VERSION
 
 
 def test_certificate_from_another_ca_is_refused(fleet: GrpcFleet, tmp_path: Path) -> None:
@@ -42,7 +44,7 @@ def test_client_without_a_certificate_is_refused(fleet: GrpcFleet, pki: Path) ->
     creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
     with grpc.secure_channel(fleet.address, creds) as ch:
         call = connect_method(ch, pb.SiteMessage.SerializeToString)(
-            iter([pb.SiteMessage(hello=pb.Hello(site_name="site-a", protocol_version=1))]),
+            iter([pb.SiteMessage(hello=pb.Hello(site_name="site-a", protocol_version=V))]),
             timeout=3,
         )
         with pytest.raises(grpc.RpcError) as info:
@@ -128,7 +130,7 @@ def test_site_process_killed_or_frozen_mid_phase_fails_fast_and_others_answer(
                 ("site-a", FitIns(1, w, TrainSettings(), 0)),
                 ("site-b", FitIns(1, w, TrainSettings(), 0)),
             ],
-            deadline_s=30,
+            Timing(30),
         )
         time.sleep(after_s)  # site-a is now downloading or training
         proc.send_signal(sig)
@@ -171,7 +173,8 @@ def test_revoking_a_connected_site_disconnects_it_and_keeps_it_out(tmp_path: Pat
         assert not t.is_alive()
         assert len(errors) == 1 and "is revoked" in str(errors[0])
         assert f.sites() == []
-        (out,) = f.send([("site-a", FitIns(1, np.zeros(1, np.float32), TrainSettings(), 0))], 1)
+        fit = FitIns(1, np.zeros(1, np.float32), TrainSettings(), 0)
+        (out,) = f.send([("site-a", fit)], Timing(1))
         assert out == Failure("site-a", "not connected")
     finally:
         f.close()

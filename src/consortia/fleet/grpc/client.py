@@ -1,10 +1,11 @@
 """The site end of a deployment: dial out to the server, answer its requests, stay connected.
 
 ``run_site`` keeps one stream to the server open, answers every request with the same
-``Site.handle`` used in simulation, sends heartbeats, and reconnects on its own with
+site app (``handle``) used in simulation, sends heartbeats, and reconnects on its own with
 capped exponential backoff (with jitter, so sites do not reconnect in lockstep). One
 worker thread runs the site's code, so a site never trains twice at once, even across a
-reconnect. It returns cleanly when ``stop`` is set or on Ctrl-C.
+reconnect, and the one app object keeps its state for the whole job. It returns when the
+server says the job is over (unless ``keep_alive``), when ``stop`` is set, or on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 
 import grpc
 
-from consortia.client.runtime import Site
 from consortia.core.errors import ConsortiaError
-from consortia.core.messages import EvaluateIns, FitIns, InvalidMessageError
+from consortia.core.messages import InvalidMessageError, decode, encode, kind_named
+from consortia.fleet.base import SiteHandler
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.credentials import site_credentials
@@ -44,13 +45,23 @@ class SiteConnectionError(ConsortiaError):
 class _Work:
     conn: _Connection
     binding: pb.Binding
-    message: FitIns | EvaluateIns
+    message: Any
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """What the server said when the job ended."""
+
+    job_id: str
+    status: str
 
 
 class _Connection:
     """One stream to the server: what to send up it, and when it went quiet."""
 
-    def __init__(self, site: Site, stop: threading.Event, chunk_bytes: int, heartbeat_s: float):
+    def __init__(
+        self, site: SiteHandler, stop: threading.Event, chunk_bytes: int, heartbeat_s: float
+    ):
         self.site = site
         self.stop = stop
         self.chunk_bytes_in = chunk_bytes  # the largest chunk we accept (told in hello)
@@ -64,6 +75,7 @@ class _Connection:
         self.call: Any = None
         self.job_id: str | None = None
         self.error: str | None = None  # why the connection failed, for the final message
+        self.job_end: JobEnded | None = None
 
     def watch(self) -> None:
         """Watchdog thread: cancel the call on stop or when the server goes silent. It is a
@@ -97,16 +109,15 @@ class _Connection:
             if item is _END:
                 return
             assert isinstance(item, tuple)
-            reply, vector = item
+            reply, arrays = item
             rid = reply.binding.request_id
             if rid in self.cancelled:
                 continue
             yield pb.SiteMessage(reply=reply)
-            if vector is not None:
-                for frame in codec.iter_chunk_frames(vector, rid, self.chunk_bytes):
-                    if rid in self.cancelled or self.ended.is_set():
-                        break  # the server drops what remains of a withdrawn request
-                    yield frame  # a serialized SiteMessage{chunk}
+            for frame in codec.iter_payload_frames(arrays, rid, self.chunk_bytes):
+                if rid in self.cancelled or self.ended.is_set():
+                    break  # the server drops what remains of a withdrawn request
+                yield frame  # a serialized SiteMessage{chunk}
             next_beat = time.monotonic() + self.heartbeat_s
 
 
@@ -117,11 +128,11 @@ class _Receiver:
         self.conn = conn
         self.work = work
         self.max_model_bytes = max_model_bytes
-        self.current: tuple[pb.Request, codec.VectorAssembler] | None = None
+        self.current: tuple[pb.Request, codec.PayloadAssembler] | None = None
 
     def _refuse(self, binding: pb.Binding, reason: str) -> None:
         log.warning("refused request %d from the server: %s", binding.request_id, reason)
-        self.conn.out.put((codec.error_reply(binding, f"site refused the request: {reason}"), None))
+        self.conn.out.put((codec.error_reply(binding, f"site refused the request: {reason}"), []))
 
     def on_message(self, msg: pb.ServerMessage) -> None:
         kind = msg.WhichOneof("kind")
@@ -134,38 +145,52 @@ class _Receiver:
             self.conn.cancelled.add(rid)
             if self.current is not None and self.current[1].request_id == rid:
                 self.current = None
-            log.info("server withdrew request %d: %s", rid, msg.cancel.reason)
+            log.info("server withdrew request %d: %s", rid, msg.cancel.reason[:200])
+        elif kind == "job_end":
+            end = msg.job_end
+            self.conn.job_end = JobEnded(end.job_id, end.status)
+            if self.conn.call is not None:
+                self.conn.call.cancel()
         elif kind != "heartbeat":
             log.warning("ignored unexpected %s message from the server", kind or "empty")
 
     def _on_request(self, req: pb.Request) -> None:
         if self.current is not None:
             self._refuse(
-                self.current[0].binding, "a new request arrived before its model was complete"
+                self.current[0].binding, "a new request arrived before its arrays were complete"
             )
             self.current = None
         b = req.binding
         try:
             if b.job_id != self.conn.job_id:
                 raise InvalidMessageError(
-                    f"request for job {b.job_id!r}, connected to {self.conn.job_id!r}"
+                    f"request for job {b.job_id[:64]!r}, connected to {self.conn.job_id!r}"
                 )
-            expected = {pb.PHASE_FIT: "fit", pb.PHASE_EVALUATE: "evaluate"}.get(b.phase)
-            if expected is None or req.WhichOneof("body") != expected:
-                raise InvalidMessageError(f"request body does not match phase {b.phase}")
-            asm = codec.VectorAssembler(
-                req.vector, b.request_id, self.conn.chunk_bytes_in, self.max_model_bytes
+            kind_named(b.kind)  # this site must know the kind before it holds any bytes
+            asm = codec.PayloadAssembler(
+                b.kind,
+                int(b.round),
+                req.payload,
+                b.request_id,
+                self.conn.chunk_bytes_in,
+                self.max_model_bytes,
             )
         except InvalidMessageError as exc:
             self._refuse(b, str(exc))
             return
-        log.info(
-            "round %d %s: receiving model (%.1f MB)",
-            b.round,
-            codec.PHASE_NAMES[b.phase],
-            asm.array.nbytes / 1e6,
-        )
-        self.current = (req, asm)
+        log.info("round %d %s: receiving (%.1f MB)", b.round, b.kind, asm.nbytes / 1e6)
+        if asm.complete:
+            self._ready(req, asm)
+        else:
+            self.current = (req, asm)
+
+    def _ready(self, req: pb.Request, asm: codec.PayloadAssembler) -> None:
+        try:
+            message = decode(asm.result(), reply=False)
+        except InvalidMessageError as exc:
+            self._refuse(req.binding, str(exc))
+            return
+        self.work.put(_Work(self.conn, req.binding, message))
 
     def _on_chunk(self, chunk: pb.Chunk) -> None:
         if self.current is None or self.current[1].request_id != chunk.request_id:
@@ -176,31 +201,37 @@ class _Receiver:
         try:
             if not asm.add(chunk):
                 return
-            message = codec.request_from_pb(req, asm.result())
         except InvalidMessageError as exc:
             self.current = None
             self._refuse(req.binding, str(exc))
             return
         self.current = None
-        self.work.put(_Work(self.conn, req.binding, message))
+        self._ready(req, asm)
 
 
-def _worker(work: queue.Queue[_Work | None], site: Site) -> None:
+def _worker(work: queue.Queue[_Work | None], site: SiteHandler) -> None:
     """Run the site's code one request at a time; results go to the connection they came on."""
     while (item := work.get()) is not None:
         b, conn = item.binding, item.conn
         if conn.ended.is_set() or b.request_id in conn.cancelled:
             continue
-        label = f"round {b.round} {codec.PHASE_NAMES[b.phase]}"
+        label = f"round {b.round} {b.kind}"
         log.info("%s: working", label)
+        arrays: list[Any] = []
         try:
-            result = site.handle(item.message)
-            reply, vector = codec.reply_to_pb(result, b, conn.chunk_bytes)
+            payload = encode(site.handle(item.message))
+            if payload.kind != b.kind or payload.round != b.round:
+                raise InvalidMessageError(
+                    f"the site answered a round {b.round} {b.kind} request with a round "
+                    f"{payload.round} {payload.kind} message"
+                )
+            body, arrays = codec.payload_to_pb(payload, conn.chunk_bytes)
+            reply = pb.Reply(binding=b, payload=body)
         except Exception as exc:  # the site's own code failed: tell the server why, keep serving
             log.exception("%s: the site's code failed", label)
-            reply, vector = codec.error_reply(b, f"{type(exc).__name__}: {exc}"), None
+            reply, arrays = codec.error_reply(b, f"{type(exc).__name__}: {exc}"), []
         if not conn.ended.is_set():
-            conn.out.put((reply, vector))
+            conn.out.put((reply, arrays))
             log.info("%s: reply sent", label)
 
 
@@ -237,7 +268,7 @@ def connect_method(
 
 def run_site(
     server_address: str,
-    site: Site,
+    site: SiteHandler,
     pki_dir: str | Path | None = None,
     *,
     insecure: bool = False,
@@ -249,14 +280,17 @@ def run_site(
     max_backoff_s: float = 30.0,
     max_attempts: int | None = None,
     server_name: str | None = None,
-) -> None:
-    """Serve ``site`` to the server at ``server_address`` until ``stop`` is set or Ctrl-C.
+    keep_alive: bool = False,
+) -> JobEnded | None:
+    """Serve ``site`` to the server at ``server_address`` until the job ends, ``stop`` is
+    set or Ctrl-C; returns how the job ended (None if it was not the server that ended it).
 
     ``pki_dir`` is the site's folder from ``consortia keys add-site`` (site.pem, site.key,
     ca.pem). ``max_attempts`` bounds consecutive failed connection attempts (None: retry
     forever); a server that refuses the site's certificate ends the run at once with
     ``SiteConnectionError``. ``server_name`` overrides the name the server's certificate
     is checked against (when dialling an address its certificate does not list).
+    ``keep_alive`` keeps the site connected after a job ends, for the server's next job.
     """
     if pki_dir is None and not insecure:
         raise ConsortiaError("run_site needs the site's pki_dir (TLS always) unless insecure=True")
@@ -271,12 +305,19 @@ def run_site(
     worker.start()
     failures = 0
     conn: _Connection | None = None
+    ended: JobEnded | None = None
     try:
         while not stop.is_set():
             conn = _Connection(site, stop, chunk_bytes, heartbeat_s)
             welcomed = _serve_once(
                 server_address, site, site_dir, conn, work, max_model_bytes, server_name
             )
+            if conn.job_end is not None:
+                ended = conn.job_end
+                log.info("job %s is over (%s)", ended.job_id, ended.status)
+                if not keep_alive:
+                    break
+                log.info("keeping the connection for the server's next job")
             if stop.is_set():
                 break
             failures = 0 if welcomed else failures + 1
@@ -299,6 +340,7 @@ def run_site(
             conn.end()
         work.put(None)
     log.info("site %s stopped", site.site_id)
+    return ended
 
 
 def _explain(details: str) -> str:
@@ -319,7 +361,7 @@ def _explain(details: str) -> str:
 
 def _serve_once(
     address: str,
-    site: Site,
+    site: SiteHandler,
     site_dir: Path | None,
     conn: _Connection,
     work: queue.Queue[Any],
@@ -350,9 +392,11 @@ def _serve_once(
                     log.info("connected to %s as %s (job %s)", address, w.site_name, w.job_id)
                 elif welcomed:
                     receiver.on_message(msg)
-            if not conn.stop.is_set():
+            if not conn.stop.is_set() and conn.job_end is None:
                 log.warning("the server at %s closed the connection", address)
         except grpc.RpcError as exc:
+            if conn.job_end is not None:
+                return True  # we cancelled the call ourselves once the job ended
             code = exc.code() if hasattr(exc, "code") else None
             details = exc.details() if hasattr(exc, "details") else str(exc)
             if code in _PERMANENT:

@@ -1,68 +1,56 @@
-"""Between the round protocol's typed messages and the wire's protobuf messages.
+"""Between message payloads (named arrays and scalars) and the wire's protobuf messages.
 
-Vectors are cut into raw little-endian chunks on the way out (one chunk in memory at a
-time) and written straight into a preallocated array on the way in, so neither side ever
-holds a model twice or a whole model inside one protobuf message. Every decode step
-checks what it reads and raises ``InvalidMessageError`` naming the problem; nothing here
-unpickles or evaluates network data.
+One generic encoding serves every message kind. Arrays are cut into raw little-endian
+chunks on the way out (one chunk in memory at a time) and written straight into
+preallocated arrays on the way in, so neither side ever holds a model twice or a whole
+model inside one protobuf message. Every decode step checks what it reads (counts, names,
+sizes announced before anything is allocated, order, finite values) and raises
+``InvalidMessageError`` naming the problem; nothing here unpickles or evaluates network
+data.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from consortia.core.messages import (
-    ClientPrivacy,
-    EvaluateIns,
-    EvaluateRes,
-    FitIns,
-    FitRes,
-    InvalidMessageError,
-    TrainSettings,
-)
+from consortia.core.payload import InvalidMessageError, Payload, Scalar
 from consortia.fleet.grpc import federation_pb2 as pb
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_CHUNK_BYTES = 2 * 2**20
 MIN_CHUNK_BYTES = 1024
 # Headroom above the chunk size for a message's non-vector fields (binding, metrics).
 MESSAGE_OVERHEAD_BYTES = 256 * 2**10
-MAX_METRICS = 256
-MAX_NAME_CHARS = 128
+MAX_SCALARS = 1024
+MAX_ARRAYS = 64
+MAX_NAME_CHARS = 256
+MAX_TEXT_CHARS = 4096
 MAX_REASON_CHARS = 2000
-MAX_EXAMPLES = 2**53  # beyond this a float weight cannot represent the count exactly
 
 _DTYPES: dict[int, np.dtype] = {
     pb.DTYPE_FLOAT16: np.dtype("<f2"),
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
     pb.DTYPE_FLOAT64: np.dtype("<f8"),
     pb.DTYPE_UINT64: np.dtype("<u8"),
+    pb.DTYPE_INT64: np.dtype("<i8"),
+    pb.DTYPE_UINT8: np.dtype("u1"),
+    pb.DTYPE_INT32: np.dtype("<i4"),
 }
 _DTYPE_CODES: dict[str, pb.DType] = {
     "float16": pb.DTYPE_FLOAT16,
     "float32": pb.DTYPE_FLOAT32,
     "float64": pb.DTYPE_FLOAT64,
     "uint64": pb.DTYPE_UINT64,
+    "int64": pb.DTYPE_INT64,
+    "uint8": pb.DTYPE_UINT8,
+    "int32": pb.DTYPE_INT32,
 }
-PHASE_NAMES: dict[int, str] = {pb.PHASE_FIT: "fit", pb.PHASE_EVALUATE: "evaluate"}
-
-
-def phase_of(message: Any) -> pb.Phase:
-    """The wire phase of a server-side request; anything else cannot be sent."""
-    if isinstance(message, FitIns):
-        return pb.PHASE_FIT
-    if isinstance(message, EvaluateIns):
-        return pb.PHASE_EVALUATE
-    raise InvalidMessageError(
-        f"the gRPC fleet can send FitIns or EvaluateIns, not {type(message).__name__}"
-    )
 
 
 def wire_dtype(array: np.ndarray) -> np.dtype:
@@ -70,7 +58,7 @@ def wire_dtype(array: np.ndarray) -> np.dtype:
     code = _DTYPE_CODES.get(np.dtype(array.dtype).name)
     if code is None:
         raise InvalidMessageError(
-            f"vectors of dtype {array.dtype} cannot travel; use float16/32/64"
+            f"arrays of dtype {array.dtype} cannot travel; use one of {', '.join(_DTYPE_CODES)}"
         )
     return _DTYPES[code]
 
@@ -79,24 +67,30 @@ def num_chunks(nbytes: int, chunk_bytes: int) -> int:
     return max(1, math.ceil(nbytes / chunk_bytes))
 
 
-def vector_info(array: np.ndarray, chunk_bytes: int) -> pb.VectorInfo:
+def array_info(name: str, array: np.ndarray, chunk_bytes: int) -> pb.ArrayInfo:
     if array.ndim != 1:
-        raise InvalidMessageError(f"vectors travel flat (1-D), got shape {array.shape}")
+        raise InvalidMessageError(f"{name}: arrays travel flat (1-D), got shape {array.shape}")
     dt = wire_dtype(array)
-    return pb.VectorInfo(
+    return pb.ArrayInfo(
+        name=name,
         length=array.shape[0],
         dtype=_DTYPE_CODES[dt.name],
         num_chunks=num_chunks(array.shape[0] * dt.itemsize, chunk_bytes),
     )
 
 
-def iter_chunks(array: np.ndarray, request_id: int, chunk_bytes: int) -> Iterator[pb.Chunk]:
-    """Yield the vector's bytes as Chunk messages, one ``chunk_bytes`` copy at a time."""
-    le = np.ascontiguousarray(array, dtype=wire_dtype(array))  # no copy when already LE + C
-    raw = le.view(np.uint8)
-    for i in range(num_chunks(raw.size, chunk_bytes)):
-        data = raw[i * chunk_bytes : (i + 1) * chunk_bytes].tobytes()
-        yield pb.Chunk(request_id=request_id, index=i, data=data)
+def dtype_code(dtype: np.dtype) -> int:
+    code = _DTYPE_CODES.get(np.dtype(dtype).name)
+    if code is None:
+        raise InvalidMessageError(f"arrays of dtype {dtype} cannot travel")
+    return int(code)
+
+
+def dtype_of(code: int) -> np.dtype:
+    dt = _DTYPES.get(code)
+    if dt is None:
+        raise InvalidMessageError(f"unknown array dtype code {code}")
+    return dt
 
 
 def _varint(n: int) -> bytes:
@@ -132,12 +126,26 @@ def chunk_frame(request_id: int, index: int, data: Any) -> bytes:
     return b"".join((outer, head, body_head, data if n else b""))
 
 
-def iter_chunk_frames(array: np.ndarray, request_id: int, chunk_bytes: int) -> Iterator[bytes]:
-    """``iter_chunks`` already serialized as stream messages (see ``chunk_frame``)."""
-    le = np.ascontiguousarray(array, dtype=wire_dtype(array))
+def iter_chunk_frames(
+    array: np.ndarray, request_id: int, chunk_bytes: int, first_index: int = 0
+) -> Iterator[bytes]:
+    """An array's bytes as serialized stream messages holding one Chunk each (see
+    ``chunk_frame``), numbered from ``first_index``; one ``chunk_bytes`` slice at a time."""
+    le = np.ascontiguousarray(array, dtype=wire_dtype(array))  # no copy when already LE + C
     raw = memoryview(le.view(np.uint8).data)
     for i in range(num_chunks(len(raw), chunk_bytes)):
-        yield chunk_frame(request_id, i, raw[i * chunk_bytes : (i + 1) * chunk_bytes])
+        yield chunk_frame(request_id, first_index + i, raw[i * chunk_bytes : (i + 1) * chunk_bytes])
+
+
+def iter_payload_frames(
+    arrays: list[np.ndarray], request_id: int, chunk_bytes: int
+) -> Iterator[bytes]:
+    """Every array's chunks, in announcement order, with one running index."""
+    index = 0
+    for array in arrays:
+        for frame in iter_chunk_frames(array, request_id, chunk_bytes, index):
+            index += 1
+            yield frame
 
 
 def serialize_message(message: Any) -> bytes:
@@ -149,23 +157,26 @@ def serialize_message(message: Any) -> bytes:
 
 
 class VectorAssembler:
-    """Receives a vector's chunks in order into a preallocated array; checks every step.
+    """Receives one array's chunks in order into a preallocated array; checks every step.
 
     Memory is one array of exactly the announced size (which the caller has checked
     against what it expects or is willing to hold) plus the chunk being copied.
     """
 
     def __init__(
-        self, info: pb.VectorInfo, request_id: int, max_chunk_bytes: int, max_bytes: int
+        self,
+        info: pb.ArrayInfo,
+        request_id: int,
+        max_chunk_bytes: int,
+        max_bytes: int,
+        first_index: int = 0,
     ) -> None:
-        dt = _DTYPES.get(info.dtype)
-        if dt is None:
-            raise InvalidMessageError(f"unknown vector dtype code {info.dtype}")
+        dt = dtype_of(info.dtype)
         nbytes = info.length * dt.itemsize
         if nbytes > max_bytes:
             raise InvalidMessageError(
-                f"vector of {info.length} {dt.name} values ({nbytes} bytes) exceeds the limit "
-                f"of {max_bytes} bytes"
+                f"array {info.name[:64]!r} of {info.length} {dt.name} values ({nbytes} bytes) "
+                f"exceeds the limit of {max_bytes} bytes"
             )
         min_chunks = num_chunks(nbytes, max_chunk_bytes)
         if not min_chunks <= info.num_chunks <= max(1, nbytes):
@@ -178,6 +189,7 @@ class VectorAssembler:
         self._raw = self.array.view(np.uint8)
         self._expected_chunks = info.num_chunks
         self._max_chunk = max_chunk_bytes
+        self._first = first_index
         self._next = 0
         self._filled = 0
 
@@ -191,8 +203,10 @@ class VectorAssembler:
             raise InvalidMessageError(
                 f"chunk for request {chunk.request_id} while receiving request {self.request_id}"
             )
-        if chunk.index != self._next:
-            raise InvalidMessageError(f"chunk {chunk.index} arrived, expected chunk {self._next}")
+        if chunk.index != self._first + self._next:
+            raise InvalidMessageError(
+                f"chunk {chunk.index} arrived, expected chunk {self._first + self._next}"
+            )
         size = len(chunk.data)
         if size > self._max_chunk:
             raise InvalidMessageError(f"chunk of {size} bytes exceeds {self._max_chunk} bytes")
@@ -216,8 +230,8 @@ class VectorAssembler:
         if not self.complete:
             raise InvalidMessageError("vector is incomplete")
         out = self.array.astype(self.array.dtype.newbyteorder("="), copy=False)
-        if not np.isfinite(out).all():
-            raise InvalidMessageError("vector holds NaN or infinite values")
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            raise InvalidMessageError("array holds NaN or infinite values")
         return out
 
 
@@ -238,174 +252,135 @@ def decode_site_message(data: bytes) -> pb.SiteMessage | Malformed:
         return Malformed(str(exc), len(data))
 
 
-# ---- settings and metrics -------------------------------------------------------------
+# ---- payloads ----------------------------------------------------------------------------
 
 
-# The proto message mirrors TrainSettings field by field (``extra`` aside), so both
-# directions copy by name: a field added to one but not the other fails loudly here
-# instead of being dropped on the wire.
-_SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "extra")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def settings_to_pb(s: TrainSettings) -> pb.TrainSettings:
-    extra: dict[str, pb.Scalar] = {}
-    for k, v in s.extra.items():
-        if isinstance(v, bool):
-            extra[k] = pb.Scalar(flag=v)
-        elif isinstance(v, (int, np.integer)):
-            extra[k] = pb.Scalar(integer=int(v))
-        elif isinstance(v, (float, np.floating)):
-            extra[k] = pb.Scalar(number=float(v))
-        elif isinstance(v, str):
-            extra[k] = pb.Scalar(text=v)
-        else:
-            raise InvalidMessageError(
-                f"TrainSettings.extra[{k!r}] is a {type(v).__name__}; only bool, int, float "
-                "and str travel to sites"
-            )
-    return pb.TrainSettings(extra=extra, **{n: getattr(s, n) for n in _SETTING_FIELDS})
+def scalar_to_pb(name: str, value: Scalar) -> pb.Scalar:
+    if isinstance(value, bool):
+        return pb.Scalar(flag=value)
+    if isinstance(value, int):
+        # Scalar.integer is an int64: protobuf would raise a bare ValueError ("Value out of
+        # range") from deep inside send(); name the field instead, like every other refusal.
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidMessageError(f"{name[:64]} = {value} does not fit in 64 bits")
+        return pb.Scalar(integer=value)
+    if isinstance(value, float):
+        return pb.Scalar(number=value)
+    return pb.Scalar(text=value)
 
 
-def _scalar(v: pb.Scalar) -> bool | int | float | str:
+def scalar_from_pb(name: str, v: pb.Scalar) -> Scalar:
     kind = v.WhichOneof("value")
     if kind is None:
-        raise InvalidMessageError("empty setting value")
-    value: bool | int | float | str = getattr(v, kind)
+        raise InvalidMessageError(f"{name[:64]}: empty value")
+    value: Scalar = getattr(v, kind)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidMessageError(f"{name[:64]} is not finite")
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        raise InvalidMessageError(f"{name[:64]}: text of {len(value)} characters is too long")
     return value
 
 
-def settings_from_pb(s: pb.TrainSettings) -> TrainSettings:
-    values = {n: getattr(s, n) for n in _SETTING_FIELDS}
-    for name, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidMessageError(f"training setting {name} is not finite")
-    return TrainSettings(extra={k: _scalar(v) for k, v in s.extra.items()}, **values)
-
-
-def privacy_to_pb(p: ClientPrivacy) -> pb.ClientPrivacy:
-    out = pb.ClientPrivacy(
-        mode=p.mode,
-        clip_norm=p.clip_norm,
-        noise_multiplier=p.noise_multiplier,
-        sample_rate=p.sample_rate,
-        delta=p.delta,
-        scale=p.scale,
-        bits=p.bits,
-        min_sites=p.min_sites,
-    )
-    if p.noise_seed is not None:
-        out.noise_seed = p.noise_seed
-    return out
-
-
-def privacy_from_pb(p: pb.ClientPrivacy) -> ClientPrivacy:
-    if p.mode not in ("central", "distributed"):
-        raise InvalidMessageError(f"unknown privacy mode {p.mode!r}")
-    for name in ("clip_norm", "noise_multiplier", "sample_rate", "delta", "scale"):
-        value = getattr(p, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise InvalidMessageError(f"privacy setting {name} must be finite and >= 0")
-    if p.bits > 62:
-        raise InvalidMessageError(f"privacy bits {p.bits} exceed 62")
-    seed = p.noise_seed if p.HasField("noise_seed") else None
-    return ClientPrivacy(
-        p.mode,
-        p.clip_norm,
-        p.noise_multiplier,
-        p.sample_rate,
-        p.delta,
-        p.scale,
-        p.bits,
-        p.min_sites,
-        seed,
-    )
-
-
-def update_dtype(message: FitIns) -> np.dtype:
-    """The dtype a site's update must arrive in: the model's, or uint64 under distributed DP."""
-    if message.privacy is not None and message.privacy.mode == "distributed":
-        return np.dtype(np.uint64)
-    return np.dtype(message.weights.dtype)
-
-
-def metrics_to_pb(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {str(k): float(v) for k, v in metrics.items()}
-
-
-def metrics_from_pb(metrics: Mapping[str, float]) -> dict[str, float]:
-    if len(metrics) > MAX_METRICS:
-        raise InvalidMessageError(f"{len(metrics)} metrics exceed the limit of {MAX_METRICS}")
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        if not k or len(k) > MAX_NAME_CHARS:
-            raise InvalidMessageError(f"metric name of {len(k)} characters is not allowed")
-        if not math.isfinite(v):
-            raise InvalidMessageError(f"metric {k!r} is not finite ({v})")
-        out[k] = float(v)
-    return out
-
-
-def num_examples_from_pb(n: int) -> int:
-    if n > MAX_EXAMPLES:
-        raise InvalidMessageError(f"num_examples {n} is implausibly large")
-    return int(n)
-
-
-# ---- requests (server -> site) ----------------------------------------------------------
-
-
-def request_to_pb(
-    message: FitIns | EvaluateIns, job_id: str, request_id: int, chunk_bytes: int
-) -> pb.Request:
-    binding = pb.Binding(
-        job_id=job_id, round=message.round, phase=phase_of(message), request_id=request_id
-    )
-    vector = vector_info(message.weights, chunk_bytes)
-    if isinstance(message, FitIns):
-        if message.seed < 0:
-            raise InvalidMessageError(f"seed must be non-negative, got {message.seed}")
-        fit = pb.FitInstruction(settings=settings_to_pb(message.settings), seed=message.seed)
-        if message.privacy is not None:
-            fit.privacy.CopyFrom(privacy_to_pb(message.privacy))
-        return pb.Request(binding=binding, vector=vector, fit=fit)
-    return pb.Request(binding=binding, vector=vector, evaluate=pb.EvaluateInstruction())
-
-
-def request_from_pb(req: pb.Request, weights: np.ndarray) -> FitIns | EvaluateIns:
-    """Build the site-side message once the weights are assembled; body must match phase."""
-    body = req.WhichOneof("body")
-    phase = req.binding.phase
-    if phase == pb.PHASE_FIT and body == "fit":
-        privacy = privacy_from_pb(req.fit.privacy) if req.fit.HasField("privacy") else None
-        settings = settings_from_pb(req.fit.settings)
-        return FitIns(req.binding.round, weights, settings, req.fit.seed, privacy)
-    if phase == pb.PHASE_EVALUATE and body == "evaluate":
-        return EvaluateIns(req.binding.round, weights)
-    raise InvalidMessageError(f"request body {body!r} does not fit phase {phase}")
-
-
-# ---- replies (site -> server) -----------------------------------------------------------
-
-
-def reply_to_pb(
-    result: FitRes | EvaluateRes, binding: pb.Binding, chunk_bytes: int
-) -> tuple[pb.Reply, np.ndarray | None]:
-    """The reply header, and the vector that must follow it in chunks (fit only)."""
-    if isinstance(result, FitRes) and binding.phase == pb.PHASE_FIT:
-        delta = np.asarray(result.delta)
-        fit = pb.FitResult(num_examples=result.num_examples, metrics=metrics_to_pb(result.metrics))
-        if result.clip_bit is not None:
-            fit.clip_bit = result.clip_bit
-        return pb.Reply(binding=binding, vector=vector_info(delta, chunk_bytes), fit=fit), delta
-    if isinstance(result, EvaluateRes) and binding.phase == pb.PHASE_EVALUATE:
-        ev = pb.EvaluateResult(
-            num_examples=result.num_examples, metrics=metrics_to_pb(result.metrics)
+def payload_to_pb(payload: Payload, chunk_bytes: int) -> tuple[pb.Payload, list[np.ndarray]]:
+    """The payload's header, and its arrays in the order their chunks must follow."""
+    names = list(payload.arrays)
+    arrays = [np.asarray(payload.arrays[n]) for n in names]
+    if len(arrays) > MAX_ARRAYS or len(payload.scalars) > MAX_SCALARS:
+        raise InvalidMessageError(
+            f"{payload.kind} message has {len(arrays)} arrays and {len(payload.scalars)} "
+            f"scalars; at most {MAX_ARRAYS} and {MAX_SCALARS} travel"
         )
-        return pb.Reply(binding=binding, evaluate=ev), None
-    raise InvalidMessageError(
-        f"site answered a {PHASE_NAMES.get(binding.phase, '?')} request with "
-        f"{type(result).__name__}"
+    out = pb.Payload(
+        scalars={k: scalar_to_pb(k, v) for k, v in payload.scalars.items()},
+        arrays=[array_info(n, a, chunk_bytes) for n, a in zip(names, arrays, strict=True)],
     )
+    return out, arrays
+
+
+def check_names(body: pb.Payload) -> None:
+    """Counts and names of a received payload, before anything is allocated for it."""
+    if len(body.arrays) > MAX_ARRAYS or len(body.scalars) > MAX_SCALARS:
+        raise InvalidMessageError(
+            f"{len(body.arrays)} arrays and {len(body.scalars)} scalars exceed the limits "
+            f"({MAX_ARRAYS} and {MAX_SCALARS})"
+        )
+    seen: set[str] = set()
+    for name in [*(a.name for a in body.arrays), *body.scalars]:
+        if not name or len(name) > MAX_NAME_CHARS:
+            raise InvalidMessageError(f"field name of {len(name)} characters is not allowed")
+        if name in seen:
+            raise InvalidMessageError(f"field {name[:64]!r} appears twice")
+        seen.add(name)
+
+
+class PayloadAssembler:
+    """Receives a payload's arrays, chunk by chunk, in announcement order.
+
+    ``expected`` (name -> (length, dtype)), when given, is exactly what may arrive: any
+    other name, length or dtype is refused before a byte is allocated. Otherwise the
+    arrays together may hold at most ``max_bytes``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        round_: int,
+        body: pb.Payload,
+        request_id: int,
+        max_chunk_bytes: int,
+        max_bytes: int,
+        expected: dict[str, tuple[int, np.dtype]] | None = None,
+    ) -> None:
+        check_names(body)
+        self.kind, self.round, self.request_id = kind, round_, request_id
+        self.scalars = {k: scalar_from_pb(k, v) for k, v in body.scalars.items()}
+        if expected is not None:
+            got = {a.name: (a.length, dtype_of(a.dtype)) for a in body.arrays}
+            if got != {k: (n, np.dtype(d).newbyteorder("<")) for k, (n, d) in expected.items()}:
+                want = ", ".join(f"{k} ({n} {np.dtype(d).name})" for k, (n, d) in expected.items())
+                have = ", ".join(f"{k[:32]} ({n} {d.name})" for k, (n, d) in got.items())
+                raise InvalidMessageError(
+                    f"{kind} reply announces arrays [{have}]; expected [{want or 'none'}]"
+                )
+        total = sum(a.length * dtype_of(a.dtype).itemsize for a in body.arrays)
+        if expected is None and total > max_bytes:
+            raise InvalidMessageError(
+                f"{kind} message announces {total} bytes of arrays, over the limit of {max_bytes}"
+            )
+        self._parts: list[VectorAssembler] = []
+        index = 0
+        for info in body.arrays:
+            self._parts.append(
+                VectorAssembler(info, request_id, max_chunk_bytes, max(total, 1), index)
+            )
+            index += info.num_chunks
+        self._names = [a.name for a in body.arrays]
+        self._current = 0
+
+    @property
+    def complete(self) -> bool:
+        return self._current == len(self._parts)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.array.nbytes for p in self._parts)
+
+    def add(self, chunk: pb.Chunk) -> bool:
+        """Copy one chunk in; return True once every array is complete."""
+        if self.complete:
+            raise InvalidMessageError(f"chunk {chunk.index} after the message was complete")
+        if self._parts[self._current].add(chunk):
+            self._current += 1
+        return self.complete
+
+    def result(self) -> Payload:
+        if not self.complete:
+            raise InvalidMessageError("message is incomplete")
+        arrays = {n: p.result() for n, p in zip(self._names, self._parts, strict=True)}
+        return Payload(self.kind, self.round, arrays, dict(self.scalars))
 
 
 def error_reply(binding: pb.Binding, reason: str) -> pb.Reply:

@@ -5,16 +5,10 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    PHASE_UNSPECIFIED: _ClassVar[Phase]
-    PHASE_FIT: _ClassVar[Phase]
-    PHASE_EVALUATE: _ClassVar[Phase]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -23,36 +17,41 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_FLOAT64: _ClassVar[DType]
     DTYPE_UINT64: _ClassVar[DType]
-PHASE_UNSPECIFIED: Phase
-PHASE_FIT: Phase
-PHASE_EVALUATE: Phase
+    DTYPE_INT64: _ClassVar[DType]
+    DTYPE_UINT8: _ClassVar[DType]
+    DTYPE_INT32: _ClassVar[DType]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT16: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
 DTYPE_UINT64: DType
+DTYPE_INT64: DType
+DTYPE_UINT8: DType
+DTYPE_INT32: DType
 
 class Binding(_message.Message):
-    __slots__ = ("job_id", "round", "phase", "request_id")
+    __slots__ = ("job_id", "round", "request_id", "kind")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
-    PHASE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
-    phase: Phase
     request_id: int
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., request_id: _Optional[int] = ...) -> None: ...
+    kind: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., request_id: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
-class VectorInfo(_message.Message):
-    __slots__ = ("length", "dtype", "num_chunks")
+class ArrayInfo(_message.Message):
+    __slots__ = ("name", "length", "dtype", "num_chunks")
+    NAME_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     NUM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
     length: int
     dtype: DType
     num_chunks: int
-    def __init__(self, length: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., num_chunks: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., length: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., num_chunks: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("request_id", "index", "data")
@@ -76,106 +75,20 @@ class Scalar(_message.Message):
     flag: bool
     def __init__(self, number: _Optional[float] = ..., integer: _Optional[int] = ..., text: _Optional[str] = ..., flag: _Optional[bool] = ...) -> None: ...
 
-class TrainSettings(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "proximal_mu", "extra", "dp_noise_multiplier", "dp_max_grad_norm", "dp_seeded_noise")
-    class ExtraEntry(_message.Message):
+class Payload(_message.Message):
+    __slots__ = ("scalars", "arrays")
+    class ScalarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: Scalar
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
-    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
-    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
-    LR_FIELD_NUMBER: _ClassVar[int]
-    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
-    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
-    PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
-    EXTRA_FIELD_NUMBER: _ClassVar[int]
-    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
-    DP_MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
-    DP_SEEDED_NOISE_FIELD_NUMBER: _ClassVar[int]
-    local_epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    proximal_mu: float
-    extra: _containers.MessageMap[str, Scalar]
-    dp_noise_multiplier: float
-    dp_max_grad_norm: float
-    dp_seeded_noise: bool
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., extra: _Optional[_Mapping[str, Scalar]] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_max_grad_norm: _Optional[float] = ..., dp_seeded_noise: _Optional[bool] = ...) -> None: ...
-
-class ClientPrivacy(_message.Message):
-    __slots__ = ("mode", "clip_norm", "noise_multiplier", "sample_rate", "delta", "scale", "bits", "min_sites", "noise_seed")
-    MODE_FIELD_NUMBER: _ClassVar[int]
-    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
-    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
-    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
-    DELTA_FIELD_NUMBER: _ClassVar[int]
-    SCALE_FIELD_NUMBER: _ClassVar[int]
-    BITS_FIELD_NUMBER: _ClassVar[int]
-    MIN_SITES_FIELD_NUMBER: _ClassVar[int]
-    NOISE_SEED_FIELD_NUMBER: _ClassVar[int]
-    mode: str
-    clip_norm: float
-    noise_multiplier: float
-    sample_rate: float
-    delta: float
-    scale: float
-    bits: int
-    min_sites: int
-    noise_seed: int
-    def __init__(self, mode: _Optional[str] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., delta: _Optional[float] = ..., scale: _Optional[float] = ..., bits: _Optional[int] = ..., min_sites: _Optional[int] = ..., noise_seed: _Optional[int] = ...) -> None: ...
-
-class FitInstruction(_message.Message):
-    __slots__ = ("settings", "seed", "privacy")
-    SETTINGS_FIELD_NUMBER: _ClassVar[int]
-    SEED_FIELD_NUMBER: _ClassVar[int]
-    PRIVACY_FIELD_NUMBER: _ClassVar[int]
-    settings: TrainSettings
-    seed: int
-    privacy: ClientPrivacy
-    def __init__(self, settings: _Optional[_Union[TrainSettings, _Mapping]] = ..., seed: _Optional[int] = ..., privacy: _Optional[_Union[ClientPrivacy, _Mapping]] = ...) -> None: ...
-
-class EvaluateInstruction(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class FitResult(_message.Message):
-    __slots__ = ("num_examples", "metrics", "clip_bit")
-    class MetricsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    METRICS_FIELD_NUMBER: _ClassVar[int]
-    CLIP_BIT_FIELD_NUMBER: _ClassVar[int]
-    num_examples: int
-    metrics: _containers.ScalarMap[str, float]
-    clip_bit: float
-    def __init__(self, num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., clip_bit: _Optional[float] = ...) -> None: ...
-
-class EvaluateResult(_message.Message):
-    __slots__ = ("num_examples", "metrics")
-    class MetricsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    METRICS_FIELD_NUMBER: _ClassVar[int]
-    num_examples: int
-    metrics: _containers.ScalarMap[str, float]
-    def __init__(self, num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    SCALARS_FIELD_NUMBER: _ClassVar[int]
+    ARRAYS_FIELD_NUMBER: _ClassVar[int]
+    scalars: _containers.MessageMap[str, Scalar]
+    arrays: _containers.RepeatedCompositeFieldContainer[ArrayInfo]
+    def __init__(self, scalars: _Optional[_Mapping[str, Scalar]] = ..., arrays: _Optional[_Iterable[_Union[ArrayInfo, _Mapping]]] = ...) -> None: ...
 
 class SiteError(_message.Message):
     __slots__ = ("reason",)
@@ -184,30 +97,22 @@ class SiteError(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("binding", "vector", "fit", "evaluate")
+    __slots__ = ("binding", "payload")
     BINDING_FIELD_NUMBER: _ClassVar[int]
-    VECTOR_FIELD_NUMBER: _ClassVar[int]
-    FIT_FIELD_NUMBER: _ClassVar[int]
-    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     binding: Binding
-    vector: VectorInfo
-    fit: FitInstruction
-    evaluate: EvaluateInstruction
-    def __init__(self, binding: _Optional[_Union[Binding, _Mapping]] = ..., vector: _Optional[_Union[VectorInfo, _Mapping]] = ..., fit: _Optional[_Union[FitInstruction, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateInstruction, _Mapping]] = ...) -> None: ...
+    payload: Payload
+    def __init__(self, binding: _Optional[_Union[Binding, _Mapping]] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("binding", "vector", "fit", "evaluate", "error")
+    __slots__ = ("binding", "payload", "error")
     BINDING_FIELD_NUMBER: _ClassVar[int]
-    VECTOR_FIELD_NUMBER: _ClassVar[int]
-    FIT_FIELD_NUMBER: _ClassVar[int]
-    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     binding: Binding
-    vector: VectorInfo
-    fit: FitResult
-    evaluate: EvaluateResult
+    payload: Payload
     error: SiteError
-    def __init__(self, binding: _Optional[_Union[Binding, _Mapping]] = ..., vector: _Optional[_Union[VectorInfo, _Mapping]] = ..., fit: _Optional[_Union[FitResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ..., error: _Optional[_Union[SiteError, _Mapping]] = ...) -> None: ...
+    def __init__(self, binding: _Optional[_Union[Binding, _Mapping]] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[SiteError, _Mapping]] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("request_id", "reason")
@@ -216,6 +121,14 @@ class Cancel(_message.Message):
     request_id: int
     reason: str
     def __init__(self, request_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class JobEnd(_message.Message):
+    __slots__ = ("job_id", "status")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    status: str
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("site_name", "protocol_version", "max_chunk_bytes")
@@ -260,15 +173,17 @@ class SiteMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("welcome", "heartbeat", "request", "chunk", "cancel")
+    __slots__ = ("welcome", "heartbeat", "request", "chunk", "cancel", "job_end")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    JOB_END_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     heartbeat: Heartbeat
     request: Request
     chunk: Chunk
     cancel: Cancel
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    job_end: JobEnd
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., job_end: _Optional[_Union[JobEnd, _Mapping]] = ...) -> None: ...

@@ -22,8 +22,8 @@ import grpc
 from cryptography import x509
 
 from consortia.core.errors import ConsortiaError
-from consortia.core.messages import InvalidMessageError
-from consortia.fleet.base import Failure, Fleet, Outcome
+from consortia.core.messages import InvalidMessageError, kind_of
+from consortia.fleet.base import Failure, Fleet, Outcome, Timing, grace_failure
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.credentials import server_credentials
@@ -143,35 +143,56 @@ class GrpcFleet(Fleet):
                 self._cond.wait(left)
             return self.sites()
 
-    def send(self, requests: Sequence[tuple[str, Any]], deadline_s: float) -> Iterator[Outcome]:
+    def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Outcome]:
         """Dispatch every request now; the returned iterator collects them in order."""
-        deadline = time.monotonic() + deadline_s
+        deadline = time.monotonic() + timing.deadline_s
         items: list[Pending | Failure] = []
-        for site, message in requests:
-            phase = codec.phase_of(message)
-            with self._cond:
-                session = self._sessions.get(site)
-                self._latest_round = max(self._latest_round, int(message.round))
-            if session is None or session.closed.is_set() or session.revoked():
-                items.append(Failure(site, "not connected"))
-                continue
-            p = Pending(next(self._ids), site, message, phase)
-            session.submit(p)
-            items.append(p)
-        return self._collect(items, deadline, deadline_s)
+        arrived = _Arrivals(timing)
+        try:
+            for site, message in requests:
+                kind = kind_of(message)
+                with self._cond:
+                    session = self._sessions.get(site)
+                    self._latest_round = max(self._latest_round, int(message.round))
+                if session is None or session.closed.is_set() or session.revoked():
+                    items.append(Failure(site, "not connected"))
+                    continue
+                p = Pending(next(self._ids), site, message, kind, on_done=arrived.note)
+                session.submit(p)
+                items.append(p)
+        except BaseException:
+            # A message that cannot be sent (unregistered kind, dtype that cannot travel)
+            # raises here, after earlier requests went out. No one will collect those, so
+            # withdraw them as _collect does when its caller stops early; otherwise they
+            # stayed open and kept their sites busy with work nobody waits for.
+            for item in items:
+                if isinstance(item, Pending) and item.resolve(Failure(item.site, "abandoned")):
+                    self._expire(item, "abandoned")
+            raise
+        return self._collect(items, deadline, timing, arrived)
 
     def _collect(
-        self, items: list[Pending | Failure], deadline: float, deadline_s: float
+        self,
+        items: list[Pending | Failure],
+        deadline: float,
+        timing: Timing,
+        arrived: _Arrivals,
     ) -> Iterator[Outcome]:
         try:
             for item in items:
                 if isinstance(item, Failure):
                     yield item
                     continue
-                if not item.done.wait(max(0.0, deadline - time.monotonic())):
-                    reason = f"no reply within the {deadline_s:g} s deadline"
-                    if item.resolve(Failure(item.site, reason)):
-                        self._expire(item, reason)
+                if not arrived.wait(item, deadline):
+                    failure = (
+                        grace_failure(item.site, timing)
+                        if arrived.grace_over()
+                        else Failure(
+                            item.site, f"no reply within the {timing.deadline_s:g} s deadline"
+                        )
+                    )
+                    if item.resolve(failure):
+                        self._expire(item, failure.reason)
                 assert item.outcome is not None
                 yield item.outcome
         finally:  # the caller stopped early: nothing stays open behind its back
@@ -191,6 +212,14 @@ class GrpcFleet(Fleet):
                 sessions = list(self._sessions.values())
             for s in sessions:
                 s.check()
+
+    def end_job(self, status: str) -> None:
+        """Every connected site hears that the job is over before the streams close."""
+        with self._cond:
+            sessions = list(self._sessions.values())
+        for s in sessions:
+            s.end_job(self.job_id, status)
+        log.info("job %s %s: told %d connected sites", self.job_id, status, len(sessions))
 
     def close(self) -> None:
         self._stopped.set()
@@ -215,7 +244,7 @@ class GrpcFleet(Fleet):
 
     def explain_unknown(self, b: pb.Binding) -> str:
         """Why a reply matches no open request: duplicate, late, stale or invented."""
-        what = f"round {b.round} {codec.PHASE_NAMES.get(b.phase, f'phase {b.phase}')}"
+        what = f"round {b.round} {b.kind[:32]!r}"
         with self._cond:
             closed = self._closed_requests.get(b.request_id)
             latest = self._latest_round
@@ -271,6 +300,41 @@ class GrpcFleet(Fleet):
                 f"site claims to be {hello.site_name!r} but its certificate says {name!r}"
             )
         return name, serial
+
+
+class _Arrivals:
+    """Replies arrived so far in one phase, to end it a grace period after the minimum."""
+
+    def __init__(self, timing: Timing) -> None:
+        self.timing = timing
+        self.replies = 0
+        self.met_at: float | None = None
+        self._cond = threading.Condition()
+
+    def note(self, outcome: Outcome) -> None:
+        with self._cond:
+            if not isinstance(outcome, Failure):
+                self.replies += 1
+                if self.met_at is None and 0 < self.timing.min_replies <= self.replies:
+                    self.met_at = time.monotonic()
+            self._cond.notify_all()
+
+    def grace_over(self) -> bool:
+        with self._cond:
+            return self.timing.grace_over(self.replies, self.met_at, time.monotonic())
+
+    def wait(self, p: Pending, deadline: float) -> bool:
+        """Until ``p`` is resolved (True), or the deadline or the grace period ends."""
+        with self._cond:
+            while not p.done.is_set():
+                now = time.monotonic()
+                end = deadline
+                if self.timing.grace_s is not None and self.met_at is not None:
+                    end = min(end, self.met_at + self.timing.grace_s)
+                if now >= end:
+                    return False
+                self._cond.wait(end - now)
+            return True
 
 
 class _Servicer:

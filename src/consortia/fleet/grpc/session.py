@@ -14,23 +14,39 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
-from consortia.core.messages import (
-    EvaluateIns,
-    EvaluateRes,
-    FitIns,
-    FitRes,
-    InvalidMessageError,
-)
+from consortia.core.messages import InvalidMessageError, MessageKind, decode, encode
 from consortia.fleet.base import Failure, Outcome, Reply
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
 
-if TYPE_CHECKING:
-    from consortia.fleet.grpc.server import GrpcFleet
+
+class SessionHost(Protocol):
+    """What a session needs of the fleet that holds it (the gRPC fleet)."""
+
+    job_id: str
+    chunk_bytes: int
+    heartbeat_s: float
+    dead_after_s: float
+
+    def refuse(self, site: str, reason: str) -> None: ...
+
+    def record_closed(self, request_id: int, how: str) -> None: ...
+
+    def explain_unknown(self, b: pb.Binding) -> str: ...
+
+    def is_revoked(self, serial: int) -> bool: ...
+
+    def session_closed(self, session: Session, reason: str) -> None: ...
+
+
+# A reply's arrays may be at most this many times the request's, when its kind does not
+# name them exactly (registered kinds with ``reply_arrays`` are held to exact sizes).
+REPLY_BYTES_FACTOR = 2
+REPLY_BYTES_FLOOR = 1 << 20
 
 
 @dataclass
@@ -39,10 +55,13 @@ class Pending:
 
     request_id: int
     site: str
-    message: FitIns | EvaluateIns
-    phase: int
+    message: Any
+    kind: MessageKind
     request: pb.Request | None = None
+    arrays: list[np.ndarray] = field(default_factory=list)
+    request_bytes: int = 0
     session: Session | None = None
+    on_done: Callable[[Outcome], None] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -53,11 +72,18 @@ class Pending:
                 return False
             self.outcome = outcome
             self.done.set()
-            return True
+        if self.on_done is not None:
+            self.on_done(outcome)
+        return True
 
     @property
     def label(self) -> str:
-        return f"round {self.message.round} {codec.PHASE_NAMES[self.phase]}"
+        return f"round {self.message.round} {self.kind.name}"
+
+    def reply_limits(self) -> tuple[dict[str, tuple[int, np.dtype]] | None, int]:
+        """What a reply may announce: exact arrays, or a byte budget."""
+        exact = self.kind.reply_arrays(self.message) if self.kind.reply_arrays else None
+        return exact, max(REPLY_BYTES_FLOOR, REPLY_BYTES_FACTOR * self.request_bytes)
 
 
 _CLOSE = object()
@@ -65,7 +91,7 @@ _CLOSE = object()
 
 class Session:
     def __init__(
-        self, fleet: GrpcFleet, site: str, chunk_bytes: int, serial: int | None = None
+        self, fleet: SessionHost, site: str, chunk_bytes: int, serial: int | None = None
     ) -> None:
         self.fleet = fleet
         self.site = site
@@ -76,8 +102,8 @@ class Session:
         self._out: queue.Queue[object] = queue.Queue()
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
-        # The reply whose vector is arriving: (pending, reply header, assembler).
-        self._assembly: tuple[Pending, pb.Reply, codec.VectorAssembler] | None = None
+        # The reply whose arrays are arriving.
+        self._assembly: tuple[Pending, codec.PayloadAssembler] | None = None
         self._skip: int | None = None  # chunks of a refused reply are dropped silently
         self.cancel_rpc: Callable[[], object] | None = None  # unblocks a stuck send on close
 
@@ -85,9 +111,16 @@ class Session:
 
     def submit(self, p: Pending) -> None:
         """Queue a request; built here so an unsendable message fails the caller at once."""
-        p.request = codec.request_to_pb(
-            p.message, self.fleet.job_id, p.request_id, self.chunk_bytes
+        payload = encode(p.message)
+        body, p.arrays = codec.payload_to_pb(payload, self.chunk_bytes)
+        p.request_bytes = payload.nbytes
+        binding = pb.Binding(
+            job_id=self.fleet.job_id,
+            round=payload.round,
+            request_id=p.request_id,
+            kind=payload.kind,
         )
+        p.request = pb.Request(binding=binding, payload=body)
         p.session = self
         with self._lock:
             if self.closed.is_set():
@@ -95,6 +128,11 @@ class Session:
                 return
             self._pending[p.request_id] = p
         self._out.put(p)
+
+    def end_job(self, job_id: str, status: str) -> None:
+        """Tell the site the job is over; it goes out after anything already queued."""
+        if not self.closed.is_set():
+            self._out.put(pb.ServerMessage(job_end=pb.JobEnd(job_id=job_id, status=status)))
 
     def expire(self, p: Pending, reason: str) -> None:
         """The deadline passed: forget the request and tell the site to drop it."""
@@ -110,10 +148,17 @@ class Session:
         """What gRPC sends down the stream; pulled one message at a time (backpressure)."""
         yield pb.ServerMessage(welcome=welcome)
         beat = 0
-        while not self.closed.is_set():
+        # Runs until the _CLOSE marker that close() queues, not until ``closed`` is set:
+        # what was queued before the close must still go out. ``end_job(); close()`` is
+        # how a job ends, and stopping at the flag dropped the JobEnd every time, so sites
+        # never heard that the job was over and kept reconnecting. Requests still queued
+        # were resolved by close() and are skipped below, so only control messages remain.
+        while True:
             try:
                 item = self._out.get(timeout=self.fleet.heartbeat_s)
             except queue.Empty:
+                if self.closed.is_set():
+                    return
                 beat += 1
                 yield pb.ServerMessage(heartbeat=pb.Heartbeat(sequence=beat))
                 continue
@@ -127,7 +172,7 @@ class Session:
     def _stream_request(self, p: Pending) -> Iterator[pb.ServerMessage | bytes]:
         assert p.request is not None
         yield pb.ServerMessage(request=p.request)
-        for frame in codec.iter_chunk_frames(p.message.weights, p.request_id, self.chunk_bytes):
+        for frame in codec.iter_payload_frames(p.arrays, p.request_id, self.chunk_bytes):
             if p.done.is_set() or self.closed.is_set():
                 reason = "request withdrawn while being sent"
                 yield pb.ServerMessage(cancel=pb.Cancel(request_id=p.request_id, reason=reason))
@@ -197,97 +242,76 @@ class Session:
         if self._assembly is not None:
             p0 = self._assembly[0]
             self._assembly = None
-            self._fail(p0, "a new reply started before the update was complete")
+            self._fail(p0, "a new reply started before its arrays were complete")
         if b.job_id != self.fleet.job_id:
             self._skip = b.request_id
             raise InvalidMessageError(
-                f"reply for job {b.job_id!r}, this server runs {self.fleet.job_id!r}"
+                f"reply for job {b.job_id[:64]!r}, this server runs {self.fleet.job_id!r}"
             )
         p = self._take(b.request_id)
         if p is None:
             self._skip = b.request_id
             raise InvalidMessageError(self.fleet.explain_unknown(b))
-        if b.round != p.message.round or b.phase != p.phase:
+        if b.round != p.message.round or b.kind != p.kind.name:
             self._skip = b.request_id
-            self._fail(p, f"binding says round {b.round} phase {b.phase}, request was {p.label}")
+            self._fail(p, f"binding says round {b.round} {b.kind[:32]!r}, request was {p.label}")
             return
         body = reply.WhichOneof("body")
         try:
             if body == "error":
                 if p.resolve(Failure(self.site, f"site reported: {reply.error.reason[:500]}")):
                     self.fleet.record_closed(p.request_id, "answered")
-            elif body == "evaluate" and p.phase == pb.PHASE_EVALUATE:
-                ev = reply.evaluate
-                res = EvaluateRes(
-                    self.site,
-                    p.message.round,
-                    codec.num_examples_from_pb(ev.num_examples),
-                    codec.metrics_from_pb(ev.metrics),
-                )
-                if p.resolve(Reply(self.site, res)):
-                    self.fleet.record_closed(p.request_id, "answered")
-            elif body == "fit" and p.phase == pb.PHASE_FIT:
-                codec.num_examples_from_pb(reply.fit.num_examples)
-                codec.metrics_from_pb(reply.fit.metrics)
-                self._start_update(p, reply)
-            else:
-                raise InvalidMessageError(f"a {body or 'missing'} body does not answer {p.label}")
+                return
+            if body != "payload":
+                raise InvalidMessageError(f"a reply with no body does not answer {p.label}")
+            exact, budget = p.reply_limits()
+            asm = codec.PayloadAssembler(
+                p.kind.name,
+                int(b.round),
+                reply.payload,
+                p.request_id,
+                self.fleet.chunk_bytes,
+                budget,
+                exact,
+            )
         except InvalidMessageError as exc:
             self._skip = b.request_id
             self._fail(p, str(exc))
+            return
+        if asm.complete:
+            self._finish(p, asm)
+        else:
+            self._assembly = (p, asm)
 
-    def _start_update(self, p: Pending, reply: pb.Reply) -> None:
-        """Preallocate the update's array: exactly the length and dtype that were sent."""
-        assert isinstance(p.message, FitIns)  # only fit replies carry an update
-        sent = p.message.weights
-        info = reply.vector
-        want = codec.update_dtype(p.message)
-        expected = np.empty(0, dtype=want)
-        want_code = codec.vector_info(expected, self.chunk_bytes).dtype
-        if info.length != sent.shape[0] or info.dtype != want_code:
-            raise InvalidMessageError(
-                f"update announces {info.length} values of dtype code {info.dtype}; the model "
-                f"needs {sent.shape[0]} of {want.name}"
-            )
-        asm = codec.VectorAssembler(
-            info,
-            p.request_id,
-            self.fleet.chunk_bytes,
-            max_bytes=int(sent.shape[0] * want.itemsize),
-        )
-        self._assembly = (p, reply, asm)
+    def _finish(self, p: Pending, asm: codec.PayloadAssembler) -> None:
+        try:
+            message = decode(asm.result(), reply=True, site=self.site)
+        except InvalidMessageError as exc:
+            self._fail(p, str(exc))
+            return
+        if p.resolve(Reply(self.site, message)):
+            self.fleet.record_closed(p.request_id, "answered")
 
     def _on_chunk(self, chunk: pb.Chunk) -> None:
-        if self._assembly is None or self._assembly[2].request_id != chunk.request_id:
+        if self._assembly is None or self._assembly[1].request_id != chunk.request_id:
             if chunk.request_id == self._skip:
                 return
             raise InvalidMessageError(f"chunk for request {chunk.request_id} that is not arriving")
-        p, reply, asm = self._assembly
-        if p.done.is_set():  # expired while arriving: stop holding its array
+        p, asm = self._assembly
+        if p.done.is_set():  # expired while arriving: stop holding its arrays
             self._assembly = None
             self._skip = chunk.request_id
             return
         try:
             if not asm.add(chunk):
                 return
-            delta = asm.result()
         except InvalidMessageError as exc:
             self._assembly = None
             self._skip = chunk.request_id
             self._fail(p, str(exc))
             return
         self._assembly = None
-        assert isinstance(p.message, FitIns)
-        res = FitRes(
-            self.site,
-            p.message.round,
-            np.asarray(delta, dtype=codec.update_dtype(p.message)),
-            int(reply.fit.num_examples),
-            codec.metrics_from_pb(reply.fit.metrics),
-            reply.fit.clip_bit if reply.fit.HasField("clip_bit") else None,
-        )
-        if p.resolve(Reply(self.site, res)):
-            self.fleet.record_closed(p.request_id, "answered")
+        self._finish(p, asm)
 
     # ---- end -----------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The run folder: everything a finished (or failed) run leaves behind.
 
-Layout: ``job.toml`` (copy), ``partition.json`` (sites' sizes and label histograms),
-``metrics.jsonl`` (one object per round), ``checkpoints/round_NNNN.safetensors``,
-``model.safetensors`` (final global model), ``tensorboard/`` and ``summary.json``.
+Layout: ``job.toml`` (copy), ``state.sqlite`` (the run's store), ``partition.json``
+(simulation: sites' sizes and label histograms), ``metrics.jsonl`` (one object per round),
+``checkpoints/round_NNNN.safetensors``, ``model.safetensors`` (final global model),
+``tensorboard/``, ``privacy.json`` (DP jobs) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from consortia.core.serialize import save_model
 from consortia.core.spec import ModelSpec
-from consortia.server.rounds import LoopState, RoundRecord
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
@@ -92,39 +91,3 @@ def run_summary(
     if error is not None:
         summary["error"] = error
     return summary
-
-
-class MetricsFile:
-    """metrics.jsonl, one line per round, flushed so a crash loses at most the round running."""
-
-    def __init__(self, folder: RunFolder) -> None:
-        self._path = folder.path / "metrics.jsonl"
-        self._path.write_text("")
-        self.history: list[dict[str, Any]] = []
-
-    def on_round(self, record: RoundRecord, state: LoopState) -> None:
-        row = record.to_json()
-        self.history.append(row)
-        with self._path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-class Checkpoints:
-    """Global model (and server-optimiser state) after every ``every`` rounds."""
-
-    def __init__(self, folder: RunFolder, spec: ModelSpec, every: int = 1) -> None:
-        self._dir = folder.path / "checkpoints"
-        self._spec = spec
-        self._every = max(1, every)
-        self.last: LoopState | None = None
-
-    def on_round(self, record: RoundRecord, state: LoopState) -> None:
-        self.last = state
-        if state.round % self._every:
-            return
-        save_model(self._dir / f"round_{state.round:04d}.safetensors", self._spec, state.weights)
-        if state.optimizer_state:
-            save_file(
-                {k: np.ascontiguousarray(v) for k, v in state.optimizer_state.items()},
-                str(self._dir / f"round_{state.round:04d}.optimizer.safetensors"),
-            )

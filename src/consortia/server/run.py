@@ -1,0 +1,496 @@
+"""The one run driver: a job's rounds over a fleet, made durable, for simulation and
+deployment alike.
+
+Before every round the driver waits until enough sites can be asked; a round that fails
+(too few replies) is tried again up to ``round_retries`` times in a row; a round that
+would pass the privacy budget stops the run. Each completed round is made durable in
+this order: checkpoint files (fsynced, atomically renamed), then one SQLite transaction
+naming them with their digests; only then is ``RoundDone`` published to subscribers
+(metrics file, TensorBoard, progress, ledger). ``resume=True`` continues from the last
+committed round after checking the job file, the model and the checkpoint's digests, so
+a run killed at any instant loses at most the round it was running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from consortia.client.trainers.base import Trainer
+from consortia.core.config import JobConfig
+from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
+from consortia.core.events import (
+    EventBus,
+    LoopState,
+    PhaseRecord,
+    RoundDone,
+    RoundFailed,
+    RoundStarted,
+    RunFinished,
+    RunStarted,
+    State,
+    Subscriber,
+    WaitingForSites,
+)
+from consortia.core.spec import ModelSpec, model_digest
+from consortia.fleet.base import Fleet
+from consortia.server.build import loop_settings, privacy_from_config, strategy_from_config
+from consortia.server.run_folder import RunFolder, run_summary
+from consortia.server.store import (
+    STORE_FILE,
+    JobRow,
+    Participant,
+    RoundRow,
+    ServerStore,
+    StoreError,
+    read_checkpoint,
+    write_checkpoint,
+)
+from consortia.server.workflow import Step, Workflow, standard_steps
+from consortia.strategy.aggregators import Aggregator
+from consortia.strategy.presets import Strategy
+from consortia.task import load_app, load_dataset
+
+if TYPE_CHECKING:
+    from consortia.server.privacy import PrivacyController
+
+log = logging.getLogger(__name__)
+
+_AGG_PREFIX = "aggregator/"
+
+
+@dataclass
+class PreparedJob:
+    """A job turned into what the server needs: the model, the central evaluation."""
+
+    text: str
+    config: JobConfig
+    trainer: Trainer | None
+    spec: ModelSpec
+    weights: np.ndarray
+    central: Callable[[np.ndarray], dict[str, float]] | None
+    path: Path | None = None
+    text_name: str = "job.toml"
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. --rounds, --seed
+    workflow: Callable[[list[Step]], list[Step]] | None = None  # the app's [task] workflow
+
+    @property
+    def digest(self) -> str:
+        """The job file's digest, with any command-line overrides: a resumed run must be
+        the same job in every setting."""
+        text = self.text
+        if self.overrides:
+            text += "\n# overrides " + json.dumps(self.overrides, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prepare_job(path: str | Path) -> PreparedJob:
+    """Build the trainer (for the spec and initial weights) and, where the task has a data
+    function with a test split and ``central_every > 0``, the central evaluation."""
+    from consortia.task import app_hook, build_trainer, load_job_with_app
+
+    path = Path(path)
+    cfg = load_job_with_app(path)
+    text = path.read_text()
+    base = path.parent
+    trainer = build_trainer(cfg.task, base)
+    spec, weights = trainer.initial()
+    central = None
+    has_data = callable(getattr(load_app(cfg.task.app, base), cfg.task.data, None))
+    if cfg.evaluation.central_every > 0 and has_data:
+        data = load_dataset(cfg.task, base)
+        if data.has_test:
+            x_test, y_test = data.x_test, data.y_test
+
+            def central(w: np.ndarray) -> dict[str, float]:
+                return trainer.evaluate(w, x_test, y_test)
+
+    elif cfg.evaluation.central_every > 0:
+        log.info("task.data %r not found: no central evaluation", cfg.task.data)
+    workflow = app_hook(cfg.task, base, "workflow")
+    return PreparedJob(text, cfg, trainer, spec, weights, central, path, workflow=workflow)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    resume: bool = False
+    min_sites: int | None = None  # default: the job's strategy.min_sites
+    rounds: int | None = None  # default: the job's rounds (or, on resume, the stored total)
+    round_retries: int = 3
+    status_every_s: float = 10.0
+    mode: str = "deployment"
+    eligible_sites: int | None = None  # DP's N; simulation knows it, a deployment states it
+    seeded: bool = False  # debug/test runs: DP noise and sampling from the job seed
+
+
+@dataclass
+class RunResult:
+    state: LoopState
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pack_state(state: LoopState) -> State:
+    """The optimiser and aggregator state as one set of named arrays for the checkpoint."""
+    out = dict(state.optimizer_state)
+    out.update({_AGG_PREFIX + k: v for k, v in state.aggregator_state.items()})
+    return out
+
+
+def unpack_state(round_: int, weights: np.ndarray, arrays: State) -> LoopState:
+    opt = {k: v for k, v in arrays.items() if not k.startswith(_AGG_PREFIX)}
+    agg = {k[len(_AGG_PREFIX) :]: v for k, v in arrays.items() if k.startswith(_AGG_PREFIX)}
+    return LoopState(round_, weights, opt, agg)
+
+
+def participants(phases: Sequence[PhaseRecord]) -> list[Participant]:
+    """Each asked site's outcome in each phase of a round."""
+    out: list[Participant] = []
+    for phase in phases:
+        failed = {f.site: f.reason for f in phase.failures}
+        done = set(phase.accepted)
+        for site in phase.asked:
+            reason = failed.get(site)
+            if reason is None and site not in done:
+                reason = "no outcome (round aborted)"
+            out.append(Participant(site, phase.name, "failed" if reason else "replied", reason))
+    return out
+
+
+class Run:
+    """One run of a job: ``run()`` returns the summary also written to summary.json."""
+
+    def __init__(
+        self,
+        job: PreparedJob,
+        options: RunOptions,
+        make_fleet: Callable[[str], Fleet],
+        *,
+        subscribers: Sequence[Subscriber] = (),
+        strategy: Strategy | None = None,
+        aggregator: Aggregator | None = None,
+        steps: Callable[[list[Step]], list[Step]] | None = None,
+        summary_extra: Callable[[ServerStore, LoopState], dict[str, Any]] | None = None,
+        on_open: Callable[[RunFolder], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.options = options
+        self.make_fleet = make_fleet
+        self.bus = EventBus(subscribers)
+        cfg = job.config
+        self.strategy = strategy or strategy_from_config(cfg, options.seeded, aggregator)
+        self.edit_steps = steps
+        self.summary_extra = summary_extra
+        self.on_open = on_open
+        self.min_sites = options.min_sites or cfg.strategy.min_sites
+        if self.min_sites < 1:
+            raise ConfigError(f"--min-sites must be at least 1, got {self.min_sites}")
+
+    # ---- the store ------------------------------------------------------------------------
+
+    def _open(self) -> tuple[ServerStore, RunFolder, LoopState, JobRow, int]:
+        out = Path(self.options.out)
+        store_path = out / STORE_FILE
+        if not self.options.resume and store_path.exists():
+            with ServerStore(store_path) as s:
+                old = s.job()
+                done = len(s.completed_rounds())
+            if old is not None:
+                raise StoreError(
+                    f"{out} already holds job {old.id!r} ({done} of {old.rounds} rounds "
+                    "completed); resume it (--resume), or choose another output folder. "
+                    "Nothing was overwritten."
+                )
+        if self.options.resume and not store_path.exists():
+            raise StoreError(f"nothing to resume: {store_path} does not exist")
+        folder = RunFolder(out)
+        store = ServerStore(store_path)
+        try:
+            return (store, folder, *self._load_or_create(store, folder))
+        except BaseException:
+            store.close()
+            raise
+
+    def _load_or_create(
+        self, store: ServerStore, folder: RunFolder
+    ) -> tuple[LoopState, JobRow, int]:
+        job, cfg, spec = self.job, self.job.config, self.job.spec
+        row = store.job()
+        if row is None:
+            if self.options.resume:
+                raise StoreError(f"nothing to resume: {store.path} records no job")
+            rounds = self.options.rounds or cfg.rounds
+            state = LoopState(0, job.weights, self.strategy.server_optimizer.init(job.weights))
+            rel = "checkpoints/round_0000.safetensors"
+            sha, opt_sha = write_checkpoint(
+                folder.path / rel, spec, state.weights, pack_state(state)
+            )
+            row = JobRow(
+                f"{cfg.name}-{secrets.token_hex(4)}",
+                cfg.name,
+                job.digest,
+                spec.digest(),
+                rounds,
+                rel,
+                sha,
+                opt_sha,
+                "running",
+            )
+            store.create_job(row)
+            folder.write_job(job.text, job.text_name)
+            if self.on_open is not None:
+                self.on_open(folder)
+            return state, row, rounds
+        where = job.path or "the job"
+        if row.job_digest != job.digest:
+            raise StoreError(
+                f"the job file {where} changed since job {row.id!r} started (sha256 "
+                f"{job.digest[:16]}..., recorded {row.job_digest[:16]}...); resuming would mix "
+                "two jobs. Restore the original file or start a new run in another folder."
+            )
+        if row.spec_digest != spec.digest():
+            raise StoreError(
+                f"the task's model no longer matches job {row.id!r} (its spec changed); "
+                "restore the original task code or start a new run"
+            )
+        last = store.last_completed()
+        if last is None:
+            weights, arrays = read_checkpoint(
+                folder.path / row.initial_checkpoint,
+                spec,
+                row.initial_digest,
+                row.initial_optimizer_digest,
+            )
+            state = unpack_state(0, weights, arrays)
+        else:
+            weights, arrays = read_checkpoint(
+                folder.path / last.checkpoint, spec, last.checkpoint_digest, last.optimizer_digest
+            )
+            if model_digest(spec, weights) != last.model_digest:
+                raise StoreError(f"checkpoint of round {last.number} holds another model")
+            state = unpack_state(last.number, weights, arrays)
+        rounds = self.options.rounds or row.rounds
+        if rounds < state.round:
+            raise ConfigError(f"--rounds {rounds}: the job already completed {state.round}")
+        if rounds != row.rounds:
+            store.set_job(rounds=rounds)
+        if state.round < rounds:
+            store.set_job(status="running")
+        log.info("resuming job %s after round %d of %d", row.id, state.round, rounds)
+        return state, row, rounds
+
+    def _privacy(self, store: ServerStore) -> PrivacyController | None:
+        """The job's DP wrapper, with what earlier rounds of this job already spent."""
+        cfg = self.job.config
+        if cfg.privacy is None:
+            return None
+        population = self.options.eligible_sites or cfg.privacy.population
+        if cfg.poisson_sampling and population is None:
+            raise ConfigError(
+                "privacy.population: a deployment must state how many sites are eligible "
+                "(N, the denominator q*N of DP-FedAvg)"
+            )
+        seeded = self.options.seeded or cfg.privacy.seeded_noise
+        ctl = privacy_from_config(cfg, population or self.min_sites, self.job.spec.size, seeded)
+        assert ctl is not None
+        done = store.completed_rounds()
+        if done:
+            ctl.restore([r.metrics for r in done])
+            for r in done:
+                for p in store.participants(r.number):
+                    if p.phase == "fit" and p.outcome == "replied":
+                        ctl.participation[p.site] = ctl.participation.get(p.site, 0) + 1
+        return ctl
+
+    # ---- the rounds -----------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        t_start = time.perf_counter()
+        store, folder, state, row, rounds = self._open()
+        resumed_from = state.round if self.options.resume else None
+        history = [r.metrics for r in store.completed_rounds()]
+        error: str | None = None
+        stopped: str | None = None
+        status = "failed"
+        fleet: Fleet | None = None
+        privacy: PrivacyController | None = None
+        summary: dict[str, Any] = {}
+        try:
+            cfg = self.job.config
+            privacy = self._privacy(store)
+            n_sites = self.options.eligible_sites or self.min_sites
+            settings = replace(loop_settings(cfg, n_sites), rounds=rounds, seed=cfg.seed)
+            steps = standard_steps(
+                self.strategy, settings, central_eval=self.job.central, privacy=privacy
+            )
+            for edit in (self.job.workflow, self.edit_steps):
+                if edit is not None:
+                    steps = list(edit(steps))
+            workflow = Workflow(self.job.spec, steps, settings)
+            fleet = self.make_fleet(row.id)
+            self.bus.publish(RunStarted(cfg.name, rounds, state.round, history, str(folder.path)))
+            state, error, stopped = self._rounds(workflow, fleet, store, folder, state, rounds)
+            status = "failed" if error else ("budget_exhausted" if stopped else "completed")
+        except KeyboardInterrupt:
+            status, error = "interrupted", "interrupted by the operator"
+            raise
+        finally:
+            try:
+                if fleet is not None:
+                    fleet.end_job(status)
+                    fleet.close()
+                if status != "interrupted":
+                    store.set_job(status=status)
+                summary = self._summary(folder, store, state, rounds, status, error, t_start)
+                summary["resumed_from_round"] = resumed_from
+                _add_privacy(summary, folder, privacy, stopped)
+                folder.write_summary(summary)
+                history = [r.metrics for r in store.completed_rounds()]
+            finally:
+                store.close()
+                self.bus.publish(RunFinished(summary))
+        return RunResult(state, summary, history)
+
+    def _wait(self, fleet: Fleet) -> list[str]:
+        n = self.min_sites
+        waiter = getattr(fleet, "wait_for_sites", None)
+        if waiter is None:  # a fleet with a fixed set of sites (debug, pool)
+            if len(fleet.sites()) < n:
+                raise ConfigError(f"{n} sites needed, the fleet has {len(fleet.sites())}")
+            return fleet.sites()
+        from consortia.fleet.grpc import SitesTimeoutError
+
+        while True:
+            try:
+                return list(waiter(n, self.options.status_every_s))
+            except SitesTimeoutError:
+                self.bus.publish(WaitingForSites(fleet.sites(), n))
+
+    def _rounds(
+        self,
+        workflow: Workflow,
+        fleet: Fleet,
+        store: ServerStore,
+        folder: RunFolder,
+        state: LoopState,
+        rounds: int,
+    ) -> tuple[LoopState, str | None, str | None]:
+        """Run to the end; return (last state, error, budget stop)."""
+        failed_in_a_row = 0
+        while state.round < rounds:
+            rnd = state.round + 1
+            connected = self._wait(fleet)
+            self.bus.publish(RoundStarted(rnd, rounds, connected))
+            ctxs: list[Any] = []
+            try:
+                new_state, record = workflow.run_round(state, fleet, self.bus.publish, ctxs)
+            except BudgetExhausted as exc:
+                return state, None, str(exc)
+            except (RoundFailedError, ConfigError) as exc:
+                if isinstance(exc, ConfigError) and len(fleet.sites()) >= self.min_sites:
+                    raise  # a real configuration error, not sites leaving mid-selection
+                failed_in_a_row += 1
+                phases = ctxs[0].phases if ctxs else []
+                store.record_failed_attempt(rnd, str(exc), participants(phases))
+                retrying = failed_in_a_row <= self.options.round_retries
+                self.bus.publish(RoundFailed(rnd, str(exc), failed_in_a_row, retrying))
+                if not retrying:
+                    return state, str(exc), None
+                continue
+            failed_in_a_row = 0
+            self._commit(folder, store, record, new_state)
+            state = new_state
+            self.bus.publish(RoundDone(record, state, rounds))
+        return state, None, None
+
+    def _commit(self, folder: RunFolder, store: ServerStore, record: Any, state: LoopState) -> None:
+        """Checkpoint files first (fsynced), then the round's row naming their digests."""
+        spec = self.job.spec
+        rel = f"checkpoints/round_{state.round:04d}.safetensors"
+        model_sha, opt_sha = write_checkpoint(
+            folder.path / rel, spec, state.weights, pack_state(state)
+        )
+        row = RoundRow(
+            state.round,
+            record.seconds,
+            record.to_json(),
+            rel,
+            model_sha,
+            opt_sha,
+            model_digest(spec, state.weights),
+        )
+        store.commit_round(row, participants(record.phases))
+
+    def _summary(
+        self,
+        folder: RunFolder,
+        store: ServerStore,
+        state: LoopState,
+        rounds: int,
+        status: str,
+        error: str | None,
+        t_start: float,
+    ) -> dict[str, Any]:
+        digest = folder.write_model(self.job.spec, state.weights)
+        history = [r.metrics for r in store.completed_rounds()]
+        row = store.job()
+        extra = self.summary_extra(store, state) if self.summary_extra else {}
+        return run_summary(
+            folder,
+            job=self.job.config.name,
+            status=status,
+            rounds=rounds,
+            rounds_completed=state.round,
+            history=history,
+            seconds=time.perf_counter() - t_start,
+            digest=digest,
+            error=error,
+            job_id=row.id if row else None,
+            mode=self.options.mode,
+            **extra,
+        )
+
+
+def site_names(store: ServerStore, state: LoopState) -> list[str]:
+    """Every site that took part in a completed round, sorted."""
+    return sorted({p.site for r in range(1, state.round + 1) for p in store.participants(r)})
+
+
+def _add_privacy(
+    summary: dict[str, Any],
+    folder: RunFolder,
+    privacy: PrivacyController | None,
+    stopped: str | None,
+) -> None:
+    """Write privacy.json and put its headline (and any budget stop) in the summary."""
+    if privacy is not None:
+        report = privacy.report()
+        folder.write_privacy(report)
+        summary["privacy"] = privacy_summary(report)
+    if stopped is not None:
+        summary["stopped"] = stopped
+
+
+def privacy_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The privacy section of summary.json: the headline of privacy.json."""
+    out: dict[str, Any] = {"mode": report["mode"], "delta": report["delta"]}
+    if "epsilon" in report:
+        out["epsilon"] = report["epsilon"]
+        out["noise_multiplier"] = report["mechanism"]["noise_multiplier"]
+        out["sample_rate"] = report["sampling"]["rate"]
+    else:
+        eps = [s["epsilon"]["best"] for s in report["per_site"].values() if s["epsilon"]["best"]]
+        out["epsilon_max_over_sites"] = max(eps, default=0.0)
+    if report["budget"]["stopped"]:
+        out["stopped"] = report["budget"]["stopped"]
+    return out
