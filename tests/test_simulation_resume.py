@@ -109,8 +109,11 @@ def test_resume_needs_a_folder_and_refuses_another_job(job: Path, tmp_path: Path
         consortia.simulate(job, out=tmp_path / "run", rounds=2)
     with pytest.raises(StoreError, match="changed since job"):
         consortia.simulate(job, out=tmp_path / "run", rounds=2, seed=5, resume=True)
-    more = consortia.simulate(job, out=tmp_path / "run", rounds=2, resume=True)
-    assert more.summary["rounds_completed"] == 2  # nothing left to do, nothing lost
+    same = consortia.simulate(job, out=tmp_path / "run", rounds=2, resume=True)
+    assert same.summary["rounds_completed"] == 2  # nothing left to do, nothing lost
+    more = consortia.simulate(job, out=tmp_path / "run", rounds=4, resume=True)
+    assert more.summary["rounds_completed"] == 4 and more.summary["resumed_from_round"] == 2
+    assert more.digest == consortia.simulate(job, out=tmp_path / "four", rounds=4).digest
 
 
 class _Silent(consortia.SiteApp):

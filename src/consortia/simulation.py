@@ -29,7 +29,7 @@ from consortia.core.registry import FLEETS
 from consortia.core.rng import generator
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.data import label_histograms, make_partition
-from consortia.fleet.base import Fleet
+from consortia.fleet.base import Fleet, MakeSite
 from consortia.monitor.metrics import MetricsFile, TensorBoardWriter
 from consortia.monitor.progress import ProgressBar
 from consortia.server.build import (
@@ -60,9 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MakeSite = Callable[[str], SiteApp]
-
 
 @dataclass
 class SimulationResult:
@@ -202,7 +199,8 @@ def simulate(
         weights,
         central,
         text_name="job.toml" if text is not None else "job.json",
-        overrides=updates,
+        # The number of rounds is the store's to track (a resume may extend a run).
+        overrides={k: v for k, v in updates.items() if k != "rounds"},
         workflow=app_hook(cfg.task, base, "workflow"),
     )
     fleet_name = "debug" if debug else cfg.simulation.fleet
