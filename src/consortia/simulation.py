@@ -8,7 +8,6 @@ aggregates; it only wires.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -60,6 +59,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class SimulationResult:
@@ -208,7 +208,7 @@ def simulate(
     make = (
         make_site or app_hook(cfg.task, base, "site") or _site_factory(trainer, site_data, policy)
     )
-    # The pool forks here, before any progress-bar thread exists.
+    # The pool forks here, before any progress-bar thread exists (the bar starts with the run).
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
     bar = ProgressBar(cfg.rounds) if progress else None
     subscribers: list[Subscriber] = [MetricsFile(), TensorBoardWriter(), *listeners]
@@ -236,8 +236,7 @@ def simulate(
         on_open=lambda folder: folder.write_partition(ids, hist),
     )
     try:
-        with bar or contextlib.nullcontext():
-            result = run.run()
+        result = run.run()
     finally:
         fleet.close()
     summary = result.summary

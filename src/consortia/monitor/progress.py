@@ -15,10 +15,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from consortia.core.events import RoundDone, RunStarted
+from consortia.core.events import RoundDone, RunFinished, RunStarted
 
 
 class ProgressBar:
+    """Shown from the run's start (once it is known to run) to its end."""
+
     def __init__(
         self, total_rounds: int, start_round: int = 0, console: Console | None = None
     ) -> None:
@@ -37,16 +39,12 @@ class ProgressBar:
             "rounds", total=total_rounds, completed=start_round, acc="-"
         )
 
-    def __enter__(self) -> ProgressBar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
     def __call__(self, event: Any) -> None:
         if isinstance(event, RunStarted):
             self._progress.update(self._task, total=event.rounds, completed=event.start_round)
+            self._progress.start()
+        elif isinstance(event, RunFinished):
+            self._progress.stop()
         elif isinstance(event, RoundDone):
             m = event.record.metrics
             acc = m.get("accuracy", m.get("federated_accuracy"))
