@@ -378,3 +378,28 @@ def test_assembler_refuses_a_second_arrays_chunks_out_of_order() -> None:
     asm2.add(_chunk(1, 16, rid=3))
     assert asm2.add(_chunk(2, 16, rid=3)) is True
     assert sorted(asm2.result().arrays) == ["a", "b"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 4, 5, 9])  # element 4 straddles chunks 0 and 1
+def test_non_finite_values_are_refused_in_the_chunk_that_completes_them(
+    bad: float, where: int
+) -> None:
+    v = np.arange(10, dtype=np.float32)
+    v[where] = bad
+    raw = v.tobytes()  # 40 bytes in chunks of 18: elements 0-3, 4-8, 9 complete in turn
+    info = pb.ArrayInfo(name="v", length=10, dtype=pb.DTYPE_FLOAT32, num_chunks=3)
+    asm = codec.VectorAssembler(info, 5, max_chunk_bytes=18, max_bytes=40)
+    completing = 0 if where < 4 else 1 if where < 9 else 2
+    for i in range(completing):
+        assert not asm.add(codec.ChunkFrame(5, i, memoryview(raw)[i * 18 : (i + 1) * 18]))
+    with pytest.raises(InvalidMessageError, match="NaN or infinite"):
+        asm.add(codec.ChunkFrame(5, completing, memoryview(raw)[completing * 18 :][:18]))
+
+
+def test_uint64_vectors_are_not_checked_for_finiteness() -> None:
+    v = np.array([2**64 - 1, 0, 7], dtype=np.uint64)
+    info = pb.ArrayInfo(name="v", length=3, dtype=pb.DTYPE_UINT64, num_chunks=1)
+    asm = codec.VectorAssembler(info, 5, max_chunk_bytes=64, max_bytes=24)
+    assert asm.add(codec.ChunkFrame(5, 0, memoryview(v.tobytes())))
+    np.testing.assert_array_equal(asm.result(), v)

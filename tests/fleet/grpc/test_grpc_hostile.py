@@ -48,7 +48,10 @@ class RawSite:
         self._out: queue.Queue[pb.SiteMessage | None] = queue.Queue()
         self.received: queue.Queue[pb.ServerMessage] = queue.Queue()
         self.channel = grpc.secure_channel(fleet.address, site_credentials(site_dir))
-        self.call = connect_method(self.channel, pb.SiteMessage.SerializeToString)(self._requests())
+        method = connect_method(
+            self.channel, pb.SiteMessage.SerializeToString, pb.ServerMessage.FromString
+        )
+        self.call = method(self._requests())
         self.error: grpc.RpcError | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -821,7 +824,7 @@ def test_any_message_sequence_leaves_the_session_consistent(
     for p in pending:
         session.submit(p)
     for m in msgs:
-        session.on_message(pb.SiteMessage.FromString(m.SerializeToString()))
+        session.on_message(codec.decode_site_message(m.SerializeToString()))
     for p in pending:
         out = p.outcome
         if not isinstance(out, Reply):

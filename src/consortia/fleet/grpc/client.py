@@ -134,12 +134,15 @@ class _Receiver:
         log.warning("refused request %d from the server: %s", binding.request_id, reason)
         self.conn.out.put((codec.error_reply(binding, f"site refused the request: {reason}"), []))
 
-    def on_message(self, msg: pb.ServerMessage) -> None:
+    def on_message(self, msg: pb.ServerMessage | codec.ChunkFrame) -> None:
+        if isinstance(msg, codec.ChunkFrame):
+            self._on_chunk(msg)
+            return
         kind = msg.WhichOneof("kind")
         if kind == "request":
             self._on_request(msg.request)
         elif kind == "chunk":
-            self._on_chunk(msg.chunk)
+            self._on_chunk(codec.chunk_from_pb(msg.chunk))
         elif kind == "cancel":
             rid = msg.cancel.request_id
             self.conn.cancelled.add(rid)
@@ -192,7 +195,7 @@ class _Receiver:
             return
         self.work.put(_Work(self.conn, req.binding, message))
 
-    def _on_chunk(self, chunk: pb.Chunk) -> None:
+    def _on_chunk(self, chunk: codec.ChunkFrame) -> None:
         if self.current is None or self.current[1].request_id != chunk.request_id:
             if chunk.request_id not in self.conn.cancelled:
                 log.warning("ignored a chunk for request %d that is not arriving", chunk.request_id)
@@ -252,17 +255,20 @@ def _channel(
 
 
 def connect_method(
-    channel: grpc.Channel, request_serializer: Callable[[Any], bytes] = codec.serialize_message
+    channel: grpc.Channel,
+    request_serializer: Callable[[Any], bytes] = codec.serialize_message,
+    response_deserializer: Callable[[bytes], Any] = codec.decode_server_message,
 ) -> Any:
     """The Federation.Connect stream on ``channel``.
 
     Not protoc's generated stub (none is generated): its serializer could not pass the
-    pre-encoded chunk frames that ``codec.serialize_message`` lets through untouched.
+    pre-encoded chunk frames that ``codec.serialize_message`` lets through untouched, and
+    its deserializer would copy every chunk's data twice (``codec.decode_server_message``).
     """
     return channel.stream_stream(
         _CONNECT,
         request_serializer=request_serializer,
-        response_deserializer=pb.ServerMessage.FromString,
+        response_deserializer=response_deserializer,
     )
 
 
@@ -383,7 +389,7 @@ def _serve_once(
             threading.Thread(target=conn.watch, name="site-watchdog", daemon=True).start()
             for msg in conn.call:
                 conn.last_seen = time.monotonic()
-                if msg.WhichOneof("kind") == "welcome":
+                if isinstance(msg, pb.ServerMessage) and msg.WhichOneof("kind") == "welcome":
                     w = msg.welcome
                     conn.job_id = w.job_id
                     conn.chunk_bytes = min(conn.chunk_bytes, w.max_chunk_bytes or conn.chunk_bytes)

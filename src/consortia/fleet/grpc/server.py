@@ -343,7 +343,7 @@ class _Servicer:
 
     def Connect(  # name fixed by the generated service
         self,
-        request_iterator: Iterator[pb.SiteMessage | codec.Malformed],
+        request_iterator: Iterator[pb.SiteMessage | codec.ChunkFrame | codec.Malformed],
         context: grpc.ServicerContext,
     ) -> Iterator[pb.ServerMessage | bytes]:
         fleet = self.fleet
@@ -358,7 +358,7 @@ class _Servicer:
         finally:
             timer.cancel()
         try:
-            if isinstance(first, codec.Malformed) or first.WhichOneof("kind") != "hello":
+            if not isinstance(first, pb.SiteMessage) or first.WhichOneof("kind") != "hello":
                 raise InvalidMessageError("the first message must be hello")
             hello = first.hello
             if hello.protocol_version != codec.PROTOCOL_VERSION:

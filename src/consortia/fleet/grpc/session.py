@@ -199,7 +199,7 @@ class Session:
 
     # ---- site -> server ------------------------------------------------------------------
 
-    def read(self, messages: Iterable[pb.SiteMessage | codec.Malformed]) -> None:
+    def read(self, messages: Iterable[pb.SiteMessage | codec.ChunkFrame | codec.Malformed]) -> None:
         """Reader thread body: consume the site's stream until it ends, then close."""
         reason = "disconnected"
         try:
@@ -211,18 +211,21 @@ class Session:
         finally:
             self.close(reason)
 
-    def on_message(self, msg: pb.SiteMessage | codec.Malformed) -> None:
+    def on_message(self, msg: pb.SiteMessage | codec.ChunkFrame | codec.Malformed) -> None:
         if isinstance(msg, codec.Malformed):
             self.fleet.refuse(self.site, f"malformed message of {msg.size} bytes ({msg.error})")
             return
-        kind = msg.WhichOneof("kind")
         try:
+            if isinstance(msg, codec.ChunkFrame):
+                self._on_chunk(msg)
+                return
+            kind = msg.WhichOneof("kind")
             if kind == "heartbeat":
                 return
             if kind == "reply":
                 self._on_reply(msg.reply)
             elif kind == "chunk":
-                self._on_chunk(msg.chunk)
+                self._on_chunk(codec.chunk_from_pb(msg.chunk))
             else:
                 raise InvalidMessageError(f"unexpected {kind or 'empty'} message after hello")
         except InvalidMessageError as exc:
@@ -292,7 +295,7 @@ class Session:
         if p.resolve(Reply(self.site, message)):
             self.fleet.record_closed(p.request_id, "answered")
 
-    def _on_chunk(self, chunk: pb.Chunk) -> None:
+    def _on_chunk(self, chunk: codec.ChunkFrame) -> None:
         if self._assembly is None or self._assembly[1].request_id != chunk.request_id:
             if chunk.request_id == self._skip:
                 return
