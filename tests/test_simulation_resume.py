@@ -152,3 +152,18 @@ def test_a_silent_site_costs_the_grace_period_not_the_deadline(job: Path, tmp_pa
     assert row["replies"] == 4 and row["failures"] == 1
     assert "site-0002" in row["failed_sites"] and "grace" in row["failed_sites"]["site-0002"]
     assert took < 20, f"the round waited {took:.1f} s: it should end about 1 s after 4 replies"
+
+
+def test_a_subscriber_that_raises_never_stops_the_run(job: Path, tmp_path: Path) -> None:
+    heard: list[str] = []
+
+    def broken(event: object) -> None:
+        raise RuntimeError("dashboard down")
+
+    def listening(event: object) -> None:
+        heard.append(type(event).__name__)
+
+    result = consortia.simulate(job, out=tmp_path / "run", rounds=2, listeners=[broken, listening])
+    assert result.summary["status"] == "completed" and result.summary["rounds_completed"] == 2
+    assert heard[0] == "RunStarted" and heard[-1] == "RunFinished"
+    assert heard.count("RoundDone") == 2 and heard.count("PhaseDone") == 2
