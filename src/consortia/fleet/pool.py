@@ -17,6 +17,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import sys
 import threading
 import time
@@ -172,7 +173,7 @@ class PoolFleet(Fleet):
                                 else Failure(site, f"missed the {timing.deadline_s:g} s deadline")
                             )
                     break
-                for result in self._receive(tag, owner, left):
+                for result in self._receive(tag, owner, batches, left):
                     _, s, ok, value, elapsed = result
                     owner.pop(s, None)
                     site = requests[s][0]
@@ -187,8 +188,14 @@ class PoolFleet(Fleet):
                             met_at = time.monotonic()
             yield results.pop(seq)
 
-    def _receive(self, tag: int, owner: dict[int, int], timeout: float) -> list[_Result]:
-        """Whatever results arrive within ``timeout``; a dead worker's sites fail."""
+    def _receive(
+        self,
+        tag: int,
+        owner: dict[int, int],
+        batches: dict[int, list[tuple[int, str, Any]]],
+        timeout: float,
+    ) -> list[_Result]:
+        """Whatever results arrive within ``timeout``; a dead worker is handled at once."""
         conns = {w.conn: w for w in self._workers}
         out: list[_Result] = []
         for conn in wait(list(conns), timeout):
@@ -196,30 +203,48 @@ class PoolFleet(Fleet):
             try:
                 result: _Result = w.conn.recv()
             except (EOFError, OSError):
-                out.extend(self._worker_died(w, tag, owner))
+                out.extend(self._worker_died(w, tag, owner, batches[w.index]))
                 continue
             if result[0] == tag:
                 out.append(result)
         return out
 
-    def _worker_died(self, w: _Worker, tag: int, owner: dict[int, int]) -> list[_Result]:
+    def _worker_died(
+        self,
+        w: _Worker,
+        tag: int,
+        owner: dict[int, int],
+        batch: list[tuple[int, str, Any]],
+    ) -> list[_Result]:
+        """The site that was running when its worker died (a native crash, ``os._exit``, a
+        signal) fails, named with the cause; the worker is replaced and the other sites of
+        its batch that had not answered run again there (their app state is lost: logged)."""
         w.process.join(timeout=1)
         code = w.process.exitcode
+        cause = (
+            f"killed by signal {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exit code {code}"
+        )
+        waiting = [(seq, site, msg) for seq, site, msg in batch if owner.get(seq) == w.index]
         lost = sorted(s for s, home in self._home.items() if home == w.index)
+        w.stop()
+        replacement = self._workers[w.index] = _Worker(w.index, self._make_site)
+        if not waiting:  # it died between phases: nothing of this phase was running there
+            log.error("site worker %d died (%s) between phases", w.index, cause)
+            return []
+        (seq, site, _), rest = waiting[0], waiting[1:]
         log.error(
-            "site worker %d died (exit code %s); its %d sites lose their state: %s",
-            w.index,
-            code,
+            "site %s ended its worker process (%s); the worker is replaced, and its %d "
+            "sites lose their state: %s",
+            site,
+            cause,
             len(lost),
             ", ".join(lost[:10]),
         )
-        reason = f"the site's worker process died (exit code {code})"
-        failed: list[_Result] = [
-            (tag, s, False, reason, 0.0) for s, home in owner.items() if home == w.index
-        ]
-        w.stop()
-        self._workers[w.index] = _Worker(w.index, self._make_site)
-        return failed
+        if rest:
+            replacement.submit(tag, rest)
+        return [(tag, seq, False, f"the site's code ended its worker process ({cause})", 0.0)]
 
     def close(self) -> None:
         workers, self._workers = self._workers, []
