@@ -35,6 +35,11 @@ __all__ = [
 
 
 def load_app(ref: str, base_dir: Path) -> ModuleType:
+    """An app file (relative to ``base_dir``) or an importable module, imported once.
+
+    A file is imported with its own folder importable (first on ``sys.path``, as Flower
+    does for its apps), so an app can import the modules next to it without PYTHONPATH.
+    """
     if ref.endswith(".py"):
         path = (base_dir / ref).resolve()
         if not path.is_file():
@@ -42,11 +47,18 @@ def load_app(ref: str, base_dir: Path) -> ModuleType:
         name = f"consortia_app_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
         if name in sys.modules:
             return sys.modules[name]
+        folder = str(path.parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]  # a half-imported app must not be served next time
+            raise
         return module
     try:
         return importlib.import_module(ref)
