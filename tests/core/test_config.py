@@ -60,3 +60,44 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_job(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_job(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    "section, key, suggestion",
+    [
+        ({"strategy": {"sites_per_round": 1, "min_site": 2}}, "strategy.min_site", "min_sites"),
+        ({"round": 1}, "round", "rounds"),
+        (
+            {"strategy": {"sites_per_round": 1, "server_optimizer": {"lrr": 1}}},
+            "strategy.server_optimizer.lrr",
+            "lr",
+        ),
+        (
+            {"simulation": {"sites": 3, "partition": {"methd": "iid"}}},
+            "simulation.partition.methd",
+            "method",
+        ),
+        (
+            {"analytics": {"queries": [{"name": "n", "kind": "count", "epsilo": 1.0}]}},
+            r"analytics\.queries\.0\.epsilo",
+            "epsilon",
+        ),
+    ],
+)
+def test_an_unknown_key_suggests_the_closest_known_one(section, key, suggestion) -> None:
+    data = {
+        "rounds": 1,
+        "task": {"framework": "numpy", "app": "a.py"},
+        "strategy": {"sites_per_round": 1},
+        **section,
+    }
+    with pytest.raises(ConfigError, match=rf"{key}: unknown key .*did you mean '{suggestion}'\?"):
+        parse_job(data)
+
+
+def test_an_unknown_key_with_nothing_close_gets_no_guess() -> None:
+    data = {"rounds": 1, "task": {"framework": "numpy", "app": "a.py"}, "zzz": 1}
+    data["strategy"] = {"sites_per_round": 1}
+    with pytest.raises(ConfigError) as info:
+        parse_job(data)
+    assert "zzz: unknown key" in str(info.value) and "did you mean" not in str(info.value)

@@ -8,7 +8,9 @@ misspelt privacy or strategy setting silently ignored is worse than a refused fi
 
 from __future__ import annotations
 
+import difflib
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -313,13 +315,37 @@ class JobConfig(_Strict):
         return self
 
 
-def _describe(exc: ValidationError) -> str:
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section at ``loc`` (a key path into ``model``) accepts."""
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            if isinstance(part, int):  # an item of a list of sections
+                continue
+            return []
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        for tp in candidates:
+            tp = next((a for a in typing.get_args(tp) if isinstance(a, type)), tp)
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                current = tp
+                break
+        else:
+            return []
+    return list(current.model_fields)
+
+
+def _describe(exc: ValidationError, model: type[BaseModel] = BaseModel) -> str:
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not a setting consortia knows)"
+            *section, key = err["loc"]
+            close = difflib.get_close_matches(str(key), _known_keys(model, tuple(section)), n=1)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
         elif err["type"] == "missing":
             msg = "required setting is missing"
         lines.append(f"{path}: {msg}")
@@ -340,14 +366,14 @@ def parse_model(model: type[_M], path: str | Path) -> _M:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from None
+        raise ConfigError(f"{path}: {_describe(exc, model)}") from None
 
 
 def parse_job(data: dict[str, Any], origin: str = "job") -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {_describe(exc)}") from None
+        raise ConfigError(f"{origin}: {_describe(exc, JobConfig)}") from None
 
 
 def read_job(path: str | Path) -> dict[str, Any]:
