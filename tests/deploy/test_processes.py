@@ -184,11 +184,11 @@ def test_server_killed_mid_job_resumes_to_the_uninterrupted_model(
     assert 2 <= done < 4
     second = spawn("server-2", server_args(TOY_JOB, port, pki, out, "--min-sites", "3", "--resume"))
     assert second.wait(40) == 0, second.output()
+    assert f"resuming job toy after round {done} of 4" in second.output()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_round"] == done and summary["rounds_completed"] == 4
     assert summary["model_digest"] == reference["model_digest"]
     rows = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == [1, 2, 3, 4]
-    for c in clients:  # the sites reconnected on their own; they stop cleanly
-        c.signal(signal.SIGTERM)
-    assert [c.wait(10) for c in clients] == [0, 0, 0]
+    # The sites reconnected on their own, and exit when the resumed job ends.
+    assert [c.wait(15) for c in clients] == [0, 0, 0]

@@ -33,9 +33,21 @@ class ConsoleReporter:
         self.console.print(line)
 
     def __call__(self, event: Any) -> None:
-        from consortia.core.events import RoundDone, RoundFailed, RoundStarted, WaitingForSites
+        from consortia.core.events import (
+            RoundDone,
+            RoundFailed,
+            RoundStarted,
+            RunStarted,
+            WaitingForSites,
+        )
 
-        if isinstance(event, WaitingForSites):
+        if isinstance(event, RunStarted) and event.start_round > 0:
+            self._say(
+                "bold",
+                f"resuming job {event.job}",
+                f" after round {event.start_round} of {event.rounds} (from {event.run_dir})",
+            )
+        elif isinstance(event, WaitingForSites):
             names = ", ".join(event.connected) or "none"
             self._say(
                 "yellow",
