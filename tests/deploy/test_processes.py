@@ -90,6 +90,10 @@ def test_three_sites_train_the_digits_example_over_mutual_tls(
     assert f"connected to 127.0.0.1:{port} as hospital-a" in out0
     assert "round 3 fit: reply sent" in out0
     assert "is over (completed); site hospital-a exits" in out0
+    # Written to a file, a log line stays one line however long (rich would wrap at 80).
+    line = next(x for x in out0.splitlines() if "connected to 127.0.0.1" in x)
+    assert "as hospital-a (job digits-" in line and len(line) > 80
+    assert "INFO" in line
     for c in clients[1:]:
         c.wait_for_text("keeping the connection for the server's next job", 10)
         assert c.popen.poll() is None

@@ -19,9 +19,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from rich.console import Console
-from rich.logging import RichHandler
-
 from consortia.core.errors import ConfigError
 
 
@@ -120,6 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="give up after this many failed connection attempts in a row (default: never)",
     )
     p.add_argument(
+        "--verbose", "-v", action="store_true", help="log everything (and gRPC's own lines)"
+    )
+    p.add_argument(
         "--keep-alive",
         action="store_true",
         help="stay connected when a job ends, for the server's next job (default: exit 0)",
@@ -128,14 +128,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from consortia.cli.output import setup_output
+
+    console = setup_output(args.verbose)  # before gRPC loads
+
     from consortia.fleet.grpc import run_site
 
-    console = Console()
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
     # Connection state and round progress come from the connector's log at INFO.
     logging.getLogger("consortia.client").setLevel(logging.INFO)
     if not args.insecure:

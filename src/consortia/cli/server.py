@@ -15,7 +15,6 @@ from types import FrameType
 from typing import Any
 
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.text import Text
 
 
@@ -99,7 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--round-retries", type=int, default=3, help="retries of a round with too few replies"
     )
     p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval (s)")
-    p.add_argument("--verbose", "-v", action="store_true", help="log every connection event")
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="log every connection event (and gRPC's own)"
+    )
     p.set_defaults(func=run)
 
 
@@ -108,17 +109,15 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from consortia.cli.output import setup_output
+
+    console = setup_output(args.verbose)  # before gRPC loads
+
     from consortia.core.errors import ConfigError
     from consortia.deployment import Deployment, DeployOptions, prepare_job
     from consortia.fleet.grpc import GrpcFleet
     from consortia.monitor.progress import summary_table
 
-    console = Console()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
     # Site arrivals and departures are worth showing even without --verbose.
     logging.getLogger("consortia.fleet.grpc").setLevel(logging.INFO)
     if not args.insecure and args.pki is None:
