@@ -79,6 +79,17 @@ def test_site_policy_refuses_rounds_past_its_epsilon(tmp_path):
     assert second["replies"] == 0 and second["failures"] == second["sites"] > 0
     reason = next(iter(second["failed_sites"].values()))
     assert "refuses round 2" in reason and f"over its limit of {limit:g}" in reason
+    # Sites first sampled in round 2 refused every round they were asked: said out loud.
+    refused_only = set(second["failed_sites"]) - {
+        s
+        for s in result.summary["failing_sites"]
+        if result.summary["failing_sites"][s]["asked"] > 1
+    }
+    assert refused_only and result.summary["status"] == "degraded"
+    assert all(
+        s in result.summary["degraded"] or "..." in result.summary["degraded"]
+        for s in sorted(refused_only)[:10]
+    )
 
 
 def test_policy_unit_rules():

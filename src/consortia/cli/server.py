@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -148,4 +149,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = Deployment(job, options, make_fleet, ConsoleReporter(console)).run()
     console.print(summary_table(summary))
+    if summary.get("status") == "degraded":
+        print(f"consortia: {summary['degraded']}", file=sys.stderr)
+        return 3
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -47,4 +48,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         console.print(summary_table(result.summary))
+    if result.summary.get("status") == "degraded":
+        print(f"consortia: {result.summary['degraded']}", file=sys.stderr)
+        return 3
     return 0

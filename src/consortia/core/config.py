@@ -204,6 +204,11 @@ class StrategyConfig(_Strict):
         description="once min_replies are in, wait this long for the rest, then end the phase",
     )
     aggregator: AggregatorName = "weighted_mean"
+    tolerate_failing_sites: bool = Field(
+        False,
+        description="a run where some site failed every round it was asked still ends "
+        "'completed' (by default it ends 'degraded', and the command exits with 3)",
+    )
     server_optimizer: ServerOptimizerConfig = ServerOptimizerConfig()
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from consortia.core.events import RoundDone, RunFinished, RunStarted
 
@@ -56,30 +57,46 @@ class ProgressBar:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"consortia run: {summary.get('job', '')}", show_header=False)
+    """The run's headline. Every value is plain text (``Text``), never console markup:
+    metric names, site names and failure reasons come from sites."""
+    table = Table(title=Text(f"consortia run: {summary.get('job', '')}"), show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    keys = ["status", "rounds_completed", "seconds", "failures"]
-    for k in keys:
+
+    def row(key: str, value: object) -> None:
+        table.add_row(Text(key), Text(str(value)))
+
+    for k in ("status", "rounds_completed", "seconds", "failures"):
         if k in summary:
-            table.add_row(k, str(summary[k]))
+            row(k, summary[k])
     for k, v in (summary.get("final_metrics") or {}).items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        row(k, f"{v:.4f}" if isinstance(v, float) else v)
     privacy = summary.get("privacy")
     if privacy:
         eps = privacy.get("epsilon")
         if eps:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in eps.items() if k != "best" and v)
-            table.add_row(
-                "privacy", f"{privacy['mode']} DP: epsilon {shown} at delta {privacy['delta']:g}"
-            )
+            row("privacy", f"{privacy['mode']} DP: epsilon {shown} at delta {privacy['delta']:g}")
         else:
-            table.add_row(
+            row(
                 "privacy",
                 f"local DP: max site epsilon {privacy['epsilon_max_over_sites']:.4g} "
                 f"at delta {privacy['delta']:g}",
             )
-    for k in ("stopped", "model", "model_digest", "run_dir", "error"):
+    for reason, sites in failing_by_reason(summary.get("failing_sites") or {}).items():
+        shown = ", ".join(sites[:8]) + (f" and {len(sites) - 8} more" if len(sites) > 8 else "")
+        row(f"failed: {len(sites)} site(s)", f"{shown}: {reason}")
+    for k in ("degraded", "stopped", "model", "model_digest", "run_dir", "error"):
         if summary.get(k):
-            table.add_row(k, str(summary[k]))
+            row(k, summary[k])
     return table
+
+
+def failing_by_reason(failing: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Sites grouped by their most frequent failure reason, biggest group first."""
+    groups: dict[str, list[str]] = {}
+    for site, info in sorted(failing.items()):
+        reasons = info.get("reasons") or {"(no reason given)": 1}
+        top = max(reasons.items(), key=lambda kv: kv[1])[0]
+        groups.setdefault(top, []).append(site)
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))

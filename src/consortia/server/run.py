@@ -352,6 +352,7 @@ class Run:
                 if status != "interrupted":
                     store.set_job(status=status)
                 summary = self._summary(folder, store, state, rounds, status, error, t_start)
+                self._flag_failing_sites(summary, store, state)
                 summary["resumed_from_round"] = resumed_from
                 _add_privacy(summary, folder, privacy, stopped)
                 folder.write_summary(summary)
@@ -431,6 +432,29 @@ class Run:
         )
         store.commit_round(row, participants(record.phases))
 
+    def _flag_failing_sites(
+        self, summary: dict[str, Any], store: ServerStore, state: LoopState
+    ) -> None:
+        """List the sites that failed; a site that failed every time it was asked makes a
+        completed run ``degraded`` (unless the job tolerates it): never silently done."""
+        rounds = [store.participants(r) for r in range(1, state.round + 1)]
+        failing = failing_sites(rounds)
+        if not failing:
+            return
+        summary["failing_sites"] = failing
+        always = sorted(s for s, info in failing.items() if info["failed"] == info["asked"])
+        if (
+            always
+            and summary["status"] == "completed"
+            and not self.job.config.strategy.tolerate_failing_sites
+        ):
+            summary["status"] = "degraded"
+            shown = ", ".join(always[:10]) + (" ..." if len(always) > 10 else "")
+            summary["degraded"] = (
+                f"{len(always)} site(s) failed every time they were asked: {shown} "
+                "(strategy.tolerate_failing_sites = true accepts this)"
+            )  # the store keeps "completed": the rounds did complete; this is the verdict
+
     def _summary(
         self,
         folder: RunFolder,
@@ -459,6 +483,30 @@ class Run:
             mode=self.options.mode,
             **extra,
         )
+
+
+MAX_REASONS_PER_SITE = 3
+
+
+def failing_sites(rounds: Sequence[Sequence[Participant]]) -> dict[str, dict[str, Any]]:
+    """Per site that failed at least once in the completed rounds: how often it was asked,
+    how often it failed, and its (first few, shortened) reasons with their counts."""
+    out: dict[str, dict[str, Any]] = {}
+    asked: dict[str, int] = {}
+    for participants in rounds:
+        for p in participants:
+            asked[p.site] = asked.get(p.site, 0) + 1
+            if p.outcome != "failed":
+                continue
+            info = out.setdefault(p.site, {"asked": 0, "failed": 0, "reasons": {}})
+            info["failed"] += 1
+            reason = (p.reason or "(no reason given)")[:200]
+            reasons = info["reasons"]
+            if reason in reasons or len(reasons) < MAX_REASONS_PER_SITE:
+                reasons[reason] = reasons.get(reason, 0) + 1
+    for site, info in out.items():
+        info["asked"] = asked[site]
+    return out
 
 
 def site_names(store: ServerStore, state: LoopState) -> list[str]:

@@ -1,0 +1,54 @@
+"""No silent failures: a site that fails every round it is asked ends the run 'degraded'
+(exit status 3) unless the job tolerates it, and the summary names it and its reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from consortia.cli import main
+from consortia.monitor.progress import summary_table
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _job(tmp_path: Path, tolerate: bool) -> Path:
+    shutil.copy(FIXTURES / "toy_app.py", tmp_path / "toy_app.py")
+    text = (FIXTURES / "toy_job.toml").read_text()
+    text = text.replace('app = "toy_app.py"', 'app = "toy_app.py"\nsite = "make_site_one_broken"')
+    text = text.replace("sites_per_round = 4", "sites_per_round = 6")
+    if tolerate:
+        text = text.replace("min_sites = 2", "min_sites = 2\ntolerate_failing_sites = true")
+    job = tmp_path / "job.toml"
+    job.write_text(text)
+    return job
+
+
+def test_a_site_failing_every_round_degrades_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", str(_job(tmp_path, False)), "--out", str(out), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "1 site(s) failed every time they were asked: site-0001" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "degraded" and summary["rounds_completed"] == 3
+    info = summary["failing_sites"]["site-0001"]
+    assert info["asked"] == info["failed"] == 3
+    assert list(info["reasons"]) == ["RuntimeError: [red]site database unavailable[/]"]
+    # The table shows the site and its reason as text: a site's words are never markup.
+    console = Console(record=True, width=200)
+    console.print(summary_table(summary))
+    shown = console.export_text()
+    assert "failed: 1 site(s)" in shown and "[red]site database unavailable[/]" in shown
+
+
+def test_a_job_may_tolerate_failing_sites(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", str(_job(tmp_path, True)), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and "site-0001" in summary["failing_sites"]
