@@ -52,3 +52,52 @@ def test_a_job_may_tolerate_failing_sites(tmp_path: Path) -> None:
     assert main(["simulate", str(_job(tmp_path, True)), "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and "site-0001" in summary["failing_sites"]
+
+
+def test_simulation_says_before_round_one_which_sites_are_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(FIXTURES / "toy_app.py", tmp_path / "toy_app.py")
+    text = (FIXTURES / "toy_job.toml").read_text().replace("rounds = 3", "rounds = 1")
+    text = text.replace("sites = 6", "sites = 60")
+    text += '\n[simulation.partition]\nmethod = "dirichlet"\nalpha = 0.05\n'
+    job = tmp_path / "job.toml"
+    job.write_text(text)
+    out = tmp_path / "run"
+    assert main(["simulate", str(job), "--out", str(out), "--quiet"]) in (0, 3)
+    err = capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    sizes = json.loads((out / "partition.json").read_text())["sites"]
+    empty = sorted(s for s, v in sizes.items() if v["examples"] == 0)
+    assert empty, "the partition should leave some sites empty"
+    assert f"note: {len(empty)} of 60 sites hold no training examples" in err
+    assert summary["notices"][0].startswith(f"{len(empty)} of 60 sites hold no training")
+
+
+def test_a_deployed_site_without_examples_refuses_to_join(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = tmp_path / "empty_site.py"
+    app.write_text(
+        "import numpy as np\n"
+        "from consortia import FunctionTrainer, Site, SiteData\n\n"
+        "def make(name):\n"
+        "    trainer = FunctionTrainer(lambda: {'w': np.zeros(1)}, None, None)\n"
+        "    return Site(name, trainer, SiteData(np.zeros((0, 1)), np.zeros(0)))\n"
+    )
+    code = main(
+        [
+            "client",
+            "--server",
+            "127.0.0.1:1",
+            "--site",
+            "site-x",
+            "--insecure",
+            "--app",
+            f"{app}:make",
+            "--max-attempts",
+            "1",
+        ]
+    )
+    assert code == 2
+    assert "site site-x: its app loaded no training examples" in capsys.readouterr().err

@@ -114,6 +114,24 @@ def build_sites(job: JobConfig, data: Dataset) -> tuple[list[str], dict[str, Sit
     return ids, sites, hist
 
 
+def partition_notices(ids: Sequence[str], site_data: dict[str, SiteData]) -> list[str]:
+    """What the operator should know about the split before round 1: empty sites (they
+    reply with weight 0 and teach the model nothing) and the smallest ones."""
+    sizes = sorted((site_data[s].num_train, s) for s in ids)
+    empty = [s for n, s in sizes if n == 0]
+    notices = []
+    if empty:
+        shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+        notices.append(
+            f"{len(empty)} of {len(ids)} sites hold no training examples after the partition "
+            f"({shown}); they reply with weight 0"
+        )
+    small = [f"{s} ({n})" for n, s in sizes if n > 0][:3]
+    if empty or (sizes and sizes[0][0] < 5):
+        notices.append(f"smallest sites by training examples: {', '.join(small) or 'none'}")
+    return notices
+
+
 def _site_factory(
     trainer: Trainer, sites: dict[str, SiteData], policy: SitePolicy | None
 ) -> MakeSite:
@@ -205,9 +223,8 @@ def simulate(
     )
     fleet_name = "debug" if debug else cfg.simulation.fleet
     factory = FLEETS.get(fleet_name)
-    make = (
-        make_site or app_hook(cfg.task, base, "site") or _site_factory(trainer, site_data, policy)
-    )
+    custom = make_site or app_hook(cfg.task, base, "site")
+    make = custom or _site_factory(trainer, site_data, policy)
     # The pool forks here, before any progress-bar thread exists (the bar starts with the run).
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
     bar = ProgressBar(cfg.rounds) if progress else None
@@ -234,6 +251,8 @@ def simulate(
         steps=steps,
         summary_extra=lambda store, state: {"sites": len(ids)},
         on_open=lambda folder: folder.write_partition(ids, hist),
+        # The partition is what sites train on only when they are the built-in Site.
+        notices=[] if custom else partition_notices(ids, site_data),
     )
     try:
         result = run.run()

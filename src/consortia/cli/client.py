@@ -141,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--pki SITE_DIR is required (TLS always); --insecure for tests")
         check_identity(args.pki, args.site)
     site = load_site(args.app, args.site)
+    data = getattr(site, "data", None)
+    if data is not None and data.num_train == 0:
+        raise ConfigError(
+            f"site {args.site}: its app loaded no training examples (check the data path or "
+            "query in the --app function); a site with nothing to train on does not join"
+        )
     if args.policy is not None:
         from consortia.client.runtime import policy_check
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,9 +37,17 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=False)
+
     # A failed round raises a ConsortiaError: main() prints it on one line and exits 2.
+    def notices(event: object) -> None:
+        from consortia.core.events import Notice
+
+        if isinstance(event, Notice):
+            Console(stderr=True, soft_wrap=True).print(Text(f"note: {event.message}"))
+
     result = simulate(
         args.job,
+        listeners=[notices],
         rounds=args.rounds,
         out=args.out,
         seed=args.seed,

@@ -84,6 +84,13 @@ class RunStarted:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the operator should read before the rounds start (e.g. empty sites)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class WaitingForSites:
     connected: list[str]
     needed: int
@@ -125,7 +132,14 @@ class RunFinished:
 
 
 Event = (
-    RunStarted | WaitingForSites | RoundStarted | PhaseDone | RoundDone | RoundFailed | RunFinished
+    RunStarted
+    | Notice
+    | WaitingForSites
+    | RoundStarted
+    | PhaseDone
+    | RoundDone
+    | RoundFailed
+    | RunFinished
 )
 Subscriber = Callable[[Any], None]
 

@@ -31,6 +31,7 @@ from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
 from consortia.core.events import (
     EventBus,
     LoopState,
+    Notice,
     PhaseRecord,
     RoundDone,
     RoundFailed,
@@ -182,6 +183,7 @@ class Run:
         steps: Callable[[list[Step]], list[Step]] | None = None,
         summary_extra: Callable[[ServerStore, LoopState], dict[str, Any]] | None = None,
         on_open: Callable[[RunFolder], None] | None = None,
+        notices: Sequence[str] = (),
     ) -> None:
         self.job = job
         self.options = options
@@ -192,6 +194,7 @@ class Run:
         self.edit_steps = steps
         self.summary_extra = summary_extra
         self.on_open = on_open
+        self.notices = list(notices)
         self.min_sites = options.min_sites or cfg.strategy.min_sites
         if self.min_sites < 1:
             raise ConfigError(f"--min-sites must be at least 1, got {self.min_sites}")
@@ -339,6 +342,9 @@ class Run:
             workflow = Workflow(self.job.spec, steps, settings)
             fleet = self.make_fleet(row.id)
             self.bus.publish(RunStarted(cfg.name, rounds, state.round, history, str(folder.path)))
+            for message in self.notices:
+                log.warning("%s", message)
+                self.bus.publish(Notice(message))
             state, error, stopped = self._rounds(workflow, fleet, store, folder, state, rounds)
             status = "failed" if error else ("budget_exhausted" if stopped else "completed")
         except KeyboardInterrupt:
@@ -354,6 +360,8 @@ class Run:
                 summary = self._summary(folder, store, state, rounds, status, error, t_start)
                 self._flag_failing_sites(summary, store, state)
                 summary["resumed_from_round"] = resumed_from
+                if self.notices:
+                    summary["notices"] = self.notices
                 _add_privacy(summary, folder, privacy, stopped)
                 folder.write_summary(summary)
                 history = [r.metrics for r in store.completed_rounds()]
