@@ -76,11 +76,15 @@ def check_identity(site_dir: Path, site_name: str) -> None:
             f"--site {site_name!r} but the certificate in {site_dir} is for {cn!r}: "
             "a site's name is the common name of its certificate"
         )
+    from cryptography.exceptions import InvalidSignature
+
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, InvalidSignature) as exc:
         raise PkiError(
-            f"the certificate in {site_dir} was not issued by the CA in {paths.ca_cert}"
+            f"the certificate in {site_dir} was not issued by the CA in {paths.ca_cert}: the "
+            "folder mixes two federations' files; use the folder `consortia keys add-site` "
+            "made for this site, as it is"
         ) from exc
 
 

@@ -409,8 +409,13 @@ def _serve_once(
                 raise SiteConnectionError(f"server refused site {site.site_id}: {details}") from exc
             conn.error = _explain(str(details))
             if not conn.stop.is_set():
+                # The explanation, not gRPC's raw text: with retries on (the default) this
+                # line is all an operator sees of a trust mismatch.
                 log.warning(
-                    "connection to %s lost: %s %s", address, getattr(code, "name", code), details
+                    "connection to %s failed (%s): %s",
+                    address,
+                    getattr(code, "name", code),
+                    conn.error.removeprefix("last error: "),
                 )
         finally:
             conn.end()
