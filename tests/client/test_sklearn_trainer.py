@@ -53,3 +53,18 @@ def test_sgd_site_with_one_class_still_trains(data):
 def test_bad_factory_is_named():
     with pytest.raises(ConfigError, match="LinearModel"):
         SklearnTrainer(lambda: SGDClassifier()).initial()
+
+
+def test_logistic_regression_learns_from_a_site_holding_a_few_of_the_classes() -> None:
+    """A site with labels {0, 1} of the job's {0, 1, 2} continues from the global model;
+    its missing class enters with weight 0, so the fit is the one on its own rows."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4))
+    y = (x[:, 0] > 0).astype(np.int64)  # classes 0 and 1 only
+    model = LinearModel(LogisticRegression(), n_features=4, classes=np.array([0, 1, 2]))
+    trainer = SklearnTrainer(lambda: model)
+    _, w = trainer.initial()
+    new, metrics = trainer.fit(w, x, y, TrainSettings(local_epochs=50), seed=0)
+    assert new.shape == w.shape and np.isfinite(new).all() and metrics["accuracy"] > 0.9
+    only_zero = trainer.fit(w, x[y == 0], y[y == 0], TrainSettings(local_epochs=5), seed=0)[0]
+    assert only_zero.shape == w.shape  # one class alone is no longer refused

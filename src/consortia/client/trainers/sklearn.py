@@ -69,6 +69,25 @@ def _vector(spec: ModelSpec, est: Any) -> np.ndarray:
     )
 
 
+def _with_every_class(x: Any, y: Any, classes: np.ndarray) -> tuple[Any, Any, np.ndarray]:
+    """(x, y, sample weights) with one weight-0 row for each of the job's classes this site
+    lacks. LogisticRegression sizes its coefficients by the classes it sees in ``y``, so a
+    site holding a few of them could not continue from the global model; rows of weight 0
+    add the classes and change nothing in the fit."""
+    y = np.asarray(y)
+    missing = np.setdiff1d(classes, np.unique(y))
+    weights = np.ones(len(y))
+    if missing.size == 0:
+        return x, y, weights
+    x = np.asarray(x)
+    filler = np.zeros((missing.size, *x.shape[1:]), dtype=x.dtype)
+    return (
+        np.concatenate([x, filler]),
+        np.concatenate([y, missing.astype(y.dtype)]),
+        np.concatenate([weights, np.zeros(missing.size)]),
+    )
+
+
 class SklearnTrainer:
     def __init__(self, model_factory: Callable[[], LinearModel]) -> None:
         self._factory = model_factory
@@ -101,13 +120,8 @@ class SklearnTrainer:
                 for _ in range(settings.local_epochs):
                     est.partial_fit(x, y, classes=m.classes)
             else:
-                if np.unique(y).size < 2:
-                    raise ConfigError(
-                        "LogisticRegression needs two classes per site; "
-                        "use SGDClassifier(loss='log_loss')"
-                    )
                 est.set_params(warm_start=True, max_iter=settings.local_epochs)
-                est.fit(x, y)
+                est.fit(*_with_every_class(x, y, m.classes))
         return _vector(m.spec, est), self._metrics(est, x, y)
 
     def evaluate(self, weights: np.ndarray, x: Any, y: Any) -> dict[str, float]:
