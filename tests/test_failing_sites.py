@@ -101,3 +101,19 @@ def test_a_deployed_site_without_examples_refuses_to_join(
     )
     assert code == 2
     assert "site site-x: its app loaded no training examples" in capsys.readouterr().err
+
+
+def test_a_model_too_narrow_for_the_labels_is_one_clear_error_before_round_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    app = (digits / "app.py").read_text().replace("nn.Linear(128, 10)", "nn.Linear(128, 3)")
+    assert "nn.Linear(128, 3)" in app
+    (tmp_path / "app.py").write_text(app)
+    (tmp_path / "job.toml").write_text((digits / "job.toml").read_text())
+    out = tmp_path / "run"
+    assert main(["simulate", str(tmp_path / "job.toml"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "preflight: the model has 3 outputs but the labels run from 0 to 9 (10 classes)" in err
+    assert not (out / "state.sqlite").exists()  # refused before anything was started

@@ -132,6 +132,32 @@ def partition_notices(ids: Sequence[str], site_data: dict[str, SiteData]) -> lis
     return notices
 
 
+def preflight(trainer: Trainer, weights: np.ndarray, data: Dataset) -> None:
+    """One example of each label through the model before round 1: a model that cannot
+    take the task's data is one clear error now, not a failure on some sites per round."""
+    y = np.asarray(data.y_train)
+    if y.size == 0:
+        raise ConfigError("task.data: the training split is empty")
+    if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
+        _, first = np.unique(y, return_index=True)
+    else:
+        first = np.arange(min(len(y), 8))
+    x, labels = _take(data.x_train, first), y[first]
+    check = getattr(trainer, "preflight", None)
+    try:
+        if check is not None:
+            check(weights, x, labels)
+        else:
+            trainer.evaluate(weights, x, labels)
+    except ConfigError as exc:
+        raise ConfigError(f"preflight: {exc}") from None
+    except Exception as exc:  # the user's model or data code: any error, said in one line
+        raise ConfigError(
+            f"preflight: the task's model cannot evaluate one example of each label: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
 def _site_factory(
     trainer: Trainer, sites: dict[str, SiteData], policy: SitePolicy | None
 ) -> MakeSite:
@@ -224,6 +250,8 @@ def simulate(
     fleet_name = "debug" if debug else cfg.simulation.fleet
     factory = FLEETS.get(fleet_name)
     custom = make_site or app_hook(cfg.task, base, "site")
+    if not custom:
+        preflight(trainer, weights, data)
     make = custom or _site_factory(trainer, site_data, policy)
     # The pool forks here, before any progress-bar thread exists (the bar starts with the run).
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]

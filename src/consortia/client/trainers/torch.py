@@ -231,6 +231,26 @@ class TorchTrainer:
         losses = result.epoch_losses
         return local, {"loss": float(np.mean(losses)) if losses else 0.0}
 
+    def preflight(self, weights: np.ndarray, x: Any, y: Any) -> None:
+        """Before any round: the model's output fits the labels (a classifier needs an
+        output per class; otherwise some sites would fail with an IndexError, and sites
+        without the high labels would seem to train)."""
+        model = self.model
+        vector_to_module(model, self.spec, weights)
+        model.eval()
+        with torch.no_grad(), _single_thread():
+            out = model(torch.as_tensor(x[:1]))
+        labels = np.asarray(y)
+        if self._loss_name == "cross_entropy" and np.issubdtype(labels.dtype, np.integer):
+            width, top = int(out.shape[-1]), int(labels.max())
+            if top >= width or labels.min() < 0:
+                raise ConfigError(
+                    f"the model has {width} outputs but the labels run from {labels.min()} to "
+                    f"{top} ({np.unique(labels).size} classes): a cross-entropy classifier "
+                    f"needs one output per label, at least {top + 1}"
+                )
+        self.evaluate(weights, x, y)
+
     def evaluate(self, weights: np.ndarray, x: Any, y: Any) -> dict[str, float]:
         model = self.model
         vector_to_module(model, self.spec, weights)
