@@ -11,7 +11,15 @@ from consortia.core.errors import ConsortiaError
 
 # Each module defines ``register(subparsers)``, adding its parser with ``func=handler``
 # where ``handler(args) -> int`` is the exit status.
-_COMMAND_MODULES: tuple[str, ...] = ("simulate", "keys", "privacy", "analytics", "server", "client")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "new",
+    "simulate",
+    "keys",
+    "privacy",
+    "analytics",
+    "server",
+    "client",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
