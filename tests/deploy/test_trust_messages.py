@@ -65,3 +65,54 @@ def test_with_retries_on_each_failed_attempt_says_why(
     failures = [r.getMessage() for r in caplog.records if "connection to" in r.getMessage()]
     assert len(failures) >= 2  # it keeps retrying, and says why every time
     assert all("do not trust each other's certificates" in m for m in failures)
+
+
+def test_a_site_certificate_out_of_its_validity_is_named_before_connecting(
+    pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime as dt
+    import shutil
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from consortia.security.pki import load_ca
+
+    ca_cert, ca_key = load_ca(pki)
+    key = ec.generate_private_key(ec.SECP256R1())
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "site-a")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(past - dt.timedelta(days=10))
+        .not_valid_after(past)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder = tmp_path / "expired"
+    shutil.copytree(pki / "sites" / "site-a", folder)
+    (folder / "site.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    app = f"{Path(toy_app.__file__)}:make_site"
+    args = ["client", "--server", "127.0.0.1:1", "--site", "site-a", "--pki", str(folder)]
+    assert main([*args, "--app", app]) == 2
+    err = capsys.readouterr().err
+    assert f"to {past:%Y-%m-%d}, not now" in err and "--replace" in err
+
+
+def test_dialling_a_name_the_server_certificate_lacks_is_named(pki: Path) -> None:
+    fleet = GrpcFleet("127.0.0.1:0", job_id="names", pki_dir=pki, heartbeat_s=0.5)
+    try:
+        with pytest.raises(Exception, match="not for the name this site dialled"):
+            run_site(
+                fleet.address,
+                toy_app.make_site("site-a"),
+                pki / "sites" / "site-a",
+                max_attempts=1,
+                server_name="wrong.example",
+            )
+    finally:
+        fleet.close()

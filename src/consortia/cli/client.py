@@ -51,6 +51,8 @@ def load_site(ref: str, site_name: str) -> Any:
 def check_identity(site_dir: Path, site_name: str) -> None:
     """The certificate in ``site_dir`` must be this site's, issued by the CA next to it:
     caught here with a clear message rather than as a refused TLS handshake later."""
+    import datetime as dt
+
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -69,6 +71,13 @@ def check_identity(site_dir: Path, site_name: str) -> None:
         raise PkiError(f"--pki {site_dir}: unreadable certificate ({exc})") from exc
     if not paths.key.is_file():
         raise PkiError(f"--pki {site_dir}: missing the site's key {paths.key.name}")
+    now = dt.datetime.now(dt.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise PkiError(
+            f"the certificate in {site_dir} is valid from {cert.not_valid_before_utc:%Y-%m-%d} "
+            f"to {cert.not_valid_after_utc:%Y-%m-%d}, not now; ask the federation's operator "
+            "for a new one (`consortia keys add-site NAME --replace`)"
+        )
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(names[0].value) if names else ""
     if cn != site_name:

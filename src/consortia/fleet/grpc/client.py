@@ -351,6 +351,12 @@ def run_site(
 
 def _explain(details: str) -> str:
     """The last connection error, with a hint where the cause is a certificate."""
+    if "Hostname Verification" in details or "No match found for server name" in details:
+        return (
+            f"the server's certificate is not for the name this site dialled ({details}): "
+            "dial a name the server's certificate was made for (`consortia keys init "
+            "--host NAME`), or pass --server-name with that name"
+        )
     if "handshake" in details.lower() or "CERTIFICATE_VERIFY_FAILED" in details:
         return (
             f"TLS handshake failed ({details}): the server and this site do not trust each "
