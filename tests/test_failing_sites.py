@@ -117,3 +117,50 @@ def test_a_model_too_narrow_for_the_labels_is_one_clear_error_before_round_one(
     assert err.count("\n") == 0
     assert "preflight: the model has 3 outputs but the labels run from 0 to 9 (10 classes)" in err
     assert not (out / "state.sqlite").exists()  # refused before anything was started
+
+
+class _Crashing:
+    """A site app whose fit kills its own process, as a native crash would."""
+
+    def __init__(self, site_id: str) -> None:
+        self.site_id = site_id
+
+    def handle(self, message: object) -> object:
+        import os
+
+        os._exit(7)
+
+
+def test_a_site_that_kills_its_worker_is_named_and_the_round_ends_in_seconds(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from consortia import simulate
+    from consortia.task import load_app
+
+    shutil.copy(FIXTURES / "toy_app.py", tmp_path / "toy_app.py")
+    text = (FIXTURES / "toy_job.toml").read_text().replace("rounds = 3", "rounds = 1")
+    text = text.replace("sites_per_round = 4", "sites_per_round = 6\ndeadline_s = 120")
+    job = tmp_path / "job.toml"
+    job.write_text(text)
+    app = load_app("toy_app.py", tmp_path)
+
+    from consortia import FunctionTrainer, Site, SiteData
+
+    data = app.load_data()
+
+    def make_site(site_id: str):
+        if site_id == "site-0002":
+            return _Crashing(site_id)
+        trainer = FunctionTrainer(app.make_model, app.fit, app.evaluate)
+        return Site(site_id, trainer, SiteData(data.x_train, data.y_train))
+
+    start = time.monotonic()
+    result = simulate(job, out=tmp_path / "run", make_site=make_site)
+    took = time.monotonic() - start
+    (row,) = result.history
+    assert row["failed_sites"] == {
+        "site-0002": "the site's code ended its worker process (exit code 7)"
+    }
+    assert row["replies"] == 5 and took < 30  # the deadline is 120 s

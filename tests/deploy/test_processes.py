@@ -118,6 +118,22 @@ def test_sites_with_a_certificate_from_another_ca_are_refused(
     )
     assert impostor.wait(20) == 2
     assert "TLS handshake failed" in impostor.output()
+    # 1b. Our own folder, but dialling a name the server's certificate lacks: said in words.
+    misnamed = spawn(
+        "misnamed",
+        client_args(
+            port,
+            "site-a",
+            pki / "sites" / "site-a",
+            TOY_APP,
+            "--max-attempts",
+            "1",
+            "--server-name",
+            "wrong.example",
+        ),
+    )
+    assert misnamed.wait(20) == 2
+    assert "not for the name this site dialled" in misnamed.output()
     # 2. A foreign certificate next to OUR ca.pem: it trusts the server, the server refuses it.
     hybrid = tmp_path / "hybrid"
     hybrid.mkdir()
