@@ -361,7 +361,7 @@ def main() -> None:
         print(f"  round beyond training / raw     {beyond / raw_s:.2f} x")
         tls_s = _med(raw_tls["transfer_s"])
         print(f"  raw loopback TLS, same bytes    median {tls_s:.3f} s ({tls_s / raw_s:.2f} x raw)")
-        print(f"  round beyond training / raw TLS {beyond / tls_s:.2f} x   (target <= 1.5, issue 7)")
+        print(f"  round beyond training / raw TLS {beyond / tls_s:.2f} x   (target <= 1.5)")
         print(
             f"  bytes per site per round        {wire / MIB:.2f} MiB on the wire = "
             f"{wire / payload:.4f} x payload {payload / MIB:.2f} MiB   (target <= 1.05)"
