@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,14 @@ def test_a_new_project_simulates_and_serves_a_site(
         "site.py",
     ]
     assert f'name = "my-{framework}"' in (project / "job.toml").read_text()
+    assert f'framework = "{framework}"' in (project / "job.toml").read_text()
+    # The written code is clean Python (the shared template holds placeholders).
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--isolated", "--line-length", "100", str(project)],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout
     out = tmp_path / "run"
     job = str(project / "job.toml")
     assert main(["simulate", job, "--out", str(out), "--rounds", "3", "--quiet"]) == 0

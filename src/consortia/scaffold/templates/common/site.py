@@ -32,6 +32,4 @@ def make_site(name: str) -> consortia.Site:
     x, y = _my_records(name)
     held_out = np.arange(len(y)) % 5 == 0  # a fifth for federated evaluation
     data = consortia.SiteData(x[~held_out], y[~held_out], x[held_out], y[held_out])
-    return consortia.Site(
-        name, consortia.FunctionTrainer(TASK.make_model, TASK.fit, TASK.evaluate), data
-    )
+    return consortia.Site(name, {{trainer}}, data)
