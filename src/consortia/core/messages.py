@@ -18,7 +18,6 @@ import numpy as np
 
 from consortia.core.errors import ConfigError
 from consortia.core.payload import InvalidMessageError, Payload, from_payload, to_payload
-from consortia.core.spec import ModelSpec
 
 __all__ = [
     "ClientPrivacy",
@@ -329,23 +328,6 @@ def _check_fit_request(ins: FitIns) -> None:
 
 def _check_evaluate(reply: EvaluateRes, request: EvaluateIns) -> None:
     check_examples_and_metrics(reply.num_examples, reply.metrics)
-
-
-def validate_fit_res(
-    reply: Any, spec: ModelSpec, site: str, round_: int, modulus_bits: int = 0
-) -> FitRes:
-    """Check a fit reply against a model spec (for callers without the request at hand)."""
-    if not isinstance(reply, FitRes):
-        raise InvalidMessageError(f"expected a fit reply, got {type(reply).__name__}")
-    if reply.site != site:
-        raise InvalidMessageError(f"reply claims sender {reply.site!r} but came from {site!r}")
-    if reply.round != round_:
-        raise InvalidMessageError(f"reply for round {reply.round} arrived in round {round_}")
-    check_examples_and_metrics(reply.num_examples, reply.metrics)
-    _check_update(reply.delta, spec.size, spec.vector_dtype, modulus_bits)
-    if reply.clip_bit is not None and reply.clip_bit not in (-0.5, 0.5):
-        raise InvalidMessageError(f"clip bit must be -0.5 or 0.5, got {reply.clip_bit!r}")
-    return reply
 
 
 FIT = register_kind(
