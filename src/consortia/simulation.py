@@ -219,7 +219,6 @@ def simulate(
     trainer = build_trainer(cfg.task, base)
     data = load_dataset(cfg.task, base)
     ids, site_data, hist = build_sites(cfg, data)
-    spec, weights = trainer.initial()
     seeded = debug or (cfg.privacy is not None and cfg.privacy.seeded_noise)
     policy = None
     sp = cfg.simulation.site_policy
@@ -235,54 +234,58 @@ def simulate(
         def central(w: np.ndarray) -> dict[str, float]:
             return trainer.evaluate(w, x_test, y_test)
 
-    prepared = PreparedJob(
-        text if text is not None else cfg.model_dump_json(indent=1),
-        cfg,
-        trainer,
-        spec,
-        weights,
-        central,
-        text_name="job.toml" if text is not None else "job.json",
-        # The number of rounds is the store's to track (a resume may extend a run).
-        overrides={k: v for k, v in updates.items() if k != "rounds"},
-        workflow=app_hook(cfg.task, base, "workflow"),
-    )
     fleet_name = "debug" if debug else cfg.simulation.fleet
     factory = FLEETS.get(fleet_name)
     custom = make_site or app_hook(cfg.task, base, "site")
-    if not custom:
-        preflight(trainer, weights, data)
     make = custom or _site_factory(trainer, site_data, policy)
-    # The pool forks here, before any progress-bar thread exists (the bar starts with the run).
+    # The pool forks here: before any progress-bar thread exists (the bar starts with the
+    # run), and before the initial model exists, so that no worker holds a copy of it.
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
-    bar = ProgressBar(cfg.rounds) if progress else None
-    subscribers: list[Subscriber] = [MetricsFile(), TensorBoardWriter(), *listeners]
-    if bar is not None:
-        subscribers.append(bar)
-    options = RunOptions(
-        out=Path(out) if out is not None else default_run_dir(),
-        resume=resume,
-        rounds=rounds,
-        round_retries=0,
-        mode="debug" if debug else ("parallel" if fleet_name == "pool" else fleet_name),
-        eligible_sites=len(ids),
-        seeded=seeded,
-        min_sites=1,
-    )
-    run = Run(
-        prepared,
-        options,
-        lambda job_id: fleet,
-        subscribers=subscribers,
-        strategy=strategy,
-        aggregator=aggregator,
-        steps=steps,
-        summary_extra=lambda store, state: {"sites": len(ids)},
-        on_open=lambda folder: folder.write_partition(ids, hist),
-        # The partition is what sites train on only when they are the built-in Site.
-        notices=[] if custom else partition_notices(ids, site_data),
-    )
     try:
+        spec, weights = trainer.initial()
+        if not custom:
+            preflight(trainer, weights, data)
+        prepared = PreparedJob(
+            text if text is not None else cfg.model_dump_json(indent=1),
+            cfg,
+            trainer,
+            spec,
+            weights,
+            central,
+            text_name="job.toml" if text is not None else "job.json",
+            # The number of rounds is the store's to track (a resume may extend a run).
+            overrides={k: v for k, v in updates.items() if k != "rounds"},
+            workflow=app_hook(cfg.task, base, "workflow"),
+            release_initial=True,
+        )
+        del weights  # the run takes the initial model from `prepared` and lets it go
+        bar = ProgressBar(cfg.rounds) if progress else None
+        subscribers: list[Subscriber] = [MetricsFile(), TensorBoardWriter(), *listeners]
+        if bar is not None:
+            subscribers.append(bar)
+        options = RunOptions(
+            out=Path(out) if out is not None else default_run_dir(),
+            resume=resume,
+            rounds=rounds,
+            round_retries=0,
+            mode="debug" if debug else ("parallel" if fleet_name == "pool" else fleet_name),
+            eligible_sites=len(ids),
+            seeded=seeded,
+            min_sites=1,
+        )
+        run = Run(
+            prepared,
+            options,
+            lambda job_id: fleet,
+            subscribers=subscribers,
+            strategy=strategy,
+            aggregator=aggregator,
+            steps=steps,
+            summary_extra=lambda store, state: {"sites": len(ids)},
+            on_open=lambda folder: folder.write_partition(ids, hist),
+            # The partition is what sites train on only when they are the built-in Site.
+            notices=[] if custom else partition_notices(ids, site_data),
+        )
         result = run.run()
     finally:
         fleet.close()

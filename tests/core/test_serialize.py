@@ -75,3 +75,44 @@ def test_file_for_another_model_is_refused(tmp_path, model):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(ModelFileError, match=r"nothing\.safetensors"):
         load_model(tmp_path / "nothing.safetensors")
+
+
+def test_streamed_file_equals_the_safetensors_library_tensor_for_tensor(tmp_path):
+    """The checkpoint writer streams views of the vector (no in-memory file); what it
+    writes must still be a safetensors file any reader opens, with every dtype kept."""
+    from safetensors.numpy import load_file
+
+    from consortia.core.serialize import model_chunks
+
+    arrays = {
+        "a": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "b": np.linspace(0, 1, 5, dtype=np.float32),
+        "c": np.array([True, False, True]),
+        "d": np.arange(4, dtype=np.uint8),
+    }
+    spec = ModelSpec.from_arrays(arrays)
+    vec = spec.flatten(arrays)
+    path = tmp_path / "m.safetensors"
+    with open(path, "wb") as f:
+        for chunk in model_chunks(spec, vec):
+            f.write(chunk)
+    loaded = load_file(path)
+    assert set(loaded) == set(arrays)
+    for name, arr in arrays.items():
+        assert loaded[name].dtype == arr.dtype and np.array_equal(loaded[name], arr)
+    assert (8 + int.from_bytes(path.read_bytes()[:8], "little")) % 8 == 0  # header padded
+    _, vec2 = load_model(path, expected=spec)
+    np.testing.assert_array_equal(vec2, vec)
+
+
+def test_durable_write_of_chunks_returns_the_files_digest(tmp_path, model):
+    import hashlib
+
+    from consortia.core.serialize import model_chunks
+    from consortia.server.store import write_durably
+
+    spec, vec = model
+    path = tmp_path / "m.safetensors"
+    sha = write_durably(path, model_chunks(spec, vec))
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert path.read_bytes() == model_to_bytes(spec, vec)

@@ -78,3 +78,27 @@ def test_round_trip_any_shapes(shapes):
     back = spec.unflatten(spec.flatten(arrays))
     for k, v in arrays.items():
         np.testing.assert_array_equal(back[k], v)
+
+
+def test_views_share_the_vector_and_cannot_change_it():
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.arange(2, dtype=np.int64)}
+    spec = ModelSpec.from_arrays(arrays)
+    vec = spec.flatten(arrays)
+    views = spec.views(vec)
+    assert np.shares_memory(views["w"], vec)  # no copy of the float tensor
+    assert views["n"].dtype == np.int64 and np.array_equal(views["n"], [0, 1])
+    with pytest.raises(ValueError, match="read-only"):
+        views["w"][0, 0] = 5.0
+    assert vec[0] == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_bad_value_in_any_chunk(bad):
+    from consortia.core.spec import all_finite
+
+    v = np.zeros(3_000_001, np.float32)
+    assert all_finite(v)
+    for i in (0, 1_048_576, 3_000_000):
+        w = v.copy()
+        w[i] = bad
+        assert not all_finite(w)

@@ -65,3 +65,13 @@ def test_factory_defaults_and_errors():
     assert make_server_optimizer("adam").lr == 0.01
     with pytest.raises(ConfigError, match=r"unknown server optimiser 'lion'; choose from adagrad"):
         make_server_optimizer("lion")
+
+
+@pytest.mark.parametrize("lr", [1.0, 0.5, 2.0])
+def test_sgd_step_equals_the_textbook_formula_bit_for_bit(lr):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(1000).astype(np.float32)
+    d = rng.standard_normal(1000).astype(np.float32)
+    new, _ = SGD(lr=lr).step({}, x, d)
+    assert new.dtype == np.float32
+    assert np.array_equal(new, (x + lr * d).astype(np.float32))

@@ -41,6 +41,21 @@ class SiteData:
         return 0 if self.y_eval is None else len(self.y_eval)
 
 
+def _update(trainer: Trainer, local: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """local - global, in ``local``'s own memory when the trainer hands it over (see
+    ``Trainer``): for a large model that is one model-sized array per site less."""
+    if (
+        getattr(trainer, "returns_fresh_vectors", False)
+        and local.dtype == weights.dtype
+        and local.shape == weights.shape
+        and local.flags.writeable
+        and local.flags.c_contiguous
+        and not np.shares_memory(local, weights)
+    ):
+        return np.subtract(local, weights, out=local)
+    return np.subtract(local, weights, dtype=weights.dtype)
+
+
 def policy_check(app: SiteApp, message: Any, call_next: Handler) -> Any:
     """Refuse a round the site's own policy forbids, before any of its data is touched."""
     policy = getattr(app, "policy", None)
@@ -90,8 +105,9 @@ class Site(SiteApp):
         local, metrics = self.trainer.fit(
             ins.weights, self.data.x_train, self.data.y_train, ins.settings, ins.seed
         )
-        delta = np.subtract(local, ins.weights, dtype=ins.weights.dtype)
-        return FitRes(self.site_id, ins.round, delta, n, metrics)
+        return FitRes(
+            self.site_id, ins.round, _update(self.trainer, local, ins.weights), n, metrics
+        )
 
     def on_evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         n = self.data.num_eval

@@ -18,6 +18,7 @@ import numpy as np
 
 from consortia.core.errors import ConfigError
 from consortia.core.payload import InvalidMessageError, Payload, from_payload, to_payload
+from consortia.core.spec import all_finite
 
 __all__ = [
     "ClientPrivacy",
@@ -287,7 +288,7 @@ def _check_update(d: Any, size: int, dtype: np.dtype, modulus_bits: int) -> None
         return
     if d.dtype != dtype:
         raise InvalidMessageError(f"update dtype {d.dtype} is not the model's {dtype}")
-    if not np.isfinite(d).all():
+    if not all_finite(d):
         raise InvalidMessageError("update holds NaN or infinite values")
 
 

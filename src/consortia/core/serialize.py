@@ -14,31 +14,72 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from consortia.core.errors import ModelFileError, SpecMismatchError
-from consortia.core.spec import ModelSpec, model_digest
+from consortia.core.spec import ModelSpec, byte_view, model_digest
 
 SPEC_KEY = "consortia.spec"
 DIGEST_KEY = "consortia.digest"
 
 
-def model_to_bytes(
-    spec: ModelSpec, vector: np.ndarray, extra: dict[str, str] | None = None
-) -> bytes:
-    meta = {SPEC_KEY: spec.to_json(), DIGEST_KEY: model_digest(spec, vector), **(extra or {})}
-    arrays = {k: np.ascontiguousarray(v) for k, v in spec.unflatten(vector).items()}
-    return st_save(arrays, metadata=meta)
+_ST_DTYPES = {
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def model_chunks(
+    spec: ModelSpec, vector: np.ndarray, digest: str | None = None
+) -> list[bytes | memoryview]:
+    """A model file as the byte chunks to write in order: the safetensors header, then each
+    tensor's bytes as a view into ``vector`` (converted copies only for tensors stored in
+    another dtype).
+
+    Written here rather than by ``safetensors.numpy.save``, which builds the whole file in
+    memory from a copy of every tensor: two extra model copies at every checkpoint, which
+    for a large model is most of the server's peak memory. The layout is the format's
+    (little-endian u64 header length, JSON header padded with spaces to 8 bytes, tensors
+    back to back); the tests read the result with the safetensors library.
+    """
+    digest = digest or model_digest(spec, vector)
+    header: dict[str, object] = {"__metadata__": {SPEC_KEY: spec.to_json(), DIGEST_KEY: digest}}
+    tensors: list[bytes | memoryview] = []
+    offset = 0
+    for name, view in spec.views(vector).items():
+        data = byte_view(np.ascontiguousarray(view, dtype=view.dtype.newbyteorder("<")))
+        header[name] = {
+            "dtype": _ST_DTYPES[view.dtype.name],
+            "shape": list(view.shape),
+            "data_offsets": [offset, offset + data.nbytes],
+        }
+        tensors.append(data)
+        offset += data.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return [struct.pack("<Q", len(text)), text, *tensors]
+
+
+def model_to_bytes(spec: ModelSpec, vector: np.ndarray) -> bytes:
+    return b"".join(model_chunks(spec, vector))
 
 
 def save_model(path: str | os.PathLike[str], spec: ModelSpec, vector: np.ndarray) -> str:
     """Write atomically (temp file + rename) so a crash never leaves half a model; return digest."""
     path = Path(path)
-    data = model_to_bytes(spec, vector)
+    digest = model_digest(spec, vector)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        for chunk in model_chunks(spec, vector, digest):
+            f.write(chunk)
     os.replace(tmp, path)
-    return model_digest(spec, vector)
+    return digest
 
 
 def _header_metadata(data: bytes, origin: str) -> dict[str, str]:

@@ -109,6 +109,23 @@ class ModelSpec:
             out[e.name] = part.astype(e.dtype, copy=True)
         return out
 
+    def views(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Named read-only views into ``vector`` (converted copies only for tensors stored
+        in another dtype): for readers such as evaluation and checkpoints, which must not
+        pay a model-sized copy, nor be able to change the model they were shown."""
+        self.check_vector(vector)
+        out: dict[str, np.ndarray] = {}
+        for e, (a, b) in zip(self.entries, self.offsets(), strict=True):
+            part = vector[a:b].reshape(e.shape)
+            if part.dtype != np.dtype(e.dtype):
+                if np.issubdtype(np.dtype(e.dtype), np.integer) or e.dtype == "bool":
+                    part = np.rint(part)
+                part = part.astype(e.dtype)
+            part = part.view()
+            part.flags.writeable = False
+            out[e.name] = part
+        return out
+
     def check_vector(self, vector: np.ndarray) -> None:
         if not isinstance(vector, np.ndarray) or vector.ndim != 1:
             raise SpecMismatchError("a model vector must be a 1-D numpy array")
@@ -139,5 +156,23 @@ def model_digest(spec: ModelSpec, vector: np.ndarray) -> str:
     """SHA-256 over the spec and the vector's little-endian bytes: one model, one name."""
     spec.check_vector(vector)
     h = hashlib.sha256(spec.digest().encode())
-    h.update(np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<")).tobytes())
+    h.update(byte_view(np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<"))))
     return h.hexdigest()
+
+
+def byte_view(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array without copying them (``tobytes`` would copy)."""
+    return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+
+
+_FINITE_CHUNK = 1 << 20
+
+
+def all_finite(vector: np.ndarray) -> bool:
+    """Whether every value is finite, checked in chunks: ``np.isfinite(v).all()`` would
+    allocate a mask of a quarter of a float32 model for a yes or no."""
+    flat = vector.reshape(-1)
+    return all(
+        bool(np.isfinite(flat[i : i + _FINITE_CHUNK]).all())
+        for i in range(0, flat.size, _FINITE_CHUNK)
+    )

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from consortia.core.messages import Failure, Outcome, Reply
 
 __all__ = ["Failure", "Fleet", "Outcome", "Reply", "SiteHandler", "Timing"]
@@ -70,6 +72,21 @@ class Fleet(ABC):
         request order (not arrival order) keeps aggregation, and so the final model,
         reproducible.
         """
+
+    def share(self, weights: np.ndarray) -> np.ndarray:
+        """The global model as this fleet's sites can read it without a copy of their own.
+
+        The run driver calls this before each round and keeps the returned array (equal
+        values, read-only where it differs) as the model, so that a fleet whose sites live
+        in other processes of this machine holds one copy of a large model for the server
+        and every site together. The default is the model itself.
+        """
+        return weights
+
+    def worker_peaks(self) -> list[int]:
+        """Peak resident bytes of each process this fleet runs sites in, besides the
+        server's own (none for fleets that have no such processes)."""
+        return []
 
     def end_job(self, status: str) -> None:  # noqa: B027 - optional hook
         """Tell the sites that the job is over (a deployment's clients then exit)."""

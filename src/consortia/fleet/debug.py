@@ -32,13 +32,16 @@ class DebugFleet(Fleet):
         # otherwise the last sites of a phase would fail merely for being last. For the
         # same reason the grace period does not apply: nothing runs in parallel to wait for.
         for site_id, message in requests:
-            start = time.monotonic()
-            try:
-                reply = self.app(site_id).handle(message)
-            except Exception as exc:  # a site's own code may raise anything
-                yield Failure(site_id, f"{type(exc).__name__}: {exc}")
-                continue
-            if time.monotonic() - start > timing.deadline_s:
-                yield Failure(site_id, f"missed the {timing.deadline_s:g} s deadline")
-            else:
-                yield Reply(site_id, reply)
+            # No local of this generator holds the reply while it is suspended: a large
+            # update is freed as soon as the round has aggregated it.
+            yield self._one(site_id, message, timing)
+
+    def _one(self, site_id: str, message: Any, timing: Timing) -> Outcome:
+        start = time.monotonic()
+        try:
+            reply = self.app(site_id).handle(message)
+        except Exception as exc:  # a site's own code may raise anything
+            return Failure(site_id, f"{type(exc).__name__}: {exc}")
+        if time.monotonic() - start > timing.deadline_s:
+            return Failure(site_id, f"missed the {timing.deadline_s:g} s deadline")
+        return Reply(site_id, reply)

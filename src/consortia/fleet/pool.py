@@ -5,10 +5,13 @@ there across phases and rounds.
 Workers are forked once per run from the process that built the sites, so the data set,
 partition and trainer are inherited (copy-on-write: no per-task pickling of data, and
 little extra memory) and only messages cross the process boundary, between processes of
-this run on this machine. A site is pinned on first use to the worker with the least work
-in that phase, which balances the first rounds and keeps every later message to that site
-on the same worker. Each worker has a sender thread, so a worker stuck in a slow site never
-blocks the parent: the phase still ends on time, and the stale reply is dropped later.
+this run on this machine. Large arrays in messages (the global model, the updates) do not
+cross the pipes: they go through files both sides map (``bulk.py``), written once each.
+
+A site is pinned on first use to the worker with the least work in that phase, which
+balances the first rounds and keeps every later message to that site on the same worker.
+Each worker has a sender thread, so a worker stuck in a slow site never blocks the
+parent: the phase still ends on time, and the stale reply is dropped later.
 """
 
 from __future__ import annotations
@@ -16,15 +19,23 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing as mp
+import pickle
 import queue
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from consortia.core.memory import peak_rss_bytes
+from consortia.fleet import bulk
 from consortia.fleet.base import (
     Failure,
     Fleet,
@@ -49,19 +60,21 @@ def _init_worker() -> None:
         torch.set_num_threads(1)
 
 
-def _serve(conn: Connection, make_site: MakeSite) -> None:
+def _serve(conn: Connection, make_site: MakeSite, directory: Path) -> None:
     """A worker's life: handle batches of (position, site, message) with the site's one app."""
     _init_worker()
     apps: dict[str, SiteHandler] = {}
+    writer = bulk.ReplyWriter(directory)
     while True:
         try:
-            item = conn.recv()
+            item = bulk.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         if item is None:
             return
         tag, batch = item
-        for seq, site_id, message in batch:
+        while batch:
+            seq, site_id, message = batch.pop(0)  # popped: a message's model is let go early
             start = time.monotonic()
             try:
                 app = apps.get(site_id)
@@ -70,20 +83,30 @@ def _serve(conn: Connection, make_site: MakeSite) -> None:
                 out: _Result = (tag, seq, True, app.handle(message), 0.0)
             except Exception as exc:  # text only: an exception from user code may not pickle
                 out = (tag, seq, False, f"{type(exc).__name__}: {exc}", 0.0)
+            del message
             out = (*out[:4], time.monotonic() - start)
             try:
-                conn.send(out)
+                data = bulk.dumps(out, writer.put)
             except Exception as exc:  # e.g. a reply that cannot be pickled
-                conn.send((tag, seq, False, f"reply could not be sent back: {exc}", out[4]))
+                data = bulk.dumps(
+                    (tag, seq, False, f"reply could not be sent back: {exc}", out[4]), writer.put
+                )
+            del out
+            conn.send_bytes(data)
+
+
+_STOP = pickle.dumps(None)  # what tells a worker to exit
 
 
 class _Worker:
-    def __init__(self, index: int, make_site: MakeSite) -> None:
+    def __init__(self, index: int, make_site: MakeSite, directory: Path) -> None:
         self.index = index
         ctx = mp.get_context("fork")
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=_serve, args=(child, make_site), name=f"consortia-site-worker-{index}"
+            target=_serve,
+            args=(child, make_site, directory),
+            name=f"consortia-site-worker-{index}",
         )
         self.process.daemon = True
         self.process.start()
@@ -96,17 +119,18 @@ class _Worker:
         while True:
             item = self._outbox.get()
             try:
-                self.conn.send(item)  # None tells the worker to exit
+                self.conn.send_bytes(item)  # a pickled None tells the worker to exit
             except (OSError, ValueError):
                 return  # the worker died; the reader notices and fails its sites
-            if item is None:
+            if item is _STOP:
                 return
 
-    def submit(self, tag: int, batch: list[tuple[int, str, Any]]) -> None:
-        self._outbox.put((tag, batch))
+    def submit(self, data: bytes) -> None:
+        """Queue a pickled ``(tag, batch)`` for the worker."""
+        self._outbox.put(data)
 
     def stop(self) -> None:
-        self._outbox.put(None)
+        self._outbox.put(_STOP)
         self._sender.join(timeout=2)
         self.process.join(timeout=2)
         if self.process.is_alive():
@@ -119,12 +143,31 @@ class PoolFleet(Fleet):
     def __init__(self, site_ids: Sequence[str], make_site: MakeSite, workers: int = 2) -> None:
         self._ids = sorted(site_ids)
         self._make_site = make_site
-        self._workers = [_Worker(i, make_site) for i in range(max(1, workers))]
+        self._dir = Path(tempfile.mkdtemp(prefix="consortia-pool-"))
+        self._workers = [_Worker(i, make_site, self._dir) for i in range(max(1, workers))]
         self._home: dict[str, int] = {}
         self._tags = itertools.count(1)
+        self._phase: bulk.Broadcast | None = None  # the large arrays of the phase running
+        self._model: bulk.SharedModel | None = None
+        self._models = itertools.count()
 
     def sites(self) -> list[str]:
         return list(self._ids)
+
+    def share(self, weights: np.ndarray) -> np.ndarray:
+        if self._model is not None and weights is self._model.array:
+            return weights
+        if weights.nbytes < bulk.THRESHOLD or not weights.flags.c_contiguous:
+            return weights
+        model = bulk.SharedModel(self._dir, next(self._models), weights)
+        if self._model is not None:
+            self._model.release()
+        self._model = model
+        return model.array
+
+    def worker_peaks(self) -> list[int]:
+        peaks = (peak_rss_bytes(w.process.pid) for w in self._workers if w.process.is_alive())
+        return [p for p in peaks if p is not None]
 
     def _assign(self, requests: Sequence[tuple[str, Any]]) -> dict[int, list[tuple[int, str, Any]]]:
         batches: dict[int, list[tuple[int, str, Any]]] = {w.index: [] for w in self._workers}
@@ -140,9 +183,12 @@ class PoolFleet(Fleet):
         tag = next(self._tags)
         start = time.monotonic()
         batches = self._assign(requests)
+        if self._phase is not None:
+            self._phase.close()
+        self._phase = bulk.Broadcast(self._dir, tag, self._model)
         for w in self._workers:
             if batches[w.index]:
-                w.submit(tag, batches[w.index])
+                w.submit(self._phase.dumps((tag, batches[w.index])))
         return self._collect(tag, requests, batches, start, timing)
 
     def _collect(
@@ -153,6 +199,24 @@ class PoolFleet(Fleet):
         start: float,
         timing: Timing,
     ) -> Iterator[Outcome]:
+        try:
+            yield from self._in_order(tag, requests, batches, start, timing)
+        finally:
+            if self._phase is not None:
+                self._phase.close()  # the model's file: workers still reading keep their map
+                self._phase = None
+
+    def _in_order(
+        self,
+        tag: int,
+        requests: Sequence[tuple[str, Any]],
+        batches: dict[int, list[tuple[int, str, Any]]],
+        start: float,
+        timing: Timing,
+    ) -> Iterator[Outcome]:
+        """Outcomes in request order. A reply that arrives before its turn waits as a
+        mapping of its worker's file (no memory until read), so nothing here grows with
+        the number of sites."""
         results: dict[int, Outcome] = {}
         owner = {seq: w for w, batch in batches.items() for seq, _, _ in batch}
         replies, met_at = 0, None
@@ -173,8 +237,7 @@ class PoolFleet(Fleet):
                                 else Failure(site, f"missed the {timing.deadline_s:g} s deadline")
                             )
                     break
-                for result in self._receive(tag, owner, batches, left):
-                    _, s, ok, value, elapsed = result
+                for _, s, ok, value, elapsed in self._receive(tag, owner, batches, left):
                     owner.pop(s, None)
                     site = requests[s][0]
                     if not ok:
@@ -186,6 +249,7 @@ class PoolFleet(Fleet):
                         replies += 1
                         if met_at is None and 0 < timing.min_replies <= replies:
                             met_at = time.monotonic()
+            value = None  # no stray reference may keep the last reply's update alive
             yield results.pop(seq)
 
     def _receive(
@@ -201,7 +265,7 @@ class PoolFleet(Fleet):
         for conn in wait(list(conns), timeout):
             w = conns[conn]  # type: ignore[index]
             try:
-                result: _Result = w.conn.recv()
+                result: _Result = bulk.loads(w.conn.recv_bytes())
             except (EOFError, OSError):
                 out.extend(self._worker_died(w, tag, owner, batches[w.index]))
                 continue
@@ -229,7 +293,7 @@ class PoolFleet(Fleet):
         waiting = [(seq, site, msg) for seq, site, msg in batch if owner.get(seq) == w.index]
         lost = sorted(s for s, home in self._home.items() if home == w.index)
         w.stop()
-        replacement = self._workers[w.index] = _Worker(w.index, self._make_site)
+        replacement = self._workers[w.index] = _Worker(w.index, self._make_site, self._dir)
         if not waiting:  # it died between phases: nothing of this phase was running there
             log.error("site worker %d died (%s) between phases", w.index, cause)
             return []
@@ -242,11 +306,12 @@ class PoolFleet(Fleet):
             len(lost),
             ", ".join(lost[:10]),
         )
-        if rest:
-            replacement.submit(tag, rest)
+        if rest and self._phase is not None:
+            replacement.submit(self._phase.dumps((tag, rest)))
         return [(tag, seq, False, f"the site's code ended its worker process ({cause})", 0.0)]
 
     def close(self) -> None:
         workers, self._workers = self._workers, []
         for w in workers:
             w.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

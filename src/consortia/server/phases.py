@@ -50,26 +50,10 @@ def run_phase(
     out = record or PhaseRecord(phase.name, [s for s, _ in phase.requests])
     requests = dict(phase.requests)
     for result in fleet.send(phase.requests, phase.timing):
-        if isinstance(result, Failure):
-            out.failures.append(result)
-            log.warning(
-                "round %d %s: site %s failed: %s",
-                phase.round,
-                phase.name,
-                result.site,
-                result.reason,
-            )
-            continue
-        try:
-            message = check_reply(result.message, requests[result.site], result.site)
-            accept(result.site, message)
-        except ConsortiaError as exc:
-            out.failures.append(Failure(result.site, f"reply refused: {exc}"))
-            log.warning(
-                "round %d %s: refused reply of %s: %s", phase.round, phase.name, result.site, exc
-            )
-            continue
-        out.accepted.append(result.site)
+        _consume(phase, result, requests, accept, out)
+        # Let go of the reply before waiting for the next: a large update is freed as soon
+        # as it has been aggregated, so memory never holds two of them.
+        del result
     if len(out.accepted) < phase.min_replies:
         reasons = "; ".join(f"{f.site}: {f.reason}" for f in out.failures[:5])
         raise RoundFailedError(
@@ -77,3 +61,28 @@ def run_phase(
             f"at least {phase.min_replies} needed ({reasons})"
         )
     return out
+
+
+def _consume(
+    phase: Phase,
+    result: Any,
+    requests: dict[str, Any],
+    accept: Callable[[str, Any], None],
+    out: PhaseRecord,
+) -> None:
+    if isinstance(result, Failure):
+        out.failures.append(result)
+        log.warning(
+            "round %d %s: site %s failed: %s", phase.round, phase.name, result.site, result.reason
+        )
+        return
+    try:
+        message = check_reply(result.message, requests[result.site], result.site)
+        accept(result.site, message)
+    except ConsortiaError as exc:
+        out.failures.append(Failure(result.site, f"reply refused: {exc}"))
+        log.warning(
+            "round %d %s: refused reply of %s: %s", phase.round, phase.name, result.site, exc
+        )
+        return
+    out.accepted.append(result.site)

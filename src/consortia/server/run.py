@@ -42,6 +42,7 @@ from consortia.core.events import (
     Subscriber,
     WaitingForSites,
 )
+from consortia.core.memory import MIB, peak_rss_bytes
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.fleet.base import Fleet
 from consortia.server.build import loop_settings, privacy_from_config, strategy_from_config
@@ -77,12 +78,17 @@ class PreparedJob:
     config: JobConfig
     trainer: Trainer | None
     spec: ModelSpec
-    weights: np.ndarray
+    # The initial model; None once a run released it (see ``release_initial``).
+    weights: np.ndarray | None
     central: Callable[[np.ndarray], dict[str, float]] | None
     path: Path | None = None
     text_name: str = "job.toml"
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. --rounds, --seed
     workflow: Callable[[list[Step]], list[Step]] | None = None  # the app's [task] workflow
+    # A run that starts from this job lets go of ``weights`` once its first state holds
+    # them, so that a large model is not kept twice for the whole run. ``simulate`` sets it
+    # for the job it prepares itself; a prepared job that is run again keeps its model.
+    release_initial: bool = False
 
     @property
     def digest(self) -> str:
@@ -233,7 +239,12 @@ class Run:
             if self.options.resume:
                 raise StoreError(f"nothing to resume: {store.path} records no job")
             rounds = self.options.rounds or cfg.rounds
-            state = LoopState(0, job.weights, self.strategy.server_optimizer.init(job.weights))
+            if job.weights is None:
+                raise ConfigError("this prepared job's initial model was released by a run")
+            weights = job.weights
+            if job.release_initial:
+                job.weights = None
+            state = LoopState(0, weights, self.strategy.server_optimizer.init(weights))
             rel = "checkpoints/round_0000.safetensors"
             sha, opt_sha = write_checkpoint(
                 folder.path / rel, spec, state.weights, pack_state(state)
@@ -319,8 +330,10 @@ class Run:
 
     def run(self) -> RunResult:
         t_start = time.perf_counter()
-        store, folder, state, row, rounds = self._open()
-        resumed_from = state.round if self.options.resume else None
+        # The run's one current state lives here, never also in a local of this frame: a
+        # large model's old copy is freed as soon as the next round's model replaces it.
+        store, folder, self._state, row, rounds = self._open()
+        resumed_from = self._state.round if self.options.resume else None
         history = [r.metrics for r in store.completed_rounds()]
         error: str | None = None
         stopped: str | None = None
@@ -341,25 +354,30 @@ class Run:
                     steps = list(edit(steps))
             workflow = Workflow(self.job.spec, steps, settings)
             fleet = self.make_fleet(row.id)
-            self.bus.publish(RunStarted(cfg.name, rounds, state.round, history, str(folder.path)))
+            self.bus.publish(
+                RunStarted(cfg.name, rounds, self._state.round, history, str(folder.path))
+            )
             for message in self.notices:
                 log.warning("%s", message)
                 self.bus.publish(Notice(message))
-            state, error, stopped = self._rounds(workflow, fleet, store, folder, state, rounds)
+            error, stopped = self._rounds(workflow, fleet, store, folder, rounds)
             status = "failed" if error else ("budget_exhausted" if stopped else "completed")
         except KeyboardInterrupt:
             status, error = "interrupted", "interrupted by the operator"
             raise
         finally:
             try:
+                workers = fleet.worker_peaks() if fleet is not None else []
                 if fleet is not None:
                     fleet.end_job(status)
                     fleet.close()
                 if status != "interrupted":
                     store.set_job(status=status)
+                state = self._state
                 summary = self._summary(folder, store, state, rounds, status, error, t_start)
                 self._flag_failing_sites(summary, store, state)
                 summary["resumed_from_round"] = resumed_from
+                summary["peak_memory"] = peak_memory(workers)
                 if self.notices:
                     summary["notices"] = self.notices
                 _add_privacy(summary, folder, privacy, stopped)
@@ -368,7 +386,7 @@ class Run:
             finally:
                 store.close()
                 self.bus.publish(RunFinished(summary))
-        return RunResult(state, summary, history)
+        return RunResult(self._state, summary, history)
 
     def _wait(self, fleet: Fleet) -> list[str]:
         n = self.min_sites
@@ -391,20 +409,20 @@ class Run:
         fleet: Fleet,
         store: ServerStore,
         folder: RunFolder,
-        state: LoopState,
         rounds: int,
-    ) -> tuple[LoopState, str | None, str | None]:
-        """Run to the end; return (last state, error, budget stop)."""
+    ) -> tuple[str | None, str | None]:
+        """Run to the end, keeping ``self._state`` current; return (error, budget stop)."""
         failed_in_a_row = 0
-        while state.round < rounds:
-            rnd = state.round + 1
+        while self._state.round < rounds:
+            rnd = self._state.round + 1
             connected = self._wait(fleet)
             self.bus.publish(RoundStarted(rnd, rounds, connected))
+            self._state = replace(self._state, weights=fleet.share(self._state.weights))
             ctxs: list[Any] = []
             try:
-                new_state, record = workflow.run_round(state, fleet, self.bus.publish, ctxs)
+                new_state, record = workflow.run_round(self._state, fleet, self.bus.publish, ctxs)
             except BudgetExhausted as exc:
-                return state, None, str(exc)
+                return None, str(exc)
             except (RoundFailedError, ConfigError) as exc:
                 if isinstance(exc, ConfigError) and len(fleet.sites()) >= self.min_sites:
                     raise  # a real configuration error, not sites leaving mid-selection
@@ -414,29 +432,26 @@ class Run:
                 retrying = failed_in_a_row <= self.options.round_retries
                 self.bus.publish(RoundFailed(rnd, str(exc), failed_in_a_row, retrying))
                 if not retrying:
-                    return state, str(exc), None
+                    return str(exc), None
                 continue
+            del ctxs  # the round's context holds its aggregate and the old model
             failed_in_a_row = 0
             self._commit(folder, store, record, new_state)
-            state = new_state
-            self.bus.publish(RoundDone(record, state, rounds))
-        return state, None, None
+            self._state = new_state
+            del new_state
+            self.bus.publish(RoundDone(record, self._state, rounds))
+        return None, None
 
     def _commit(self, folder: RunFolder, store: ServerStore, record: Any, state: LoopState) -> None:
         """Checkpoint files first (fsynced), then the round's row naming their digests."""
         spec = self.job.spec
         rel = f"checkpoints/round_{state.round:04d}.safetensors"
+        digest = model_digest(spec, state.weights)
         model_sha, opt_sha = write_checkpoint(
-            folder.path / rel, spec, state.weights, pack_state(state)
+            folder.path / rel, spec, state.weights, pack_state(state), digest
         )
         row = RoundRow(
-            state.round,
-            record.seconds,
-            record.to_json(),
-            rel,
-            model_sha,
-            opt_sha,
-            model_digest(spec, state.weights),
+            state.round, record.seconds, record.to_json(), rel, model_sha, opt_sha, digest
         )
         store.commit_round(row, participants(record.phases))
 
@@ -491,6 +506,16 @@ class Run:
             mode=self.options.mode,
             **extra,
         )
+
+
+def peak_memory(workers: Sequence[int]) -> dict[str, Any]:
+    """The server's peak resident memory and its site workers', in MiB."""
+    own = peak_rss_bytes()
+    return {
+        "unit": "MiB, peak resident set (pages shared between processes count in each)",
+        "server": None if own is None else round(own / MIB, 1),
+        "site_workers": [round(w / MIB, 1) for w in workers],
+    }
 
 
 MAX_REASONS_PER_SITE = 3

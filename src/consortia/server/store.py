@@ -25,7 +25,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from consortia.core.errors import ConsortiaError, ModelFileError
-from consortia.core.serialize import model_from_bytes, model_to_bytes
+from consortia.core.serialize import model_chunks, model_from_bytes
 from consortia.core.spec import ModelSpec
 
 SCHEMA_VERSION = 1
@@ -312,18 +312,23 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_durably(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically and durably; return its sha256.
+def write_durably(path: Path, data: bytes | Sequence[bytes | memoryview]) -> str:
+    """Write ``data`` (bytes, or chunks written in order) to ``path`` atomically and
+    durably; return the sha256 of what was written.
 
     Temp file, fsync, rename, fsync of the folder: after a crash at any instant the path
     holds either nothing (or the previous file) or all of ``data``, never a torn file.
     """
+    chunks = [data] if isinstance(data, bytes) else data
+    h = hashlib.sha256()
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for chunk in chunks:
+            h.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -333,7 +338,7 @@ def write_durably(path: Path, data: bytes) -> str:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return sha256_hex(data)
+    return h.hexdigest()
 
 
 def optimizer_path(model_path: Path) -> Path:
@@ -342,13 +347,17 @@ def optimizer_path(model_path: Path) -> Path:
 
 
 def write_checkpoint(
-    path: Path, spec: ModelSpec, weights: np.ndarray, optimizer_state: Mapping[str, np.ndarray]
+    path: Path,
+    spec: ModelSpec,
+    weights: np.ndarray,
+    optimizer_state: Mapping[str, np.ndarray],
+    digest: str | None = None,
 ) -> tuple[str, str | None]:
     """Model file (consortia safetensors) and, if any, the optimiser state next to it.
 
     Returns the sha256 of each file's bytes (None when the optimiser keeps no state).
     """
-    model_sha = write_durably(path, model_to_bytes(spec, weights))
+    model_sha = write_durably(path, model_chunks(spec, weights, digest))
     opt_sha = None
     if optimizer_state:
         arrays = {k: np.ascontiguousarray(v) for k, v in optimizer_state.items()}

@@ -20,7 +20,7 @@ from consortia.core.errors import RoundFailedError
 from consortia.core.events import LoopState, PhaseDone, PhaseRecord, RoundRecord, State
 from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from consortia.core.rng import derive_seed
-from consortia.core.spec import ModelSpec
+from consortia.core.spec import ModelSpec, all_finite
 from consortia.fleet.base import Fleet
 from consortia.server.phases import Phase, run_phase
 from consortia.strategy.aggregators import FitSink
@@ -218,7 +218,7 @@ class ServerUpdateStep:
         weights, ctx.optimizer_state = self.strategy.server_optimizer.step(
             ctx.state.optimizer_state, ctx.state.weights, ctx.values["aggregate"]
         )
-        if not np.isfinite(weights).all():
+        if not all_finite(weights):
             raise RoundFailedError(
                 f"round {ctx.number}: the new global model is not finite (diverged)"
             )

@@ -38,7 +38,14 @@ class SGD:
         return {}
 
     def step(self, state: State, x: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, State]:
-        return (x + self.lr * delta).astype(x.dtype, copy=False), state
+        # One new model-sized array, not two (``x + lr * delta`` materialises ``lr * delta``
+        # first); the values are the same, as addition is commutative.
+        if self.lr == 1.0:
+            out = x + delta
+        else:
+            out = np.multiply(delta, self.lr)
+            out += x
+        return out.astype(x.dtype, copy=False), state
 
 
 @dataclass(frozen=True)

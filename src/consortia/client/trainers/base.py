@@ -15,6 +15,10 @@ from consortia.core.spec import ModelSpec
 
 
 class Trainer(Protocol):
+    """A trainer may also set ``returns_fresh_vectors = True``: its ``fit`` returns a new
+    array that it keeps no reference to, so the site computes the update in that array
+    rather than in one more model-sized one. Trainers without it are left alone."""
+
     def initial(self) -> tuple[ModelSpec, np.ndarray]:
         """The model's spec and freshly initialised parameters."""
         ...

@@ -23,6 +23,8 @@ class FunctionTrainer:
     """``init() -> params``, ``fit(params, x, y, settings, rng) -> (params, metrics)``,
     ``evaluate(params, x, y) -> metrics`` over a dict of named arrays."""
 
+    returns_fresh_vectors = True  # fit returns its own working copy, kept by no one
+
     def __init__(self, init: InitFn, fit: FitFn, evaluate: EvalFn) -> None:
         self._init, self._fit, self._evaluate = init, fit, evaluate
         self._spec: ModelSpec | None = None
@@ -34,9 +36,8 @@ class FunctionTrainer:
 
     @property
     def spec(self) -> ModelSpec:
-        if self._spec is None:
-            self.initial()
-        assert self._spec is not None
+        if self._spec is None:  # a site that never made the initial vector: shapes suffice
+            self._spec = ModelSpec.from_arrays(self._init())
         return self._spec
 
     def fit(
@@ -44,10 +45,23 @@ class FunctionTrainer:
     ) -> tuple[np.ndarray, dict[str, float]]:
         if settings.local_dp:
             raise ConfigError("local DP-SGD needs the torch trainer (task.framework = 'torch')")
-        params, metrics = self._fit(
-            self.spec.unflatten(weights), x, y, settings, np.random.default_rng(seed)
-        )
-        return self.spec.flatten(params), metrics
+        given = self.spec.unflatten(weights)
+        params, metrics = self._fit(dict(given), x, y, settings, np.random.default_rng(seed))
+        same = self._returned_in_place(given, params)
+        del given
+        return same if same is not None else self.spec.flatten(params), metrics
+
+    def _returned_in_place(self, given: Params, params: Params) -> np.ndarray | None:
+        """A single-tensor model that ``fit`` updated in place and returned is already the
+        new vector: no second model-sized copy. Anything else is flattened as usual."""
+        if len(given) != 1 or set(params) != set(given):
+            return None
+        ((name, ours),) = given.items()
+        if params[name] is not ours or ours.dtype != self.spec.vector_dtype:
+            return None
+        return ours.reshape(-1)
 
     def evaluate(self, weights: np.ndarray, x: Any, y: Any) -> dict[str, float]:
-        return self._evaluate(self.spec.unflatten(weights), x, y)
+        # Read-only views: evaluation must not change the model it is shown, and for a
+        # large model a copy per evaluation is a model's worth of memory for nothing.
+        return self._evaluate(self.spec.views(weights), x, y)

@@ -89,6 +89,8 @@ def _with_every_class(x: Any, y: Any, classes: np.ndarray) -> tuple[Any, Any, np
 
 
 class SklearnTrainer:
+    returns_fresh_vectors = True  # fit flattens into a new vector each time
+
     def __init__(self, model_factory: Callable[[], LinearModel]) -> None:
         self._factory = model_factory
         self._model: LinearModel | None = None

@@ -140,6 +140,8 @@ def _make_optimizer(
 class TorchTrainer:
     """Local SGD/Adam for a user's module, with an optional FedProx proximal term."""
 
+    returns_fresh_vectors = True  # fit flattens into a new vector each time
+
     def __init__(self, model_factory: Callable[[], nn.Module], loss: str = "cross_entropy") -> None:
         if loss not in _LOSSES:
             raise ConfigError(f"task.loss: unknown loss {loss!r}; choose from {sorted(_LOSSES)}")
