@@ -3,25 +3,26 @@ round has, and the same final model on every fleet.
 
 Memory is measured as a user would see it: the simulation runs in a child process and the
 test samples the proportional set size (PSS) of that process and all its workers with
-psutil, through the benchmarks' own instrument. Nothing here is timed.
+psutil. Nothing here is timed.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
+import psutil
 import pytest
 
 from consortia import simulate
 from consortia.core.config import parse_job
 
-REPO = Path(__file__).resolve().parents[1]
-APP_DIR = REPO / "examples" / "bigmodel"
+APP_DIR = Path(__file__).resolve().parents[1] / "examples" / "bigmodel"
 WORKERS = 2
 
 CHILD = """
@@ -57,17 +58,29 @@ def _job(sites_per_round: int, fleet: str = "pool", federated: bool = False) -> 
     }
 
 
-def _measure() -> Any:
-    """The benchmarks' own instrument (bench/_measure.py): tree PSS sampled with psutil."""
-    name = "consortia_bench_measure"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / "_measure.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _frozen_tree_pss(root: psutil.Process) -> int:
+    """PSS of a process and its descendants at one instant: the tree is stopped while it
+    is read. Read one by one while running, a page that passes from one process to
+    another (the model file, mapped by each worker in turn) can be counted twice."""
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    stopped = []
+    try:
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.suspend()
+                stopped.append(p)
+        total = 0
+        for p in stopped:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+        return total
+    finally:
+        for p in stopped:
+            with contextlib.suppress(psutil.Error):
+                p.resume()
 
 
 def _peak_pss(params: int, sites_per_round: int, tmp: Path) -> tuple[int, dict]:
@@ -82,13 +95,17 @@ def _peak_pss(params: int, sites_per_round: int, tmp: Path) -> tuple[int, dict]:
         str(APP_DIR),
         str(out),
     ]
-    os.environ["BIGMODEL_PARAMS"] = str(params)
+    proc = subprocess.Popen(cmd, env={**os.environ, "BIGMODEL_PARAMS": str(params)})
+    root, peak = psutil.Process(proc.pid), 0
     try:
-        m = _measure().measure(cmd, interval_s=0.01)
+        while proc.poll() is None:
+            peak = max(peak, _frozen_tree_pss(root))
+            time.sleep(0.02)
     finally:
-        del os.environ["BIGMODEL_PARAMS"]
-    assert m.returncode == 0
-    return m.peak_pss, json.loads(out.read_text())
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.wait() == 0
+    return peak, json.loads(out.read_text())
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PSS is read from Linux's /proc")

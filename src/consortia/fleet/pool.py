@@ -60,14 +60,15 @@ def _init_worker() -> None:
         torch.set_num_threads(1)
 
 
-def _serve(conn: Connection, make_site: MakeSite, directory: Path) -> None:
+def _serve(conn: Connection, make_site: MakeSite, directory: Path, slots: bulk.ReplySlots) -> None:
     """A worker's life: handle batches of (position, site, message) with the site's one app."""
     _init_worker()
     apps: dict[str, SiteHandler] = {}
-    writer = bulk.ReplyWriter(directory)
+    writer = bulk.ReplyWriter(directory, slots)
+    reader = bulk.Reader()
     while True:
         try:
-            item = bulk.loads(conn.recv_bytes())
+            item = reader.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         if item is None:
@@ -99,13 +100,16 @@ _STOP = pickle.dumps(None)  # what tells a worker to exit
 
 
 class _Worker:
-    def __init__(self, index: int, make_site: MakeSite, directory: Path) -> None:
+    def __init__(
+        self, index: int, make_site: MakeSite, directory: Path, slots: bulk.ReplySlots
+    ) -> None:
         self.index = index
+        self.slots = slots
         ctx = mp.get_context("fork")
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_serve,
-            args=(child, make_site, directory),
+            args=(child, make_site, directory, slots),
             name=f"consortia-site-worker-{index}",
         )
         self.process.daemon = True
@@ -144,26 +148,33 @@ class PoolFleet(Fleet):
         self._ids = sorted(site_ids)
         self._make_site = make_site
         self._dir = Path(tempfile.mkdtemp(prefix="consortia-pool-"))
-        self._workers = [_Worker(i, make_site, self._dir) for i in range(max(1, workers))]
+        self._slots: dict[str, bulk.ReplySlots] = {}
+        self._generations = itertools.count()
+        self._reader = bulk.Reader(self._slots)
+        self._workers = [self._start_worker(i) for i in range(max(1, workers))]
         self._home: dict[str, int] = {}
         self._tags = itertools.count(1)
         self._phase: bulk.Broadcast | None = None  # the large arrays of the phase running
-        self._model: bulk.SharedModel | None = None
-        self._models = itertools.count()
+        self._models: list[bulk.SharedModel] = []  # files reused once nothing maps them
 
     def sites(self) -> list[str]:
         return list(self._ids)
 
+    def _start_worker(self, index: int) -> _Worker:
+        slots = bulk.ReplySlots(self._dir, f"{index}-{next(self._generations)}")
+        self._slots[slots.name] = slots  # made before the fork: the worker shares its flags
+        return _Worker(index, self._make_site, self._dir, slots)
+
     def share(self, weights: np.ndarray) -> np.ndarray:
-        if self._model is not None and weights is self._model.array:
+        if self._models and self._models[-1].holds(weights):
             return weights
         if weights.nbytes < bulk.THRESHOLD or not weights.flags.c_contiguous:
             return weights
-        model = bulk.SharedModel(self._dir, next(self._models), weights)
-        if self._model is not None:
-            self._model.release()
-        self._model = model
-        return model.array
+        free = next((m for m in self._models if not m.in_use), None)
+        path = free.path if free else self._dir / f"model-{len(self._models)}.bin"
+        model, array = bulk.SharedModel.write(path, weights)
+        self._models = [m for m in self._models if m is not free] + [model]
+        return array
 
     def worker_peaks(self) -> list[int]:
         peaks = (peak_rss_bytes(w.process.pid) for w in self._workers if w.process.is_alive())
@@ -185,7 +196,7 @@ class PoolFleet(Fleet):
         batches = self._assign(requests)
         if self._phase is not None:
             self._phase.close()
-        self._phase = bulk.Broadcast(self._dir, tag, self._model)
+        self._phase = bulk.Broadcast(self._dir, tag, self._models[-1] if self._models else None)
         for w in self._workers:
             if batches[w.index]:
                 w.submit(self._phase.dumps((tag, batches[w.index])))
@@ -265,7 +276,7 @@ class PoolFleet(Fleet):
         for conn in wait(list(conns), timeout):
             w = conns[conn]  # type: ignore[index]
             try:
-                result: _Result = bulk.loads(w.conn.recv_bytes())
+                result: _Result = self._reader.loads(w.conn.recv_bytes())
             except (EOFError, OSError):
                 out.extend(self._worker_died(w, tag, owner, batches[w.index]))
                 continue
@@ -293,7 +304,8 @@ class PoolFleet(Fleet):
         waiting = [(seq, site, msg) for seq, site, msg in batch if owner.get(seq) == w.index]
         lost = sorted(s for s, home in self._home.items() if home == w.index)
         w.stop()
-        replacement = self._workers[w.index] = _Worker(w.index, self._make_site, self._dir)
+        self._slots.pop(w.slots.name, None)
+        replacement = self._workers[w.index] = self._start_worker(w.index)
         if not waiting:  # it died between phases: nothing of this phase was running there
             log.error("site worker %d died (%s) between phases", w.index, cause)
             return []
