@@ -85,7 +85,8 @@ class _TreeSampler(threading.Thread):
 def measure(cmd: Sequence[str], interval_s: float = 0.1, quiet: bool = False) -> Measurement:
     """Run ``cmd`` to completion, sampling the process tree's memory every ``interval_s``."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL if quiet else None)
+    out = subprocess.DEVNULL if quiet else None  # quiet: neither stdout nor stderr
+    proc = subprocess.Popen(list(cmd), stdout=out, stderr=out)
     sampler = _TreeSampler(proc.pid, interval_s)
     sampler.start()
     rc = proc.wait()

@@ -1,5 +1,6 @@
-"""W6's task: one float32 vector of ``BIGMODEL_PARAMS`` parameters (10M by default, 40 MB)
-and trivial local work, so that a round measures how the engine moves large models.
+"""A large model with trivial local work: one float32 vector of ``BIGMODEL_PARAMS``
+parameters (10M by default, 40 MB), so that a round measures how the engine moves large
+models (the W6 workload of ``bench/bigmodel.py``).
 
 Each site adds 0.01 x the mean of its features to every parameter (as the Flower script of
 the same workload does); evaluation reads ten parameters. The data are generated, not
