@@ -17,7 +17,9 @@ from consortia.security.pki import (
     PkiError,
     RevocationWatcher,
     add_site,
+    crl_number,
     init_pki,
+    issued,
     load_crl,
     revoke_site,
 )
@@ -110,8 +112,8 @@ def test_revoke_adds_the_serial_to_a_ca_signed_crl_once(pki: Path) -> None:
     add_site(pki, "d")
     watcher = RevocationWatcher(pki)
     assert not watcher.is_revoked(cert.serial_number)
-    assert revoke_site(pki, "c") == cert.serial_number
-    assert revoke_site(pki, "c") == cert.serial_number  # idempotent
+    assert revoke_site(pki, "c") == [cert.serial_number]
+    assert revoke_site(pki, "c") == [cert.serial_number]  # idempotent
     assert [r.serial_number for r in load_crl(pki)] == [cert.serial_number]
     assert watcher.is_revoked(cert.serial_number)  # re-read after the file changed
 
@@ -148,3 +150,79 @@ def test_cli_init_add_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "enrolled" in out and "revoked" in out
     serial = _cert(d / "sites" / "hospital-a" / "site.pem").serial_number
     assert [r.serial_number for r in load_crl(d)] == [serial]
+
+
+# ---- issue 8: revocation without the site's files, numbered lists, exact names ------------
+
+
+@pytest.mark.parametrize("name", ["site-a\n", "site-a\r\n", "\nsite-a"])
+def test_a_name_with_a_newline_is_not_a_second_identity(pki: Path, name: str) -> None:
+    with pytest.raises(PkiError, match="invalid site name"):
+        add_site(pki, name)
+
+
+def test_revoke_by_name_or_serial_after_the_site_folder_was_handed_over(pki: Path) -> None:
+    a = _cert(add_site(pki, "a").cert)
+    b = _cert(add_site(pki, "b").cert)
+    for name in ("a", "b"):
+        for p in (pki / "sites" / name).iterdir():
+            p.unlink()
+        (pki / "sites" / name).rmdir()
+    assert revoke_site(pki, "a") == [a.serial_number]
+    assert revoke_site(pki, serial=b.serial_number) == [b.serial_number]
+    assert {r.serial_number for r in load_crl(pki)} == {a.serial_number, b.serial_number}
+    status = {e["name"]: e["status"] for e in issued(pki)}
+    assert status == {"consortia server": "valid", "a": "revoked", "b": "revoked"}
+    with pytest.raises(PkiError, match="no certificate with serial"):
+        revoke_site(pki, serial=12345)
+
+
+def test_reissuing_a_name_revokes_its_old_certificate_even_with_the_folder_gone(
+    pki: Path,
+) -> None:
+    old = _cert(add_site(pki, "a").cert)
+    for p in (pki / "sites" / "a").iterdir():
+        p.unlink()
+    (pki / "sites" / "a").rmdir()
+    with pytest.raises(PkiError, match=f"already enrolled.*{old.serial_number:x}"):
+        add_site(pki, "a")  # a second valid certificate for the name: refused
+    new = _cert(add_site(pki, "a", replace=True).cert)
+    assert {r.serial_number for r in load_crl(pki)} == {old.serial_number}
+    valid = [e["serial"] for e in issued(pki) if e["name"] == "a" and e["status"] == "valid"]
+    assert valid == [f"{new.serial_number:x}"]
+
+
+def test_each_list_is_numbered_and_an_older_one_is_refused(
+    pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = _cert(add_site(pki, "a").cert)
+    b = _cert(add_site(pki, "b").cert)
+    first = (pki / CRL_FILE).read_bytes()
+    assert crl_number(load_crl(pki)) == 1
+    revoke_site(pki, "a")
+    revoke_site(pki, "b")
+    assert crl_number(load_crl(pki)) == 3
+    watcher = RevocationWatcher(pki)
+    assert watcher.is_revoked(a.serial_number) and watcher.is_revoked(b.serial_number)
+    (pki / CRL_FILE).write_bytes(first)  # a replayed old list would un-revoke both
+    with caplog.at_level("ERROR"):
+        assert watcher.is_revoked(a.serial_number) and watcher.is_revoked(b.serial_number)
+    assert "CRL number 1 is older than 3" in caplog.text
+
+
+def test_cli_lists_certificates_and_revokes_by_serial(
+    pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    keys_cli.register(parser.add_subparsers(dest="command", required=True))
+    serial = _cert(add_site(pki, "lab-1").cert).serial_number
+    for argv in (
+        ["keys", "revoke", str(pki), "--serial", f"{serial:x}"],
+        ["keys", "list", str(pki)],
+    ):
+        args = parser.parse_args(argv)
+        assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert f"{serial:x}  site   lab-1" in out and "revoked" in out
+    args = parser.parse_args(["keys", "revoke", str(pki)])
+    assert args.func(args) == 2  # neither a name nor a serial

@@ -2,15 +2,18 @@
 
 consortia keys init DIR [--host NAME ...]   federation CA + server certificate
 consortia keys add-site DIR NAME           a site's key + certificate in DIR/sites/NAME
-consortia keys revoke DIR NAME             put the site's certificate on the revocation list
+consortia keys revoke DIR NAME             put the site's certificates on the revocation list
+consortia keys revoke DIR --serial HEX     revoke one certificate by its serial
+consortia keys list DIR                    every certificate the CA issued, with its status
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from consortia.security.pki import CRL_FILE, add_site, init_pki, revoke_site
+from consortia.security.pki import CRL_FILE, add_site, init_pki, issued, revoke_site
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -27,11 +30,32 @@ def _add_site(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    serial = revoke_site(args.dir, args.name)
+    if (args.name is None) == (args.serial is None):
+        print("name a site or give --serial HEX (one of the two)", file=sys.stderr)
+        return 2
+    serial = None if args.serial is None else _hex(args.serial)
+    serials = revoke_site(args.dir, name=args.name, serial=serial)
+    who = f"site {args.name!r}" if args.name else "certificate"
     print(
-        f"site {args.name!r} revoked (certificate serial {serial:x}); "
-        f"a running server reads {CRL_FILE} and disconnects and refuses it"
+        f"{who} revoked (serial {', '.join(f'{x:x}' for x in serials)}); copy "
+        f"{CRL_FILE} to the server's PKI folder if it is not this one: a running server "
+        "reads it and refuses the certificate from its next connection"
     )
+    return 0
+
+
+def _hex(text: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise SystemExit(f"--serial: {text!r} is not a hexadecimal serial") from None
+
+
+def _list(args: argparse.Namespace) -> int:
+    for e in issued(args.dir):
+        extra = f" revoked {e['revoked_at']}" if e.get("revoked_at") else ""
+        row = f"{e['serial']}  {e['kind']:<6} {e['name']:<24} until {e['not_after']}"
+        print(f"{row}  {e['status']}{extra}")
     return 0
 
 
@@ -61,7 +85,11 @@ def register(subparsers: Any) -> None:
     )
     add.set_defaults(func=_add_site)
 
-    rev = sub.add_parser("revoke", help="revoke a site's certificate")
-    rev.add_argument("dir", help="PKI folder made by `keys init`")
-    rev.add_argument("name", help="site to revoke")
+    rev = sub.add_parser("revoke", help="revoke a site's certificates, or one by serial")
+    rev.add_argument("dir", help="the CA's PKI folder (made by `keys init`)")
+    rev.add_argument("name", nargs="?", help="site whose certificates to revoke")
+    rev.add_argument("--serial", help="revoke the certificate with this (hex) serial")
     rev.set_defaults(func=_revoke)
+    ls = sub.add_parser("list", help="every certificate the CA issued, with its status")
+    ls.add_argument("dir", help="the CA's PKI folder")
+    ls.set_defaults(func=_list)

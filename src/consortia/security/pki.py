@@ -7,7 +7,14 @@ to be. Layout of a PKI folder::
     DIR/ca.pem  DIR/ca.key            federation CA (keep ca.key offline in production)
     DIR/server.pem  DIR/server.key    the server's TLS identity
     DIR/revoked.crl.pem               revocation list signed by the CA; the server reads it
+    DIR/issued.json                   every certificate the CA issued: serial, name, dates,
+                                      status (so revocation needs no certificate file)
     DIR/sites/NAME/{site.pem, site.key, ca.pem}   all one site needs, handed to that site
+
+The CA folder may stay offline: ``consortia keys revoke`` writes a new signed list there,
+which the operator copies to the server's folder (ca.pem, server.pem, server.key and
+revoked.crl.pem are all a server needs). Each list carries a CRL number one higher than
+the last, and a server never goes back to an older list than the newest it has read.
 
 Private keys are written with mode 0600 from creation on (never world-readable, even
 briefly), and existing files are never silently overwritten.
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -38,9 +47,14 @@ CRL_FILE = "revoked.crl.pem"
 SITES_DIR = "sites"
 SITE_CERT = "site.pem"
 SITE_KEY = "site.key"
+REGISTRY = "issued.json"
+
+log = logging.getLogger(__name__)
 
 # Site names end up in file paths, certificate names and logs: keep them boring.
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Matched whole (``fullmatch``): with ``match``, ``$`` also matches before a final newline,
+# and "site-a\n" would be a second identity that prints like "site-a".
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
@@ -59,7 +73,7 @@ class SitePaths:
 
 
 def check_site_name(name: str) -> str:
-    if not isinstance(name, str) or not _SITE_NAME.match(name):
+    if not isinstance(name, str) or not _SITE_NAME.fullmatch(name):
         raise PkiError(
             f"invalid site name {name!r}: use 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -215,9 +229,50 @@ def init_pki(
     )
     _write_private_key(d / SERVER_KEY, server_key)
     _write_public(d / SERVER_CERT, _pem(server_cert))
-    _write_crl(d, ca_cert, ca_key, [])
+    _write_registry(d, [_entry("server", "consortia server", server_cert)])
+    _write_crl(d, ca_cert, ca_key, [], number=1)
     (d / SITES_DIR).mkdir(exist_ok=True)
     return d
+
+
+# ---- the registry of issued certificates ---------------------------------------------
+
+
+def _entry(kind: str, name: str, cert: x509.Certificate) -> dict[str, object]:
+    return {
+        "serial": f"{cert.serial_number:x}",
+        "kind": kind,
+        "name": name,
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "status": "valid",
+    }
+
+
+def _write_registry(d: Path, entries: list[dict[str, object]]) -> None:
+    _write_public(d / REGISTRY, (json.dumps(entries, indent=1) + "\n").encode())
+
+
+def issued(directory: str | os.PathLike[str]) -> list[dict[str, object]]:
+    """Every certificate this CA issued (serial in hex, kind, name, dates, status).
+
+    A CA folder made before the registry existed gets one from the certificates still in
+    it (a site folder already handed over can then only be revoked by serial)."""
+    d = Path(directory)
+    try:
+        entries = json.loads((d / REGISTRY).read_text())
+    except FileNotFoundError:
+        entries = []
+        for cert_path in sorted((d / SITES_DIR).glob(f"*/{SITE_CERT}")):
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            entries.append(_entry("site", cert_path.parent.name, cert))
+    except ValueError as exc:
+        raise PkiError(
+            f"{d / REGISTRY}: unreadable registry of issued certificates ({exc})"
+        ) from None
+    if not isinstance(entries, list):
+        raise PkiError(f"{d / REGISTRY}: not a list of issued certificates")
+    return entries
 
 
 def site_paths(site_dir: str | os.PathLike[str]) -> SitePaths:
@@ -230,23 +285,25 @@ def add_site(
 ) -> SitePaths:
     """Enrol a site: a key and a CA-signed certificate whose CN and SAN are ``name``.
 
-    With ``replace`` an existing site's certificate is revoked first and a new one issued
-    (a lost or leaked key); without it an existing site is an error, never overwritten.
+    A name holds one valid certificate at a time. With ``replace`` the site's valid
+    certificates are revoked first (by serial, from the registry: the site's folder may
+    long be gone) and a new one issued; without it a name that holds one is an error.
     """
     check_site_name(name)
     d = Path(directory)
     ca_cert, ca_key = load_ca(d)
     paths = site_paths(d / SITES_DIR / name)
-    if paths.directory.exists():
-        if not replace:
-            raise PkiError(
-                f"site {name!r} is already enrolled in {d}; "
-                "pass --replace to revoke its certificate and issue a new one"
-            )
-        if paths.cert.exists():
-            revoke_site(d, name)
-        for p in (paths.cert, paths.key, paths.ca_cert):
-            p.unlink(missing_ok=True)
+    holding = [e for e in issued(d) if e["name"] == name and e["status"] == "valid"]
+    if (holding or paths.directory.exists()) and not replace:
+        serials = ", ".join(str(e["serial"]) for e in holding) or "none recorded"
+        raise PkiError(
+            f"site {name!r} is already enrolled in {d} (valid certificate serial "
+            f"{serials}); pass --replace to revoke it and issue a new one"
+        )
+    if holding:
+        revoke_site(d, name)
+    for p in (paths.cert, paths.key, paths.ca_cert):
+        p.unlink(missing_ok=True)
     paths.directory.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.directory, 0o700)
     key = _new_key()
@@ -259,6 +316,7 @@ def add_site(
         ExtendedKeyUsageOID.CLIENT_AUTH,
         valid_days,
     )
+    _write_registry(d, [*issued(d), _entry("site", name, cert)])
     _write_private_key(paths.key, key)
     _write_public(paths.cert, _pem(cert))
     _write_public(paths.ca_cert, _pem(ca_cert))
@@ -270,6 +328,7 @@ def _write_crl(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
     revoked: Sequence[x509.RevokedCertificate],
+    number: int,
 ) -> None:
     now = _now()
     builder = (
@@ -277,6 +336,7 @@ def _write_crl(
         .issuer_name(ca_cert.subject)
         .last_update(now)
         .next_update(now + dt.timedelta(days=3650))
+        .add_extension(x509.CRLNumber(number), critical=False)
     )
     for r in revoked:
         builder = builder.add_revoked_certificate(r)
@@ -284,27 +344,55 @@ def _write_crl(
     _write_public(d / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
 
 
-def revoke_site(directory: str | os.PathLike[str], name: str) -> int:
-    """Add the site's current certificate to the CA-signed revocation list; return its serial."""
-    check_site_name(name)
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    """The list's CRL number; 0 for a list written before lists were numbered."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
+
+
+def revoke_site(
+    directory: str | os.PathLike[str], name: str | None = None, serial: int | None = None
+) -> list[int]:
+    """Put a site's valid certificates (by name) or one certificate (by serial) on a new
+    revocation list, numbered one higher than the last; return the serials revoked.
+
+    Works from the registry alone: neither the site's folder nor its certificate file is
+    needed. Revoking what is already revoked changes nothing.
+    """
+    if (name is None) == (serial is None):
+        raise PkiError("name a site or a certificate serial to revoke, not both")
     d = Path(directory)
     ca_cert, ca_key = load_ca(d)
-    cert_path = site_paths(d / SITES_DIR / name).cert
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except FileNotFoundError as exc:
-        raise PkiError(f"site {name!r} is not enrolled in {d} (no {cert_path})") from exc
-    existing = list(load_crl(d, ca_cert)) if (d / CRL_FILE).exists() else []
-    if any(r.serial_number == cert.serial_number for r in existing):
-        return cert.serial_number
-    entry = (
-        x509.RevokedCertificateBuilder()
-        .serial_number(cert.serial_number)
-        .revocation_date(_now())
-        .build()
-    )
-    _write_crl(d, ca_cert, ca_key, [*existing, entry])
-    return cert.serial_number
+    entries = issued(d)
+    if name is not None:
+        check_site_name(name)
+        chosen = [e for e in entries if e["name"] == name and e["kind"] == "site"]
+        if not chosen:
+            raise PkiError(f"site {name!r} is not enrolled in {d} (no certificate issued)")
+    else:
+        chosen = [e for e in entries if int(str(e["serial"]), 16) == serial]
+        if not chosen:
+            raise PkiError(f"no certificate with serial {serial:x} was issued by {d}")
+    crl = load_crl(d, ca_cert) if (d / CRL_FILE).exists() else None
+    existing = list(crl) if crl is not None else []
+    on_list = {r.serial_number for r in existing}
+    new = [int(str(e["serial"]), 16) for e in chosen]
+    fresh = [x for x in new if x not in on_list]
+    if fresh:
+        now = _now()
+        added = [
+            x509.RevokedCertificateBuilder().serial_number(x).revocation_date(now).build()
+            for x in fresh
+        ]
+        number = (crl_number(crl) if crl is not None else 0) + 1
+        _write_crl(d, ca_cert, ca_key, [*existing, *added], number)
+    for e in chosen:
+        if e["status"] != "revoked":
+            e["status"], e["revoked_at"] = "revoked", _now().isoformat()
+    _write_registry(d, entries)
+    return new
 
 
 def load_crl(
@@ -337,21 +425,37 @@ class RevocationWatcher:
     """Answers "is this serial revoked?", re-reading the list whenever its file changes.
 
     The server keeps one for its lifetime, so ``consortia keys revoke`` takes effect for the
-    next connection without a restart.
+    next connection without a restart. A list older than the newest one read (a lower CRL
+    number: a copy of an old file, which would un-revoke sites) is refused and logged, and
+    the newest list stays in force.
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self._dir = Path(directory)
         self._stamp: tuple[int, int] | None = None
         self._serials: frozenset[int] = frozenset()
+        self.number = -1  # the newest CRL number read
         self._refresh()
 
     def _refresh(self) -> None:
         st = (self._dir / CRL_FILE).stat()
         stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            self._serials = revoked_serials(self._dir)
-            self._stamp = stamp
+        if stamp == self._stamp:
+            return
+        crl = load_crl(self._dir)
+        self._stamp = stamp
+        number = crl_number(crl)
+        if number < self.number:
+            log.error(
+                "refused %s: its CRL number %d is older than %d, the newest read; "
+                "the newer list stays in force",
+                self._dir / CRL_FILE,
+                number,
+                self.number,
+            )
+            return
+        self._serials = frozenset(r.serial_number for r in crl)
+        self.number = number
 
     def is_revoked(self, serial: int) -> bool:
         self._refresh()

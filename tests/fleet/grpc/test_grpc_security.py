@@ -190,3 +190,32 @@ def test_unreadable_revocation_list_fails_closed(tmp_path: Path) -> None:
             run_site(f.address, make_site("site-a"), d / "sites" / "site-a", max_attempts=1)
     finally:
         f.close()
+
+
+def test_an_offline_ca_revokes_through_a_copied_list_and_an_older_list_cannot_undo_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's folder holds no CA key; the operator revokes in the CA's folder and
+    copies the signed list over. Copying an older list back must not let the site in."""
+    import shutil
+
+    ca = init_pki(tmp_path / "ca")
+    add_site(ca, "site-a")
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    for name in ("ca.pem", "server.pem", "server.key", "revoked.crl.pem"):
+        shutil.copy2(ca / name, server_dir / name)
+    old_list = (ca / "revoked.crl.pem").read_bytes()
+    f = GrpcFleet("127.0.0.1:0", job_id="j", pki_dir=server_dir, heartbeat_s=0.5)
+    try:
+        revoke_site(ca, "site-a")
+        shutil.copy2(ca / "revoked.crl.pem", server_dir / "revoked.crl.pem")
+        with pytest.raises(SiteConnectionError, match="is revoked"):
+            run_site(f.address, make_site("site-a"), ca / "sites" / "site-a", max_attempts=1)
+        (server_dir / "revoked.crl.pem").write_bytes(old_list)  # replay the older list
+        with caplog.at_level(logging.ERROR), pytest.raises(SiteConnectionError, match="is revoked"):
+            run_site(f.address, make_site("site-a"), ca / "sites" / "site-a", max_attempts=1)
+        assert "is older than" in caplog.text
+        assert f.sites() == []
+    finally:
+        f.close()
