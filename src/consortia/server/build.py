@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from consortia.core.config import JobConfig
+from consortia.core.config import JobConfig, aggregator_from_config
 from consortia.core.errors import ConfigError
 from consortia.core.messages import TrainSettings
 from consortia.server.workflow import LoopSettings
@@ -41,7 +41,7 @@ def strategy_from_config(
         st.preset,
         selection=selection_from_config(job, seeded),
         train=settings,
-        aggregator=aggregator or st.aggregator,
+        aggregator=aggregator or aggregator_from_config(st),
         server_optimizer=opt.name,
         server_options=options,
     )

@@ -297,8 +297,3 @@ def register_aggregator(aggregator: Any, *, replace: bool = False) -> Any:
             "needs = 'sum' or 'all'"
         )
     return AGGREGATORS.register(aggregator.name, aggregator, replace=replace)
-
-
-register_aggregator(MeanAggregator(weighted=True))
-register_aggregator(MeanAggregator(weighted=False))
-register_aggregator(AllUpdatesAggregator("median", coordinate_median))
