@@ -191,6 +191,22 @@ class SitePolicyConfig(_Strict):
     require_privacy: bool = False
 
 
+class ValidationConfig(_Strict):
+    """Checks every update must pass before aggregation (besides its size and finite
+    values, always checked); a refused update is recorded with its reason."""
+
+    max_norm: float | None = Field(None, gt=0, description="refuse updates of larger L2 norm")
+    max_norm_multiple: float | None = Field(
+        None,
+        gt=0,
+        description="refuse updates whose norm exceeds this multiple of the round's median "
+        "norm (holds the round's updates until all are in)",
+    )
+    max_examples: int | None = Field(
+        None, ge=1, description="refuse updates claiming more examples (their weight) than this"
+    )
+
+
 class StrategyConfig(_Strict):
     preset: PresetName = "fedavg"
     sites_per_round: int | None = Field(None, ge=1)
@@ -215,6 +231,7 @@ class StrategyConfig(_Strict):
         "'completed' (by default it ends 'degraded', and the command exits with 3)",
     )
     server_optimizer: ServerOptimizerConfig = ServerOptimizerConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     @model_validator(mode="after")
     def _one_size(self) -> StrategyConfig:
@@ -320,6 +337,25 @@ class JobConfig(_Strict):
             + ", or local DP; the defence that composes with it is the norm bound the "
             "sites apply themselves (privacy.clip_norm)"
         )
+
+    @model_validator(mode="after")
+    def _validation_fits_privacy(self) -> JobConfig:
+        v, mode = self.strategy.validation, self.privacy.mode if self.privacy else None
+        if mode == "distributed":
+            for name in ("max_norm", "max_norm_multiple"):
+                if getattr(v, name) is not None:
+                    raise ValueError(
+                        f"strategy.validation.{name}: under distributed DP the server sees "
+                        "encoded, noised updates whose norms mean nothing; the sites' own "
+                        "clipping (privacy.clip_norm) is the norm bound that applies"
+                    )
+        if mode == "central" and v.max_norm_multiple is not None:
+            raise ValueError(
+                "strategy.validation.max_norm_multiple: under central DP which updates count "
+                "must not depend on the other sites' updates (one site could then change "
+                "the sum by more than the clip norm); use max_norm"
+            )
+        return self
 
     @model_validator(mode="after")
     def _federated_eval_needs_data(self) -> JobConfig:

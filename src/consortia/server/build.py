@@ -13,6 +13,7 @@ from consortia.server.workflow import LoopSettings
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.presets import Strategy, make_strategy
 from consortia.strategy.selection import PoissonSelection, Selection, UniformSelection
+from consortia.strategy.validation import UpdateRules
 
 if TYPE_CHECKING:
     from consortia.server.privacy import PrivacyController
@@ -44,6 +45,7 @@ def strategy_from_config(
         aggregator=aggregator or aggregator_from_config(st),
         server_optimizer=opt.name,
         server_options=options,
+        validation=UpdateRules(**st.validation.model_dump()),
     )
 
 

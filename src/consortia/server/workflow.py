@@ -9,6 +9,7 @@ Strategies supply parts to the steps; they never own the loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,17 +19,20 @@ import numpy as np
 
 from consortia.core.errors import RoundFailedError
 from consortia.core.events import LoopState, PhaseDone, PhaseRecord, RoundRecord, State
-from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
+from consortia.core.messages import EvaluateIns, EvaluateRes, Failure, FitIns, FitRes
 from consortia.core.rng import derive_seed
 from consortia.core.spec import ModelSpec
 from consortia.fleet.base import Fleet
 from consortia.server.phases import Phase, run_phase
+from consortia.server.validation import ValidatingSink
 from consortia.strategy.aggregators import FitSink
 from consortia.strategy.presets import Strategy
 from consortia.strategy.selection import UniformSelection
 
 if TYPE_CHECKING:
     from consortia.server.privacy import PrivacyController
+
+log = logging.getLogger(__name__)
 
 CentralEval = Callable[[np.ndarray], dict[str, float]]
 
@@ -187,23 +191,43 @@ class FitStep:
             if dp
             else FitSink(agg.begin(ctx.spec.size, dtype, state))
         )
-        fit_metrics: list[tuple[int, dict[str, float]]] = []
+        checked = ValidatingSink(sink, self.strategy.validation)
+        fit_metrics: dict[str, tuple[int, dict[str, float]]] = {}
 
         def accept(site: str, res: FitRes) -> None:
-            sink.add(res)
-            fit_metrics.append((res.num_examples, res.metrics))
+            checked.add(res)
+            fit_metrics[site] = (res.num_examples, res.metrics)
 
         min_replies = s.min_fit_replies if dp is None else dp.min_replies
         record = ctx.exchange(
             "fit", requests, accept, min_replies=min_replies, deadline_s=s.fit_deadline_s
         )
+        _refuse_late(record, checked.settle(), min_replies, rnd)
         ctx.selected, ctx.fit_replies = len(chosen), len(record.accepted)
         try:
             aggregate, ctx.aggregator_state = sink.result()
         except RoundFailedError as exc:
             raise RoundFailedError(f"round {rnd}: {exc}") from None
         ctx.values.update(aggregate=aggregate, fit_sink=sink, train_settings=train)
-        ctx.metrics.update(weighted_metrics(fit_metrics, "train_"))
+        kept = [fit_metrics[site] for site in record.accepted]
+        ctx.metrics.update(weighted_metrics(kept, "train_"))
+
+
+def _refuse_late(record: PhaseRecord, refused: list[Failure], min_replies: int, rnd: int) -> None:
+    """Updates refused once the whole round was in (the relative norm bound) leave the
+    accepted list for the failures, and may leave the phase short of its minimum."""
+    if not refused:
+        return
+    gone = {f.site for f in refused}
+    record.accepted = [s for s in record.accepted if s not in gone]
+    record.failures.extend(refused)
+    for f in refused:
+        log.warning("round %d fit: refused update of %s: %s", rnd, f.site, f.reason)
+    if len(record.accepted) < min_replies:
+        raise RoundFailedError(
+            f"round {rnd} fit: {len(record.accepted)} updates left after validation, "
+            f"at least {min_replies} needed ({refused[0].site}: {refused[0].reason})"
+        )
 
 
 @dataclass
