@@ -42,7 +42,7 @@ from consortia.server.run_folder import default_run_dir
 from consortia.server.workflow import Step
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.presets import Strategy
-from consortia.task import app_hook, build_trainer, load_dataset, load_job_with_app
+from consortia.task import app_hook, build_trainer, load_dataset, load_job_with_app, load_root_data
 
 if TYPE_CHECKING:
     from consortia.client.policy import SitePolicy
@@ -246,6 +246,7 @@ def simulate(
         # The number of rounds is the store's to track (a resume may extend a run).
         overrides={k: v for k, v in updates.items() if k != "rounds"},
         workflow=app_hook(cfg.task, base, "workflow"),
+        root=load_root_data(cfg, base),
     )
     fleet_name = "debug" if debug else cfg.simulation.fleet
     factory = FLEETS.get(fleet_name)

@@ -83,6 +83,7 @@ class PreparedJob:
     text_name: str = "job.toml"
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. --rounds, --seed
     workflow: Callable[[list[Step]], list[Step]] | None = None  # the app's [task] workflow
+    root: tuple[Any, Any] | None = None  # the server's root data set (FLTrust)
 
     @property
     def digest(self) -> str:
@@ -97,7 +98,7 @@ class PreparedJob:
 def prepare_job(path: str | Path) -> PreparedJob:
     """Build the trainer (for the spec and initial weights) and, where the task has a data
     function with a test split and ``central_every > 0``, the central evaluation."""
-    from consortia.task import app_hook, build_trainer, load_job_with_app
+    from consortia.task import app_hook, build_trainer, load_job_with_app, load_root_data
 
     path = Path(path)
     cfg = load_job_with_app(path)
@@ -118,7 +119,10 @@ def prepare_job(path: str | Path) -> PreparedJob:
     elif cfg.evaluation.central_every > 0:
         log.info("task.data %r not found: no central evaluation", cfg.task.data)
     workflow = app_hook(cfg.task, base, "workflow")
-    return PreparedJob(text, cfg, trainer, spec, weights, central, path, workflow=workflow)
+    root = load_root_data(cfg, base)
+    return PreparedJob(
+        text, cfg, trainer, spec, weights, central, path, workflow=workflow, root=root
+    )
 
 
 @dataclass(frozen=True)
@@ -333,8 +337,19 @@ class Run:
             privacy = self._privacy(store)
             n_sites = self.options.eligible_sites or self.min_sites
             settings = replace(loop_settings(cfg, n_sites), rounds=rounds, seed=cfg.seed)
+            root = None
+            if self.job.root is not None and getattr(self.strategy.aggregator, "root_data", None):
+                if self.job.trainer is None:
+                    raise ConfigError(
+                        "strategy.aggregator: the root update needs the task's trainer"
+                    )
+                root = (self.job.trainer, self.job.root)
             steps = standard_steps(
-                self.strategy, settings, central_eval=self.job.central, privacy=privacy
+                self.strategy,
+                settings,
+                central_eval=self.job.central,
+                privacy=privacy,
+                root=root,
             )
             for edit in (self.job.workflow, self.edit_steps):
                 if edit is not None:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from consortia.client.trainers.base import Trainer
 from consortia.core.errors import RoundFailedError
 from consortia.core.events import LoopState, PhaseDone, PhaseRecord, RoundRecord, State
-from consortia.core.messages import EvaluateIns, EvaluateRes, Failure, FitIns, FitRes
+from consortia.core.messages import EvaluateIns, EvaluateRes, Failure, FitIns, FitRes, TrainSettings
 from consortia.core.rng import derive_seed
 from consortia.core.spec import ModelSpec
 from consortia.fleet.base import Fleet
@@ -27,6 +28,7 @@ from consortia.server.phases import Phase, run_phase
 from consortia.server.validation import ValidatingSink
 from consortia.strategy.aggregators import FitSink
 from consortia.strategy.presets import Strategy
+from consortia.strategy.robust.registered import ROOT_UPDATE
 from consortia.strategy.selection import UniformSelection
 
 if TYPE_CHECKING:
@@ -185,7 +187,8 @@ class FitStep:
             for site in chosen
         ]
         agg, dtype = self.strategy.aggregator, ctx.spec.vector_dtype
-        state = ctx.state.aggregator_state
+        # A step before this one may have added to the state for this round (the root update)
+        state = ctx.state.aggregator_state if ctx.aggregator_state is None else ctx.aggregator_state
         sink = (
             dp.begin_round(agg, dtype, state)
             if dp
@@ -228,6 +231,24 @@ def _refuse_late(record: PhaseRecord, refused: list[Failure], min_replies: int, 
             f"round {rnd} fit: {len(record.accepted)} updates left after validation, "
             f"at least {min_replies} needed ({refused[0].site}: {refused[0].reason})"
         )
+
+
+@dataclass
+class RootUpdateStep:
+    """FLTrust (Cao et al. 2021): the server trains on its own small root data set from the
+    global model, and hands that update to the aggregator, in its state for this round
+    only, as the direction it trusts."""
+
+    trainer: Trainer
+    root: tuple[Any, Any]  # (x, y)
+    train: TrainSettings
+    name: str = "root_update"
+
+    def run(self, ctx: RoundContext) -> None:
+        seed = derive_seed(ctx.settings.seed, "root", ctx.number)
+        trained, _ = self.trainer.fit(ctx.model, self.root[0], self.root[1], self.train, seed)
+        update = np.asarray(trained, np.float64) - np.asarray(ctx.model, np.float64)
+        ctx.aggregator_state = {**ctx.state.aggregator_state, ROOT_UPDATE: update}
 
 
 @dataclass
@@ -304,9 +325,13 @@ def standard_steps(
     *,
     central_eval: CentralEval | None = None,
     privacy: PrivacyController | None = None,
+    root: tuple[Trainer, tuple[Any, Any]] | None = None,
 ) -> list[Step]:
-    """FedAvg's round, as the job asks: fit, server update, then the evaluations it has."""
+    """FedAvg's round, as the job asks: fit, server update, then the evaluations it has;
+    with ``root`` (a trainer and the root data set: FLTrust) the root update first."""
     steps: list[Step] = [FitStep(strategy, privacy), ServerUpdateStep(strategy, privacy)]
+    if root is not None:
+        steps.insert(0, RootUpdateStep(root[0], root[1], strategy.train))
     if central_eval is not None and settings.central_every > 0:
         steps.append(CentralEvalStep(central_eval))
     if settings.federated_every > 0 and settings.federated_selection is not None:

@@ -127,6 +127,11 @@ class RobustAggregator:
         pydantic's ValidationError, which the job file's reader words)."""
         return dataclasses.replace(self, options=type(self.options).model_validate(options))
 
+    @property
+    def root_data(self) -> str | None:
+        """The app function with the server's root data set, for rules that need one."""
+        return getattr(self.options, "root", None)
+
     def f_for(self, n: int) -> int:
         """The f this round's rule runs with, for n rows."""
         o = self.options
