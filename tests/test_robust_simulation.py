@@ -1,6 +1,7 @@
 """Robust aggregators in whole simulated runs: options from the job file, FLTrust's root
 update trained by the server, state across rounds."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,41 @@ def test_centered_clipping_options_reach_the_run_and_its_centre_carries_over(
     # 0: norms at most 0.1, 0.2, 0.3, and the model is their sum. Without the carried
     # centre it could not pass 3 x 0.1.
     assert 0.55 < np.linalg.norm(result.weights) <= 0.6 + 1e-5
+
+
+def test_the_audit_flags_a_flipping_site_in_its_file_tensorboard_and_summary(
+    tmp_path: Path,
+) -> None:
+    job = consortia.load_job(FIXTURES / "toy_job.toml").model_dump()
+    job["strategy"].update(sites_per_round=6, aggregator="median")
+    job["task"]["site"] = "make_site_one_flipping"
+    job["audit"] = {}
+    result = _simulate(parse_job(job), tmp_path)
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 6 and {r["round"] for r in rows} == {1, 2, 3}
+    bad = [r for r in rows if r["site"] == "site-0001"]
+    assert all(r["flagged"] and "cos_aggregate" in r["reasons"] for r in bad)
+    assert not any(r["flagged"] for r in rows if r["site"] != "site-0001")
+    assert bad[0]["cos_previous"] is None and bad[1]["cos_previous"] == pytest.approx(1, abs=0.1)
+    assert result.summary["audit_flagged"] == {"site-0001": [1, 2, 3]}
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["flagged_sites"] == ["site-0001"] for m in metrics)
+    assert not any(k.startswith(("norm_z", "cos_")) for m in metrics for k in m)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out / "tensorboard"))
+    ea.Reload()
+    cos = ea.Scalars("audit/cos_aggregate/site-0001")
+    assert [e.step for e in cos] == [1, 2, 3] and all(e.value < 0 for e in cos)
+
+
+def test_the_audit_is_refused_where_privacy_hides_single_sites() -> None:
+    job = consortia.load_job(FIXTURES / "toy_job.toml").model_dump()
+    job["strategy"].pop("sites_per_round")
+    job["audit"] = {}
+    job["privacy"] = {"mode": "central", "sample_rate": 0.5, "clip_norm": 1.0}
+    job["privacy"]["noise_multiplier"] = 1.0
+    with pytest.raises(ConfigError, match=r"audit: per-site scores would publish"):
+        parse_job(job)

@@ -29,7 +29,7 @@ from consortia.core.rng import generator
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.data import label_histograms, make_partition
 from consortia.fleet.base import Fleet, MakeSite
-from consortia.monitor.metrics import MetricsFile, TensorBoardWriter
+from consortia.monitor.metrics import AuditFile, MetricsFile, TensorBoardWriter
 from consortia.monitor.progress import ProgressBar
 from consortia.server.build import (
     loop_settings,
@@ -257,7 +257,7 @@ def simulate(
     # The pool forks here, before any progress-bar thread exists (the bar starts with the run).
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
     bar = ProgressBar(cfg.rounds) if progress else None
-    subscribers: list[Subscriber] = [MetricsFile(), TensorBoardWriter(), *listeners]
+    subscribers: list[Subscriber] = [MetricsFile(), AuditFile(), TensorBoardWriter(), *listeners]
     if bar is not None:
         subscribers.append(bar)
     options = RunOptions(

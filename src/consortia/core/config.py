@@ -207,6 +207,28 @@ class ValidationConfig(_Strict):
     )
 
 
+class AuditConfig(_Strict):
+    """Audit scores per site and round (audit.jsonl); a site-round is flagged when a score
+    passes its threshold, a site in the run summary when flagged often enough."""
+
+    max_norm_z: float = Field(3.5, gt=0, description="flag a robust norm z-score above this")
+    min_cos_aggregate: float = Field(
+        0.0, ge=-1, le=1, description="flag a cosine similarity to the aggregate below this"
+    )
+    max_median_distance_z: float = Field(
+        3.5, gt=0, description="flag a robust z-score of the distance to the median above this"
+    )
+    min_cos_previous: float | None = Field(
+        None, ge=-1, le=1, description="flag a cosine to the site's own last update below this"
+    )
+    site_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="the summary lists a site flagged in at least this share of its rounds",
+    )
+
+
 class StrategyConfig(_Strict):
     preset: PresetName = "fedavg"
     sites_per_round: int | None = Field(None, ge=1)
@@ -296,6 +318,7 @@ class JobConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     privacy: PrivacyConfig | None = None
     analytics: AnalyticsConfig | None = None
+    audit: AuditConfig | None = None
     simulation: SimulationConfig | None = None
 
     @property
@@ -354,6 +377,21 @@ class JobConfig(_Strict):
                 "strategy.validation.max_norm_multiple: under central DP which updates count "
                 "must not depend on the other sites' updates (one site could then change "
                 "the sum by more than the clip norm); use max_norm"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _audit_fits_privacy(self) -> JobConfig:
+        if self.audit is not None and self.privacy is not None and self.privacy.mode != "local":
+            raise ValueError(
+                f"audit: per-site scores would publish, site by site, what privacy.mode = "
+                f"{self.privacy.mode!r} hides"
+                + (
+                    " (and the server sees only the sum)"
+                    if self.privacy.mode == "distributed"
+                    else ""
+                )
+                + "; remove [audit] or use local DP"
             )
         return self
 

@@ -44,6 +44,7 @@ from consortia.core.events import (
 )
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.fleet.base import Fleet
+from consortia.server.audit import Auditor, flagged_sites
 from consortia.server.build import loop_settings, privacy_from_config, strategy_from_config
 from consortia.server.run_folder import RunFolder, run_summary
 from consortia.server.store import (
@@ -59,6 +60,7 @@ from consortia.server.store import (
 from consortia.server.workflow import Step, Workflow, standard_steps
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.presets import Strategy
+from consortia.strategy.robust.audit import AuditThresholds
 from consortia.task import load_app, load_dataset
 
 if TYPE_CHECKING:
@@ -344,12 +346,20 @@ class Run:
                         "strategy.aggregator: the root update needs the task's trainer"
                     )
                 root = (self.job.trainer, self.job.root)
+            auditor = None
+            if cfg.audit is not None:
+                a = cfg.audit
+                thresholds = AuditThresholds(
+                    a.max_norm_z, a.min_cos_aggregate, a.max_median_distance_z, a.min_cos_previous
+                )
+                auditor = Auditor(thresholds, self.job.spec.size, cfg.seed)
             steps = standard_steps(
                 self.strategy,
                 settings,
                 central_eval=self.job.central,
                 privacy=privacy,
                 root=root,
+                audit=auditor,
             )
             for edit in (self.job.workflow, self.edit_steps):
                 if edit is not None:
@@ -374,6 +384,7 @@ class Run:
                     store.set_job(status=status)
                 summary = self._summary(folder, store, state, rounds, status, error, t_start)
                 self._flag_failing_sites(summary, store, state)
+                self._flag_audited_sites(summary, store, state)
                 summary["resumed_from_round"] = resumed_from
                 if self.notices:
                     summary["notices"] = self.notices
@@ -454,6 +465,25 @@ class Run:
             model_digest(spec, state.weights),
         )
         store.commit_round(row, participants(record.phases))
+
+    def _flag_audited_sites(
+        self, summary: dict[str, Any], store: ServerStore, state: LoopState
+    ) -> None:
+        """The sites the audit flagged in at least ``audit.site_share`` of the rounds their
+        update was accepted in, with those rounds (from the store: a resumed run counts
+        the rounds before the restart too)."""
+        audit = self.job.config.audit
+        if audit is None:
+            return
+        rounds = [
+            (r.number, list(r.metrics.get("flagged_sites", []))) for r in store.completed_rounds()
+        ]
+        audited: dict[str, int] = {}
+        for r in range(1, state.round + 1):
+            for p in store.participants(r):
+                if p.phase == "fit" and p.outcome == "replied":
+                    audited[p.site] = audited.get(p.site, 0) + 1
+        summary["audit_flagged"] = flagged_sites(rounds, audited, audit.site_share)
 
     def _flag_failing_sites(
         self, summary: dict[str, Any], store: ServerStore, state: LoopState

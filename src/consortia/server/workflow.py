@@ -24,6 +24,7 @@ from consortia.core.messages import EvaluateIns, EvaluateRes, Failure, FitIns, F
 from consortia.core.rng import derive_seed
 from consortia.core.spec import ModelSpec
 from consortia.fleet.base import Fleet
+from consortia.server.audit import Auditor
 from consortia.server.phases import Phase, run_phase
 from consortia.server.validation import ValidatingSink
 from consortia.strategy.aggregators import FitSink
@@ -72,6 +73,7 @@ class RoundContext:
     selected: int = 0
     fit_replies: int = 0
     worst_site: str | None = None
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def model(self) -> np.ndarray:
@@ -126,6 +128,7 @@ class RoundContext:
             self.metrics,
             self.worst_site,
             list(self.phases),
+            self.audit,
         )
 
 
@@ -170,6 +173,7 @@ class FitStep:
 
     strategy: Strategy
     privacy: PrivacyController | None = None
+    audit: Auditor | None = None
     name: str = "fit"
 
     def run(self, ctx: RoundContext) -> None:
@@ -194,7 +198,8 @@ class FitStep:
             if dp
             else FitSink(agg.begin(ctx.spec.size, dtype, state))
         )
-        checked = ValidatingSink(sink, self.strategy.validation)
+        tee = self.audit.tee(sink) if self.audit is not None else None
+        checked = ValidatingSink(tee or sink, self.strategy.validation)
         fit_metrics: dict[str, tuple[int, dict[str, float]]] = {}
 
         def accept(site: str, res: FitRes) -> None:
@@ -212,6 +217,8 @@ class FitStep:
         except RoundFailedError as exc:
             raise RoundFailedError(f"round {rnd}: {exc}") from None
         ctx.values.update(aggregate=aggregate, fit_sink=sink, train_settings=train)
+        if self.audit is not None and tee is not None:
+            ctx.audit = self.audit.audit(rnd, tee.updates, aggregate)
         kept = [fit_metrics[site] for site in record.accepted]
         ctx.metrics.update(weighted_metrics(kept, "train_"))
 
@@ -326,10 +333,11 @@ def standard_steps(
     central_eval: CentralEval | None = None,
     privacy: PrivacyController | None = None,
     root: tuple[Trainer, tuple[Any, Any]] | None = None,
+    audit: Auditor | None = None,
 ) -> list[Step]:
     """FedAvg's round, as the job asks: fit, server update, then the evaluations it has;
     with ``root`` (a trainer and the root data set: FLTrust) the root update first."""
-    steps: list[Step] = [FitStep(strategy, privacy), ServerUpdateStep(strategy, privacy)]
+    steps: list[Step] = [FitStep(strategy, privacy, audit), ServerUpdateStep(strategy, privacy)]
     if root is not None:
         steps.insert(0, RootUpdateStep(root[0], root[1], strategy.train))
     if central_eval is not None and settings.central_every > 0:
