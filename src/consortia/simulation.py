@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from consortia.attacks import AttackFleet, choose_malicious
+from consortia.attacks.sites import backdoor_metric, poison_sites, trigger_for
 from consortia.client.app import SiteApp
 from consortia.client.runtime import Site, SiteData
 from consortia.client.trainers.base import Trainer
@@ -228,12 +230,23 @@ def simulate(
 
         policy = SitePolicy(sp.max_epsilon, sp.delta, sp.require_privacy)
 
+    attack = cfg.simulation.attack
+    malicious: list[str] = []
+    backdoor = None
+    if attack is not None:
+        malicious = choose_malicious(ids, attack)
+        trigger = trigger_for(attack, data.x_train) if attack.kind == "backdoor" else None
+        site_data = poison_sites(site_data, malicious, attack, np.unique(data.y_train), trigger)
+        if trigger is not None and data.has_test:
+            backdoor = backdoor_metric(trainer.evaluate, data.x_test, data.y_test, trigger)
+
     central = None
     if data.has_test and cfg.evaluation.central_every > 0:
         x_test, y_test = data.x_test, data.y_test
 
         def central(w: np.ndarray) -> dict[str, float]:
-            return trainer.evaluate(w, x_test, y_test)
+            metrics = trainer.evaluate(w, x_test, y_test)
+            return metrics if backdoor is None else {**metrics, **backdoor(w)}
 
     prepared = PreparedJob(
         text if text is not None else cfg.model_dump_json(indent=1),
@@ -256,6 +269,8 @@ def simulate(
     make = custom or _site_factory(trainer, site_data, policy)
     # The pool forks here, before any progress-bar thread exists (the bar starts with the run).
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
+    if attack is not None:
+        fleet = AttackFleet(fleet, malicious, attack)
     bar = ProgressBar(cfg.rounds) if progress else None
     subscribers: list[Subscriber] = [MetricsFile(), AuditFile(), TensorBoardWriter(), *listeners]
     if bar is not None:
@@ -278,7 +293,9 @@ def simulate(
         strategy=strategy,
         aggregator=aggregator,
         steps=steps,
-        summary_extra=lambda store, state: {"sites": len(ids)},
+        summary_extra=lambda store, state: (
+            {"sites": len(ids)} | ({"malicious_sites": malicious} if attack is not None else {})
+        ),
         on_open=lambda folder: folder.write_partition(ids, hist),
         # The partition is what sites train on only when they are the built-in Site.
         notices=[] if custom else partition_notices(ids, site_data),

@@ -299,6 +299,52 @@ class PartitionConfig(_Strict):
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
+AttackKind = Literal[
+    "label_flip", "sign_flip", "scaling", "gaussian", "backdoor", "alie", "ipm", "mimic"
+]
+OMNISCIENT = ("alie", "ipm", "mimic")
+
+
+class AttackConfig(_Strict):
+    """Malicious sites in simulation: which attack, how many, whether they act together.
+
+    ``collude``: the attackers pool what they know and send one vector (for alie, ipm and
+    mimic, which know the honest updates as in their papers, it must be true); otherwise
+    each attacks alone from its own update.
+    """
+
+    kind: AttackKind
+    fraction: float = Field(0.2, gt=0, lt=1, description="share of the sites that attack")
+    collude: bool = True
+    seed: int = 0
+    scale: float = Field(10.0, gt=0, description="scaling: the factor")
+    sigma: float = Field(1.0, gt=0, description="gaussian: the noise's standard deviation")
+    z: float | None = Field(None, description="alie: the shift (default: Baruch et al.'s z_max)")
+    epsilon: float = Field(0.5, gt=0, description="ipm: send -epsilon x the honest mean")
+    target_label: int = Field(0, description="backdoor: the label triggered inputs get")
+    trigger_features: list[int] | None = Field(
+        None, description="backdoor: the features the trigger sets (default: the last 4)"
+    )
+    trigger_value: float | None = Field(
+        None, description="backdoor: the value they are set to (default: the data's maximum)"
+    )
+    poison_share: float = Field(
+        0.5, gt=0, le=1, description="backdoor: share of an attacker's records poisoned"
+    )
+    boost: float = Field(
+        1.0, gt=0, description="backdoor: the poisoned update's factor (model replacement)"
+    )
+
+    @model_validator(mode="after")
+    def _knowledge(self) -> AttackConfig:
+        if self.kind in OMNISCIENT and not self.collude:
+            raise ValueError(
+                f"{self.kind} attackers know the honest updates of the round (as in the "
+                "paper): set collude = true"
+            )
+        return self
+
+
 class SimulationConfig(_Strict):
     sites: int = Field(ge=1)
     workers: int = Field(2, ge=1)
@@ -306,6 +352,7 @@ class SimulationConfig(_Strict):
     local_eval_fraction: float = Field(0.0, ge=0, lt=1)
     partition: PartitionConfig = PartitionConfig()
     site_policy: SitePolicyConfig | None = None
+    attack: AttackConfig | None = None
 
 
 class JobConfig(_Strict):
