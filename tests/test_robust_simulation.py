@@ -64,7 +64,8 @@ def test_the_audit_flags_a_flipping_site_in_its_file_tensorboard_and_summary(
     rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * 6 and {r["round"] for r in rows} == {1, 2, 3}
     bad = [r for r in rows if r["site"] == "site-0001"]
-    assert all(r["flagged"] and "cos_aggregate" in r["reasons"] for r in bad)
+    assert all(r["flagged"] and r["reasons"] == ["norm_z"] for r in bad)
+    assert all(r["cos_aggregate"] < 0 and r["cos_others"] < 0 for r in bad)
     assert not any(r["flagged"] for r in rows if r["site"] != "site-0001")
     assert bad[0]["cos_previous"] is None and bad[1]["cos_previous"] == pytest.approx(1, abs=0.1)
     assert result.summary["audit_flagged"] == {"site-0001": [1, 2, 3]}

@@ -209,24 +209,22 @@ class ValidationConfig(_Strict):
 
 class AuditConfig(_Strict):
     """Audit scores per site and round (audit.jsonl); a site-round is flagged when a score
-    passes its threshold, a site in the run summary when flagged often enough."""
+    passes its threshold (unset: reported, never flagging), a site in the run summary
+    when flagged in at least ``site_share`` of its audited rounds."""
 
-    max_norm_z: float = Field(3.5, gt=0, description="flag a robust norm z-score above this")
-    min_cos_aggregate: float = Field(
-        0.0, ge=-1, le=1, description="flag a cosine similarity to the aggregate below this"
+    max_norm_z: float | None = Field(5.0, gt=0, description="robust z-score of the norm")
+    min_nearest_other: float | None = Field(
+        0.01, ge=0, description="distance to the nearest other update / own norm (duplicates)"
     )
-    max_median_distance_z: float = Field(
-        3.5, gt=0, description="flag a robust z-score of the distance to the median above this"
-    )
-    min_cos_previous: float | None = Field(
-        None, ge=-1, le=1, description="flag a cosine to the site's own last update below this"
-    )
-    site_share: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="the summary lists a site flagged in at least this share of its rounds",
-    )
+    max_cos_other: float | None = Field(None, ge=-1, le=1)
+    min_cos_aggregate: float | None = Field(None, ge=-1, le=1)
+    min_cos_others: float | None = Field(None, ge=-1, le=1, description="to the others' mean")
+    max_median_distance_z: float | None = Field(None, gt=0)
+    min_cos_previous: float | None = Field(None, ge=-1, le=1, description="to its last update")
+    site_share: float = Field(0.5, gt=0, le=1)
+
+    def thresholds(self) -> dict[str, float | None]:
+        return self.model_dump(exclude={"site_share"})
 
 
 class StrategyConfig(_Strict):

@@ -55,10 +55,12 @@ class AuditTee:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.updates: list[tuple[str, np.ndarray]] = []
+        self.examples: list[int] = []
 
     def add(self, res: FitRes) -> None:
         self.inner.add(res)
         self.updates.append((res.site, res.delta))
+        self.examples.append(res.num_examples)
 
     def result(self) -> Any:
         return self.inner.result()

@@ -348,10 +348,7 @@ class Run:
                 root = (self.job.trainer, self.job.root)
             auditor = None
             if cfg.audit is not None:
-                a = cfg.audit
-                thresholds = AuditThresholds(
-                    a.max_norm_z, a.min_cos_aggregate, a.max_median_distance_z, a.min_cos_previous
-                )
+                thresholds = AuditThresholds(**cfg.audit.thresholds())
                 auditor = Auditor(thresholds, self.job.spec.size, cfg.seed)
             steps = standard_steps(
                 self.strategy,
