@@ -139,6 +139,16 @@ def test_rules_equal_byzfl_on_random_inputs(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_norm_bounded_mean_equals_byzfl_clipping_then_average(seed: int) -> None:
+    x, _ = _random(seed)
+    bound = float(np.median(np.linalg.norm(x, axis=1)))
+    clipped = byz_pre().Clipping(bound)(x.copy())
+    np.testing.assert_allclose(
+        rules.norm_bounded_mean(x, bound), byz_agg().Average()(clipped), rtol=1e-10
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_geometric_median_converges_to_byzfl(seed: int) -> None:
     # ByzFL starts from zero, RFA from the mean: both converge to the same point.
     x, _ = _random(seed)
