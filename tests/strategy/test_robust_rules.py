@@ -4,6 +4,8 @@ on random inputs, and a planted outlier that each must keep out of the aggregate
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from byzfl_oracle import aggregators as byz_agg
 from byzfl_oracle import preaggregators as byz_pre
@@ -216,3 +218,42 @@ def test_a_planted_outlier_barely_moves_the_aggregate(name: str) -> None:
     shift = np.linalg.norm(ROBUST[name](poisoned) - honest.mean(axis=0))
     assert mean_shift > 400
     assert shift < 1.0, f"{name} moved {shift:.3f} (the mean moves {mean_shift:.0f})"
+
+
+# ---- invariants ----------------------------------------------------------------------------
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=64)
+
+
+@st.composite
+def rounds(draw: st.DrawFn) -> tuple[np.ndarray, int]:
+    n = draw(st.integers(3, 11))
+    d = draw(st.integers(1, 6))
+    x = np.array(draw(st.lists(finite, min_size=n * d, max_size=n * d))).reshape(n, d)
+    return x, draw(st.integers(0, (n - 3) // 4))
+
+
+IN_HULL = {
+    "median": lambda x, f: rules.coordinate_median(x),
+    "trimmed_mean": lambda x, f: rules.trimmed_mean(x, f),
+    "krum": lambda x, f: rules.krum(x, f),
+    "multi_krum": lambda x, f: rules.multi_krum(x, f),
+    "bulyan": lambda x, f: rules.bulyan(x, f),
+    "geometric_median": lambda x, f: rules.geometric_median(x),
+}
+
+
+@given(rounds())
+@settings(max_examples=60)
+def test_every_rule_stays_within_the_coordinate_range_and_ignores_row_order(
+    case: tuple[np.ndarray, int],
+) -> None:
+    x, f = case
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    slack = 1e-9 * (1 + np.abs(x).max())
+    flipped = x[::-1].copy()
+    for name, rule in IN_HULL.items():
+        out = rule(x, f)
+        assert np.all(out >= lo - slack) and np.all(out <= hi + slack), name
+        if name in ("median", "trimmed_mean", "geometric_median"):
+            np.testing.assert_allclose(rule(flipped, f), out, rtol=1e-9, atol=slack)
