@@ -2,6 +2,7 @@
 update trained by the server, state across rounds."""
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,30 @@ def test_the_audit_is_refused_where_privacy_hides_single_sites() -> None:
     job["privacy"]["noise_multiplier"] = 1.0
     with pytest.raises(ConfigError, match=r"audit: per-site scores would publish"):
         parse_job(job)
+
+
+def test_the_audit_survives_a_resume_and_shows_in_the_summary_table(tmp_path: Path) -> None:
+    text = (FIXTURES / "toy_job.toml").read_text()
+    text = text.replace("sites_per_round = 4", "sites_per_round = 6")
+    text = text.replace('app = "toy_app.py"', 'app = "toy_app.py"\nsite = "make_site_one_flipping"')
+    job = tmp_path / "job.toml"
+    job.write_text(text + "\n[audit]\n")
+    shutil.copy(FIXTURES / "toy_app.py", tmp_path / "toy_app.py")
+    out = tmp_path / "run"
+    consortia.simulate(job, out=out, debug=True, rounds=2)
+    with (out / "audit.jsonl").open("a") as f:  # a row of a round that never became durable
+        f.write(json.dumps({"round": 3, "site": "ghost"}) + "\n")
+    result = consortia.simulate(job, out=out, debug=True, rounds=3, resume=True)
+    rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1] * 6 + [2] * 6 + [3] * 6
+    assert "ghost" not in {r["site"] for r in rows}
+    assert result.summary["audit_flagged"] == {"site-0001": [1, 2, 3]}
+
+    from rich.console import Console
+
+    from consortia.monitor.progress import summary_table
+
+    console = Console(record=True, width=200)
+    console.print(summary_table(result.summary))
+    shown = console.export_text()
+    assert "audit flagged: 1 site(s)" in shown and "site-0001 (rounds 1, 2, 3)" in shown
