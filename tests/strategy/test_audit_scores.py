@@ -23,9 +23,11 @@ def test_scores_by_hand() -> None:
     x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-4.0, -4.0]])
     aggregate = np.array([1.0, 1.0])
     previous = [None, np.array([0.0, 2.0]), np.array([1.0, -1.0]), None]
-    rows = scores(x, aggregate, previous, [r for r in x])
+    rows = scores(x, aggregate, previous, [r for r in x], np.array([0.0, -1.0]))
     c = 1 / np.sqrt(2)
     assert [r["cos_aggregate"] for r in rows] == pytest.approx([c, c, 1.0, -1.0])
+    assert [r["cos_last_aggregate"] for r in rows] == pytest.approx([0.0, -1.0, -c, c])
+    assert scores(x, aggregate, previous, list(x))[0]["cos_last_aggregate"] is None
     assert rows[0]["cos_previous"] is None and rows[1]["cos_previous"] == pytest.approx(1.0)
     assert rows[2]["cos_previous"] == pytest.approx(0.0)
     # norms 1, 1, sqrt2, sqrt32: median (1 + sqrt2) / 2

@@ -219,6 +219,7 @@ class AuditConfig(_Strict):
     max_cos_other: float | None = Field(None, ge=-1, le=1)
     min_cos_aggregate: float | None = Field(None, ge=-1, le=1)
     min_cos_others: float | None = Field(None, ge=-1, le=1, description="to the others' mean")
+    min_cos_last_aggregate: float | None = Field(None, ge=-1, le=1)
     max_median_distance_z: float | None = Field(None, gt=0)
     min_cos_previous: float | None = Field(None, ge=-1, le=1, description="to its last update")
     site_share: float = Field(0.5, gt=0, le=1)

@@ -24,6 +24,7 @@ class Auditor:
         self.thresholds = thresholds
         self.sketch = Sketcher(size, seed)
         self.previous: dict[str, np.ndarray] = {}
+        self.last_aggregate: np.ndarray | None = None
 
     def tee(self, inner: Any) -> AuditTee:
         return AuditTee(inner)
@@ -36,7 +37,9 @@ class Auditor:
         sites = [s for s, _ in updates]
         x = np.stack([u for _, u in updates])
         sketches = [self.sketch(u) for _, u in updates]
-        rows = scores(x, aggregate, [self.previous.get(s) for s in sites], sketches)
+        previous = [self.previous.get(s) for s in sites]
+        rows = scores(x, aggregate, previous, sketches, self.last_aggregate)
+        self.last_aggregate = np.asarray(aggregate, np.float64)
         out = []
         for site, sketch, row in zip(sites, sketches, rows, strict=True):
             self.previous[site] = sketch

@@ -12,6 +12,8 @@ Scores, for site i with update u_i in a round of n accepted updates and aggregat
 - ``cos_median``: cosine similarity to m; ``cos_others``: to the mean of the other updates
   (an update is part of the aggregate it is compared with; this leaves it out);
   ``max_cos_other``: the largest cosine to any other single update;
+- ``cos_last_aggregate``: cosine to the previous round's aggregate (the direction the
+  model last moved; None in the auditor's first round);
 - ``nearest_other``: the distance to the nearest other update, relative to this one's
   norm (colluding attackers that send one vector, and mimics, sit at 0; honest sites with
   their own data do not come within a percent of each other).
@@ -58,6 +60,7 @@ class AuditThresholds:
     max_cos_other: float | None = None
     min_cos_aggregate: float | None = None
     min_cos_others: float | None = None
+    min_cos_last_aggregate: float | None = None
     max_median_distance_z: float | None = None
     min_cos_previous: float | None = None
 
@@ -106,6 +109,7 @@ def scores(
     aggregate: np.ndarray,
     previous: list[np.ndarray | None],
     sketches: list[np.ndarray],
+    last_aggregate: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """One row of scores per update (row of ``x``), in order."""
     n = x.shape[0]
@@ -135,6 +139,9 @@ def scores(
                 "norm_z": float(nz[i]),
                 "cos_aggregate": _cosine(x[i].astype(np.float64), agg),
                 "cos_others": _ratio(dot_others[i], norms[i] * norm_others[i]),
+                "cos_last_aggregate": None
+                if last_aggregate is None
+                else _cosine(x[i].astype(np.float64), last_aggregate),
                 "max_cos_other": float(np.nan_to_num(pair_cos[i]).max()) if n > 1 else None,
                 "nearest_other": _ratio(float(pair_dist[i].min()), float(norms[i]))
                 if n > 1
@@ -157,6 +164,7 @@ _BELOW: tuple[tuple[str, str], ...] = (
     ("nearest_other", "min_nearest_other"),
     ("cos_aggregate", "min_cos_aggregate"),
     ("cos_others", "min_cos_others"),
+    ("cos_last_aggregate", "min_cos_last_aggregate"),
     ("cos_previous", "min_cos_previous"),
 )
 
