@@ -156,3 +156,27 @@ def test_norm_rules_that_cannot_hold_under_dp_are_refused_at_load() -> None:
     data["strategy"]["validation"] = {"max_norm_multiple": 3.0}
     with pytest.raises(ConfigError, match=r"strategy\.validation\.max_norm_multiple: under cen"):
         parse_job(data)
+
+
+def test_late_refusals_are_in_the_phase_record_that_is_published() -> None:
+    from consortia.core.events import PhaseDone
+
+    sites = {f"s{i}": _site(f"s{i}", Sends([float(i + 1), 0.0])) for i in range(4)}
+    sites["loud"] = _site("loud", Sends([40.0, 0.0]))
+    fleet = DebugFleet(list(sites), lambda s: sites[s])
+    strategy = make_strategy(
+        "fedavg",
+        selection=UniformSelection(count=5),
+        train=TrainSettings(),
+        validation=UpdateRules(max_norm_multiple=3.0),
+    )
+    settings = LoopSettings(rounds=1)
+    workflow = Workflow(SPEC, standard_steps(strategy, settings), settings)
+    heard: list[tuple[list[str], list[str]]] = []  # as each subscriber saw it, then
+
+    def listen(event: Any) -> None:
+        if isinstance(event, PhaseDone):
+            heard.append((list(event.phase.accepted), [f.site for f in event.phase.failures]))
+
+    workflow.run_round(workflow.initial_state(np.zeros(2, np.float32)), fleet, listen)
+    assert heard == [(["s0", "s1", "s2", "s3"], ["loud"])]

@@ -88,12 +88,14 @@ class RoundContext:
         *,
         min_replies: int = 0,
         deadline_s: float | None = None,
+        settle: Callable[[PhaseRecord], None] | None = None,
     ) -> PhaseRecord:
         """Run one phase; its record is kept in the round whether it succeeds or not.
 
         The phase ends when every request is answered, or ``min_replies`` replies are in and
         the job's grace period has passed, or after ``deadline_s`` (default: the job's fit
-        deadline). Too few accepted replies raise RoundFailedError.
+        deadline). Too few accepted replies raise RoundFailedError. ``settle`` may still
+        refuse replies once all are in (the record is published after it).
         """
         record = PhaseRecord(name, [s for s, _ in requests])
         self.phases.append(record)
@@ -106,6 +108,8 @@ class RoundContext:
             self.settings.grace_s,
         )
         run_phase(self.fleet, phase, accept, record)
+        if settle is not None:  # decisions that needed every reply, before anyone hears
+            settle(record)
         self.publish(PhaseDone(self.number, record))
         return record
 
@@ -208,9 +212,13 @@ class FitStep:
 
         min_replies = s.min_fit_replies if dp is None else dp.min_replies
         record = ctx.exchange(
-            "fit", requests, accept, min_replies=min_replies, deadline_s=s.fit_deadline_s
+            "fit",
+            requests,
+            accept,
+            min_replies=min_replies,
+            deadline_s=s.fit_deadline_s,
+            settle=lambda rec: _refuse_late(rec, checked.settle(), min_replies, rnd),
         )
-        _refuse_late(record, checked.settle(), min_replies, rnd)
         ctx.selected, ctx.fit_replies = len(chosen), len(record.accepted)
         try:
             aggregate, ctx.aggregator_state = sink.result()
