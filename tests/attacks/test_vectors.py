@@ -76,3 +76,27 @@ def test_backdoor_poisons_a_share_with_the_trigger_and_target() -> None:
     assert (x == 0).all()  # the caller's data is untouched
     xt, yt = data.triggered_test_set(x, y, features=[4, 5], value=16.0, target=2)
     assert len(yt) == int((y != 2).sum()) and (yt == 2).all() and (xt[:, 4:] == 16).all()
+
+
+def test_alie_gets_past_krum_and_shifts_the_median_as_baruch_et_al_describe() -> None:
+    # 40 honest updates, 10 colluders sending mean + z_max x std: the attack hides within
+    # the honest spread, so Krum picks it and every coordinate's median moves toward it.
+    from consortia.strategy.robust import rules
+
+    rng = np.random.default_rng(0)
+    honest = rng.standard_normal((40, 50))
+    z = vectors.alie_z(50, 10)
+    attack = vectors.a_little_is_enough(honest, z)
+    everyone = np.vstack([honest, np.tile(attack, (10, 1))])
+    np.testing.assert_array_equal(rules.krum(everyone, 10), attack)
+    shift = rules.coordinate_median(everyone) - np.median(honest, axis=0)
+    assert np.all(shift * (attack - honest.mean(axis=0)) >= 0)  # toward the attack, everywhere
+    far = vectors.a_little_is_enough(honest, 10.0)  # a blunt shift is no longer chosen
+    assert not np.array_equal(rules.krum(np.vstack([honest, np.tile(far, (10, 1))]), 10), far)
+
+
+def test_mimic_over_represents_the_copied_site() -> None:
+    honest = _honest(4)
+    copied = np.vstack([honest, np.tile(vectors.mimic(honest, 2), (3, 1))])
+    before = np.linalg.norm(honest.mean(axis=0) - honest[2])
+    assert np.linalg.norm(copied.mean(axis=0) - honest[2]) < before
