@@ -8,7 +8,7 @@ import pytest
 from consortia.core.config import aggregator_from_config, parse_job
 from consortia.core.errors import ConfigError, RoundFailedError
 from consortia.core.registry import AGGREGATORS
-from consortia.strategy.robust import NormBoundedMean, RobustAggregator
+from consortia.strategy.robust import NormBoundedMean, RobustAggregator, rules
 
 NAMES = [
     "median",
@@ -154,3 +154,22 @@ def test_norm_bounded_mean_streams_and_weights_by_examples() -> None:
     assert not hasattr(rnd, "rows")  # nothing per site is kept
     out, _ = rnd.result()
     np.testing.assert_allclose(out, [0.15, 0.95], rtol=1e-6)
+
+
+def test_centered_clipping_with_one_iteration_streams_the_same_result() -> None:
+    rows = np.random.default_rng(3).standard_normal((7, 5)).astype(np.float32) * 3
+    centre = np.random.default_rng(4).standard_normal(5)
+    one = AGGREGATORS.get("centered_clipping").with_options({"tau": 1.5})  # type: ignore[attr-defined]
+    rnd = one.begin(5, np.dtype(np.float32), {"center": centre})
+    assert not hasattr(rnd, "rows")  # two vectors, not one per site
+    for i, row in enumerate(rows):
+        rnd.add(f"s{i}", row, 1, {})
+    out, state = rnd.result()
+    expected = rules.centered_clipping(rows, centre, 1.5)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    np.testing.assert_allclose(state["center"], expected)
+    collected = AGGREGATORS.get("centered_clipping").with_options(  # type: ignore[attr-defined]
+        {"tau": 1.5, "iters": 2}
+    )
+    assert hasattr(collected.begin(5, np.dtype(np.float32), {}), "rows")

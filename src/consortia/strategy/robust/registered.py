@@ -15,7 +15,9 @@ Memory, per round (n replying sites, d values per update):
   FLTrust: every update of the round (n x d, stacked once when the round ends), plus an
   n x n distance matrix for the Krum family and NNM. Centered clipping also keeps one
   vector (its centre) across rounds, FLTrust one (the server's root update) per round.
-- norm-bounded mean: one model, streamed (each update is clipped and added as it arrives).
+- norm-bounded mean: one model, streamed (each update is clipped and added as it arrives);
+  centered clipping with one iteration and no pre-aggregation step: two (the centre and
+  the running sum of clipped differences).
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class RobustAggregator:
     max_f: MaxF
     options: RobustOptions = field(default_factory=RobustOptions)
     needs: Needs = "all"
+    # A round that streams instead, where the options allow it (None: collect every update)
+    stream: Callable[[Any, int, np.dtype, State], RoundAggregate | None] | None = None
 
     def with_options(self, options: Mapping[str, Any]) -> RobustAggregator:
         """A copy configured by a job file's ``[strategy.aggregator_options]`` (raises
@@ -159,6 +163,9 @@ class RobustAggregator:
         return out, new_state
 
     def begin(self, size: int, dtype: np.dtype, state: State) -> RoundAggregate:
+        streamed = self.stream(self.options, size, dtype, state) if self.stream else None
+        if streamed is not None:
+            return streamed
         return AllUpdatesAggregator(self.name, self.combine).begin(size, dtype, state)
 
 
@@ -197,6 +204,42 @@ def _centered(
     return out, {"center": out.astype(np.float64)}
 
 
+class _CenteredClippingRound:
+    """One clipping step streams: v + mean_i clip(x_i - v, tau) needs the centre and a sum."""
+
+    def __init__(self, center: np.ndarray, tau: float, dtype: np.dtype) -> None:
+        self._center = center
+        self._dtype = dtype
+        self._sum = np.zeros_like(center)
+        self._count = 0
+        self._tau = tau
+
+    def add(
+        self, site: str, update: np.ndarray, weight: float, metrics: Mapping[str, float]
+    ) -> None:
+        diff = update.astype(np.float64) - self._center
+        self._sum += diff * rules.clip_scale(float(np.linalg.norm(diff)), self._tau)
+        self._count += 1
+
+    def result(self) -> tuple[np.ndarray, State]:
+        if self._count == 0:
+            raise RoundFailedError("centered clipping: no updates to aggregate")
+        out = self._center + self._sum / self._count
+        return out.astype(self._dtype), {"center": out}
+
+
+def _centered_stream(
+    o: CenteredClippingOptions, size: int, dtype: np.dtype, state: State
+) -> RoundAggregate | None:
+    """With one iteration and no pre-aggregation step, two vectors instead of n updates."""
+    if o.iters != 1 or o.pre:
+        return None
+    center = state.get("center")
+    if center is None or center.shape != (size,):
+        center = np.zeros(size)
+    return _CenteredClippingRound(np.asarray(center, np.float64), o.tau, np.dtype(dtype))
+
+
 ROOT_UPDATE = "root_update"
 
 
@@ -225,7 +268,13 @@ ROBUST_AGGREGATORS: tuple[RobustAggregator, ...] = (
     RobustAggregator("multi_krum", _multi_krum, _half, MultiKrumOptions()),
     RobustAggregator("bulyan", _bulyan, _bulyan_max_f),
     RobustAggregator("geometric_median", _geomed, _any_f, GeometricMedianOptions()),
-    RobustAggregator("centered_clipping", _centered, _any_f, CenteredClippingOptions()),
+    RobustAggregator(
+        "centered_clipping",
+        _centered,
+        _any_f,
+        CenteredClippingOptions(),
+        stream=_centered_stream,
+    ),
     RobustAggregator("fltrust", _fltrust, _any_f, FLTrustOptions()),
 )
 
