@@ -173,3 +173,17 @@ def test_centered_clipping_with_one_iteration_streams_the_same_result() -> None:
         {"tau": 1.5, "iters": 2}
     )
     assert hasattr(collected.begin(5, np.dtype(np.float32), {}), "rows")
+
+
+def test_fltrust_streams_the_same_result_as_the_rule() -> None:
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((8, 6)).astype(np.float32)
+    root = rng.standard_normal(6)
+    agg = AGGREGATORS.get("fltrust")
+    rnd = agg.begin(6, np.dtype(np.float32), {"root_update": root})
+    assert not hasattr(rnd, "rows")
+    for i, row in enumerate(rows):
+        rnd.add(f"s{i}", row, 1, {})
+    out, state = rnd.result()
+    np.testing.assert_allclose(out, rules.fltrust(rows, root), rtol=1e-5, atol=1e-7)
+    assert state == {} and out.dtype == np.float32

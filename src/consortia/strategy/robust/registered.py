@@ -11,13 +11,15 @@ rule cannot promise that with fewer sites), or derived each round as
 ``floor(f_fraction * n)`` and capped at the largest f the rule allows for n rows.
 
 Memory, per round (n replying sites, d values per update):
-- median, trimmed mean, krum, multi-krum, bulyan, geometric median, centered clipping,
-  FLTrust: every update of the round (n x d, stacked once when the round ends), plus an
+- median, trimmed mean, krum, multi-krum, bulyan, geometric median, centered clipping
+  (several iterations, or after pre-aggregation), FLTrust (after pre-aggregation): every
+  update of the round (n x d, stacked once when the round ends), plus an
   n x n distance matrix for the Krum family and NNM. Centered clipping also keeps one
   vector (its centre) across rounds, FLTrust one (the server's root update) per round.
 - norm-bounded mean: one model, streamed (each update is clipped and added as it arrives);
   centered clipping with one iteration and no pre-aggregation step: two (the centre and
-  the running sum of clipped differences).
+  the running sum of clipped differences); FLTrust without pre-aggregation steps: two
+  (the root update and the running trust-weighted sum).
 """
 
 from __future__ import annotations
@@ -253,6 +255,47 @@ def _fltrust(x: np.ndarray, f: int, o: FLTrustOptions, s: State) -> tuple[np.nda
     return rules.fltrust(x, root), {}
 
 
+class _FLTrustRound:
+    """FLTrust streams: each update's trust and rescaling need only itself and the root."""
+
+    def __init__(self, root: np.ndarray, dtype: np.dtype) -> None:
+        self._root = root
+        self._root_norm = float(np.linalg.norm(root))
+        self._sum = np.zeros_like(root)
+        self._trust = 0.0
+        self._count = 0
+        self._dtype = dtype
+
+    def add(
+        self, site: str, update: np.ndarray, weight: float, metrics: Mapping[str, float]
+    ) -> None:
+        u = update.astype(np.float64)
+        norm = float(np.linalg.norm(u))
+        self._count += 1
+        if norm == 0.0 or self._root_norm == 0.0:
+            return
+        trust = max(float(u @ self._root) / (norm * self._root_norm), 0.0)
+        if trust > 0.0:
+            self._sum += (trust * self._root_norm / norm) * u
+            self._trust += trust
+
+    def result(self) -> tuple[np.ndarray, State]:
+        if self._count == 0:
+            raise RoundFailedError("fltrust: no updates to aggregate")
+        out = self._sum / self._trust if self._trust > 0 else np.zeros_like(self._sum)
+        return out.astype(self._dtype), {}
+
+
+def _fltrust_stream(
+    o: FLTrustOptions, size: int, dtype: np.dtype, state: State
+) -> RoundAggregate | None:
+    """Without pre-aggregation steps: two vectors (the root update and a sum)."""
+    root = state.get(ROOT_UPDATE)
+    if o.pre or root is None or root.shape != (size,):
+        return None  # the collecting round then says what is missing
+    return _FLTrustRound(np.asarray(root, np.float64), np.dtype(dtype))
+
+
 def _bulyan_max_f(n: int) -> int:
     return (n - 3) // 4
 
@@ -275,7 +318,7 @@ ROBUST_AGGREGATORS: tuple[RobustAggregator, ...] = (
         CenteredClippingOptions(),
         stream=_centered_stream,
     ),
-    RobustAggregator("fltrust", _fltrust, _any_f, FLTrustOptions()),
+    RobustAggregator("fltrust", _fltrust, _any_f, FLTrustOptions(), stream=_fltrust_stream),
 )
 
 
