@@ -10,9 +10,10 @@ import pytest
 import consortia
 from consortia.attacks import AttackFleet, choose_malicious, vectors
 from consortia.client.runtime import Site, SiteData
-from consortia.core.config import AttackConfig, parse_job
+from consortia.core.config import parse_job
 from consortia.core.errors import ConfigError
 from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes, Reply, TrainSettings
+from consortia.core.robustness_config import AttackConfig
 from consortia.core.spec import ModelSpec
 from consortia.fleet.base import Timing
 from consortia.fleet.debug import DebugFleet

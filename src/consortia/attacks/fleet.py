@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from consortia.attacks import vectors
-from consortia.core.config import AttackConfig
 from consortia.core.messages import FitRes, Outcome, Reply
 from consortia.core.rng import generator
+from consortia.core.robustness_config import AttackConfig
 from consortia.fleet.base import Fleet, Timing
 
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from consortia.attacks import data as poison
 from consortia.client.runtime import SiteData
-from consortia.core.config import AttackConfig
 from consortia.core.rng import generator
+from consortia.core.robustness_config import AttackConfig
 
 
 @dataclasses.dataclass(frozen=True)
