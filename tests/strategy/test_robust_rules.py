@@ -257,3 +257,33 @@ def test_every_rule_stays_within_the_coordinate_range_and_ignores_row_order(
         assert np.all(out >= lo - slack) and np.all(out <= hi + slack), name
         if name in ("median", "trimmed_mean", "geometric_median"):
             np.testing.assert_allclose(rule(flipped, f), out, rtol=1e-9, atol=slack)
+
+
+def _bulyan_by_the_paper(x: np.ndarray, f: int) -> np.ndarray:
+    """El Mhamdi et al. 2018, written out loop by loop (ByzFL has no Bulyan to compare with)."""
+    remaining = [np.array(r) for r in x]
+    picked = []
+    while len(picked) < len(x) - 2 * f:
+        n = len(remaining)
+        scores = []
+        for i, xi in enumerate(remaining):
+            d = sorted(float(np.sum((xi - xj) ** 2)) for j, xj in enumerate(remaining) if j != i)
+            scores.append(np.mean(d[: n - f - 1]) if n - f - 1 > 0 else 0.0)
+        picked.append(remaining.pop(int(np.argmin(scores))))
+    chosen = np.array(picked)
+    beta = len(chosen) - 2 * f
+    out = np.empty(x.shape[1])
+    for k in range(x.shape[1]):
+        col = chosen[:, k]
+        med = np.median(col)
+        out[k] = np.mean(sorted(col, key=lambda v: abs(v - med))[:beta])
+    return out
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bulyan_equals_the_papers_definition_on_random_inputs(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(7, 16))
+    x = rng.standard_normal((n, int(rng.integers(1, 20))))
+    f = int(rng.integers(0, (n - 3) // 4 + 1))
+    np.testing.assert_allclose(rules.bulyan(x, f), _bulyan_by_the_paper(x, f), rtol=1e-10)
