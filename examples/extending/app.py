@@ -42,14 +42,14 @@ def load_data() -> consortia.Dataset:
 # -- 1. An aggregator that needs every update -------------------------------------------
 
 
-def trimmed_mean(updates, weights, sites, state):
+def trim_extremes(updates, weights, sites, state):
     """Per coordinate, drop the highest and the lowest value and average the rest."""
     trim = 1 if len(updates) >= 3 else 0
     ordered = np.sort(updates, axis=0)
     return ordered[trim : len(updates) - trim].mean(axis=0)
 
 
-consortia.register_aggregator(consortia.AllUpdatesAggregator("trimmed_mean", trimmed_mean))
+consortia.register_aggregator(consortia.AllUpdatesAggregator("trim_extremes", trim_extremes))
 
 
 # -- 2. A site app that loads its own data and keeps state ------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 from consortia.core.errors import RoundFailedError
 from consortia.core.events import RoundDone, RoundFailed, RoundStarted, Subscriber, WaitingForSites
 from consortia.fleet.base import Fleet
-from consortia.monitor.metrics import MetricsFile, TensorBoardWriter
+from consortia.monitor.metrics import AuditFile, MetricsFile, TensorBoardWriter
 from consortia.server.run import PreparedJob, Run, RunOptions, prepare_job, site_names
 from consortia.server.store import ServerStore
 
@@ -73,6 +73,7 @@ class Deployment:
             make_fleet,
             subscribers=[
                 MetricsFile(),
+                AuditFile(),
                 TensorBoardWriter(),
                 reporter or LogReporter(),
                 *subscribers,

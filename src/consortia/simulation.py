@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from consortia.attacks import AttackFleet, choose_malicious
+from consortia.attacks.sites import backdoor_metric, poison_sites, trigger_for
 from consortia.client.app import SiteApp
 from consortia.client.runtime import Site, SiteData
 from consortia.client.trainers.base import Trainer
@@ -29,7 +31,7 @@ from consortia.core.rng import generator
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.data import label_histograms, make_partition
 from consortia.fleet.base import Fleet, MakeSite
-from consortia.monitor.metrics import MetricsFile, TensorBoardWriter
+from consortia.monitor.metrics import AuditFile, MetricsFile, TensorBoardWriter
 from consortia.monitor.progress import ProgressBar
 from consortia.server.build import (
     loop_settings,
@@ -42,7 +44,7 @@ from consortia.server.run_folder import default_run_dir
 from consortia.server.workflow import Step
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.presets import Strategy
-from consortia.task import app_hook, build_trainer, load_dataset, load_job_with_app
+from consortia.task import app_hook, build_trainer, load_dataset, load_job_with_app, load_root_data
 
 if TYPE_CHECKING:
     from consortia.client.policy import SitePolicy
@@ -227,12 +229,23 @@ def simulate(
 
         policy = SitePolicy(sp.max_epsilon, sp.delta, sp.require_privacy)
 
+    attack = cfg.simulation.attack
+    malicious: list[str] = []
+    backdoor = None
+    if attack is not None:
+        malicious = choose_malicious(ids, attack)
+        trigger = trigger_for(attack, data.x_train) if attack.kind == "backdoor" else None
+        site_data = poison_sites(site_data, malicious, attack, np.unique(data.y_train), trigger)
+        if trigger is not None and data.has_test:
+            backdoor = backdoor_metric(trainer.evaluate, data.x_test, data.y_test, trigger)
+
     central = None
     if data.has_test and cfg.evaluation.central_every > 0:
         x_test, y_test = data.x_test, data.y_test
 
         def central(w: np.ndarray) -> dict[str, float]:
-            return trainer.evaluate(w, x_test, y_test)
+            metrics = trainer.evaluate(w, x_test, y_test)
+            return metrics if backdoor is None else {**metrics, **backdoor(w)}
 
     fleet_name = "debug" if debug else cfg.simulation.fleet
     factory = FLEETS.get(fleet_name)
@@ -241,6 +254,8 @@ def simulate(
     # The pool forks here: before any progress-bar thread exists (the bar starts with the
     # run), and before the initial model exists, so that no worker holds a copy of it.
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
+    if attack is not None:
+        fleet = AttackFleet(fleet, malicious, attack)
     try:
         spec, weights = trainer.initial()
         if not custom:
@@ -256,11 +271,17 @@ def simulate(
             # The number of rounds is the store's to track (a resume may extend a run).
             overrides={k: v for k, v in updates.items() if k != "rounds"},
             workflow=app_hook(cfg.task, base, "workflow"),
+            root=load_root_data(cfg, base),
             release_initial=True,
         )
         del weights  # the run takes the initial model from `prepared` and lets it go
         bar = ProgressBar(cfg.rounds) if progress else None
-        subscribers: list[Subscriber] = [MetricsFile(), TensorBoardWriter(), *listeners]
+        subscribers: list[Subscriber] = [
+            MetricsFile(),
+            AuditFile(),
+            TensorBoardWriter(),
+            *listeners,
+        ]
         if bar is not None:
             subscribers.append(bar)
         options = RunOptions(
@@ -281,7 +302,9 @@ def simulate(
             strategy=strategy,
             aggregator=aggregator,
             steps=steps,
-            summary_extra=lambda store, state: {"sites": len(ids)},
+            summary_extra=lambda store, state: (
+                {"sites": len(ids)} | ({"malicious_sites": malicious} if attack is not None else {})
+            ),
             on_open=lambda folder: folder.write_partition(ids, hist),
             # The partition is what sites train on only when they are the built-in Site.
             notices=[] if custom else partition_notices(ids, site_data),

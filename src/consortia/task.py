@@ -19,7 +19,7 @@ from typing import Any
 
 from consortia.client.trainers.base import Trainer
 from consortia.client.trainers.frameworks import TrainerBuilder, app_function
-from consortia.core.config import JobConfig, TaskConfig, parse_job, read_job
+from consortia.core.config import JobConfig, TaskConfig, aggregator_from_config, parse_job, read_job
 from consortia.core.dataset import Dataset
 from consortia.core.errors import ConfigError
 from consortia.core.registry import FRAMEWORKS
@@ -102,3 +102,21 @@ def load_dataset(task: TaskConfig, base_dir: Path) -> Dataset:
         f"task.data: {task.data}() must return consortia.Dataset or "
         "(x_train, y_train[, x_test, y_test])"
     )
+
+
+def load_root_data(job: JobConfig, base_dir: Path) -> tuple[Any, Any] | None:
+    """The server's root data set, if the job's aggregator names one (FLTrust's ``root``
+    option): the app function it names returns a Dataset (its training split) or (x, y)."""
+    name = getattr(aggregator_from_config(job.strategy), "root_data", None)
+    if name is None:
+        return None
+    fn = getattr(load_app(job.task.app, base_dir), name, None)
+    field = "strategy.aggregator_options.root"
+    if not callable(fn):
+        raise ConfigError(f"{field}: the task's app has no function {name!r} (the root data)")
+    data = fn()
+    if isinstance(data, Dataset):
+        return data.x_train, data.y_train
+    if isinstance(data, tuple) and len(data) == 2:
+        return data[0], data[1]
+    raise ConfigError(f"{field}: {name}() must return consortia.Dataset or (x, y)")

@@ -32,6 +32,7 @@ from consortia.core.registry import (
     SERVER_OPTIMIZERS,
     Registry,
 )
+from consortia.core.robustness_config import AttackConfig, AuditConfig, ValidationConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -204,12 +205,18 @@ class StrategyConfig(_Strict):
         description="once min_replies are in, wait this long for the rest, then end the phase",
     )
     aggregator: AggregatorName = "weighted_mean"
+    aggregator_options: dict[str, int | float | bool | str | list[str]] = Field(
+        default_factory=dict,
+        description="the aggregator's own settings (e.g. f for krum), checked by the "
+        "aggregator's options model",
+    )
     tolerate_failing_sites: bool = Field(
         False,
         description="a run where some site failed every round it was asked still ends "
         "'completed' (by default it ends 'degraded', and the command exits with 3)",
     )
     server_optimizer: ServerOptimizerConfig = ServerOptimizerConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     @model_validator(mode="after")
     def _one_size(self) -> StrategyConfig:
@@ -262,6 +269,7 @@ class SimulationConfig(_Strict):
     local_eval_fraction: float = Field(0.0, ge=0, lt=1)
     partition: PartitionConfig = PartitionConfig()
     site_policy: SitePolicyConfig | None = None
+    attack: AttackConfig | None = None
 
 
 class JobConfig(_Strict):
@@ -274,6 +282,7 @@ class JobConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     privacy: PrivacyConfig | None = None
     analytics: AnalyticsConfig | None = None
+    audit: AuditConfig | None = None
     simulation: SimulationConfig | None = None
 
     @property
@@ -294,13 +303,59 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _aggregator_fits_privacy(self) -> JobConfig:
-        needs = getattr(AGGREGATORS.get(self.strategy.aggregator), "needs", "sum")
-        if needs == "all" and self.privacy is not None and self.privacy.mode != "local":
+        aggregator = aggregator_from_config(self.strategy)
+        needs = getattr(aggregator, "needs", "sum")
+        if needs != "all" or self.privacy is None or self.privacy.mode == "local":
+            return self
+        name, mode = self.strategy.aggregator, self.privacy.mode
+        if mode == "central" and getattr(aggregator, "bounded_sensitivity", False):
+            return self
+        raise ValueError(
+            f"strategy.aggregator: {name!r} needs every update, but privacy.mode = "
+            f"{mode!r} works on the sum of updates only ("
+            + (
+                "the server never sees one update"
+                if mode == "distributed"
+                else "the noise is calibrated to a sum of clipped updates, and this "
+                "aggregator's output can move further when one site changes"
+            )
+            + "); choose a sum-only aggregator such as 'weighted_mean' or 'mean'"
+            + (", or 'norm_bounded_mean'" if mode == "central" else "")
+            + ", or local DP; the defence that composes with it is the norm bound the "
+            "sites apply themselves (privacy.clip_norm)"
+        )
+
+    @model_validator(mode="after")
+    def _validation_fits_privacy(self) -> JobConfig:
+        v, mode = self.strategy.validation, self.privacy.mode if self.privacy else None
+        if mode == "distributed":
+            for name in ("max_norm", "max_norm_multiple"):
+                if getattr(v, name) is not None:
+                    raise ValueError(
+                        f"strategy.validation.{name}: under distributed DP the server sees "
+                        "encoded, noised updates whose norms mean nothing; the sites' own "
+                        "clipping (privacy.clip_norm) is the norm bound that applies"
+                    )
+        if mode == "central" and v.max_norm_multiple is not None:
             raise ValueError(
-                f"strategy.aggregator: {self.strategy.aggregator!r} needs every update, but "
-                f"privacy.mode = {self.privacy.mode!r} works on the sum of updates only "
-                "(the noise is calibrated to the sum); choose a sum-only aggregator such "
-                f"as 'weighted_mean' or 'mean', or local DP"
+                "strategy.validation.max_norm_multiple: under central DP which updates count "
+                "must not depend on the other sites' updates (one site could then change "
+                "the sum by more than the clip norm); use max_norm"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _audit_fits_privacy(self) -> JobConfig:
+        if self.audit is not None and self.privacy is not None and self.privacy.mode != "local":
+            raise ValueError(
+                f"audit: per-site scores would publish, site by site, what privacy.mode = "
+                f"{self.privacy.mode!r} hides"
+                + (
+                    " (and the server sees only the sum)"
+                    if self.privacy.mode == "distributed"
+                    else ""
+                )
+                + "; remove [audit] or use local DP"
             )
         return self
 
@@ -318,6 +373,26 @@ class JobConfig(_Strict):
                     "(each site's held-out share)"
                 )
         return self
+
+
+def aggregator_from_config(strategy: StrategyConfig) -> Any:
+    """The job's aggregator, configured by ``strategy.aggregator_options`` (ValueError
+    naming each bad option, for the job file's validators)."""
+    aggregator = AGGREGATORS.get(strategy.aggregator)
+    options = strategy.aggregator_options
+    if not options:
+        return aggregator
+    configure = getattr(aggregator, "with_options", None)
+    if configure is None:
+        raise ValueError(
+            f"strategy.aggregator_options: aggregator {strategy.aggregator!r} takes no options"
+        )
+    try:
+        return configure(options)
+    except ValidationError as exc:
+        current = getattr(aggregator, "options", None)
+        model = type(current) if isinstance(current, BaseModel) else BaseModel
+        raise ValueError(_describe(exc, model, "strategy.aggregator_options.")) from None
 
 
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -340,10 +415,10 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields)
 
 
-def _describe(exc: ValidationError, model: type[BaseModel] = BaseModel) -> str:
+def _describe(exc: ValidationError, model: type[BaseModel] = BaseModel, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = prefix + ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not a setting consortia knows)"

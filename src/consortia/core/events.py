@@ -52,6 +52,8 @@ class RoundRecord:
     metrics: dict[str, float]
     worst_site: str | None = None
     phases: list[PhaseRecord] = field(default_factory=list)
+    # Audit scores, one row per site (audit.jsonl); the metrics row lists the flagged only.
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -66,6 +68,9 @@ class RoundRecord:
             out["failed_sites"] = {f.site: f.reason for f in self.failures}
         if self.worst_site is not None:
             out["worst_site"] = self.worst_site
+        flagged = [row["site"] for row in self.audit if row.get("flagged")]
+        if flagged:
+            out["flagged_sites"] = flagged
         return out
 
 

@@ -71,7 +71,7 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-AGGREGATORS: Registry[object] = Registry("aggregator", "consortia.strategy.aggregators")
+AGGREGATORS: Registry[object] = Registry("aggregator", "consortia.strategy.builtins")
 PRESETS: Registry[object] = Registry("strategy preset", "consortia.strategy.presets")
 SERVER_OPTIMIZERS: Registry[object] = Registry("server optimiser", "consortia.strategy.server_opt")
 FLEETS: Registry[object] = Registry("simulation fleet", "consortia.fleet.simulated")

@@ -13,6 +13,8 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from consortia.core.events import RoundDone, RunFinished, RunStarted
 
+AUDIT_SCALARS = ("norm_z", "cos_aggregate", "cos_previous", "median_distance_z")
+
 
 class MetricsFile:
     """metrics.jsonl, one line per round, appended as each round becomes durable. On a
@@ -32,6 +34,29 @@ class MetricsFile:
             self.history.append(row)
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+class AuditFile:
+    """audit.jsonl: the audit's scores, one line per site and round (``[audit]`` jobs). On a
+    resumed run the rows of rounds after the one resumed from are dropped first."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, RunStarted):
+            self.path = Path(event.run_dir) / "audit.jsonl"
+            if self.path.exists():
+                kept = [
+                    line
+                    for line in self.path.read_text().splitlines()
+                    if line and json.loads(line).get("round", 0) <= event.start_round
+                ]
+                self.path.write_text("".join(line + "\n" for line in kept))
+        elif isinstance(event, RoundDone) and self.path is not None and event.record.audit:
+            with self.path.open("a") as f:
+                for row in event.record.audit:
+                    f.write(json.dumps(row) + "\n")
 
 
 class TensorBoardWriter:
@@ -56,6 +81,14 @@ class TensorBoardWriter:
                 event.record.round,
                 {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "round"},
             )
+            audit = {
+                f"audit/{name}/{site_row['site']}": site_row[name]
+                for site_row in event.record.audit
+                for name in AUDIT_SCALARS
+                if isinstance(site_row.get(name), (int, float))
+            }
+            if audit:
+                self.scalars(event.record.round, audit)
             self._writer.flush()
         elif isinstance(event, RunFinished) and self._writer is not None:
             self._writer.close()

@@ -86,6 +86,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for reason, sites in failing_by_reason(summary.get("failing_sites") or {}).items():
         shown = ", ".join(sites[:8]) + (f" and {len(sites) - 8} more" if len(sites) > 8 else "")
         row(f"failed: {len(sites)} site(s)", f"{shown}: {reason}")
+    flagged = summary.get("audit_flagged")
+    if flagged:
+        parts = [f"{site} (rounds {', '.join(map(str, r))})" for site, r in flagged.items()]
+        shown = ", ".join(parts[:8]) + (f" and {len(parts) - 8} more" if len(parts) > 8 else "")
+        row(f"audit flagged: {len(flagged)} site(s)", shown)
     for k in ("degraded", "stopped", "model", "model_digest", "run_dir", "error"):
         if summary.get(k):
             row(k, summary[k])

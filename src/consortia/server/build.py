@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from consortia.core.config import JobConfig
+from consortia.core.config import JobConfig, aggregator_from_config
 from consortia.core.errors import ConfigError
 from consortia.core.messages import TrainSettings
 from consortia.server.workflow import LoopSettings
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.presets import Strategy, make_strategy
 from consortia.strategy.selection import PoissonSelection, Selection, UniformSelection
+from consortia.strategy.validation import UpdateRules
 
 if TYPE_CHECKING:
     from consortia.server.privacy import PrivacyController
@@ -41,9 +42,10 @@ def strategy_from_config(
         st.preset,
         selection=selection_from_config(job, seeded),
         train=settings,
-        aggregator=aggregator or st.aggregator,
+        aggregator=aggregator or aggregator_from_config(st),
         server_optimizer=opt.name,
         server_options=options,
+        validation=UpdateRules(**st.validation.model_dump()),
     )
 
 

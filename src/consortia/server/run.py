@@ -45,6 +45,7 @@ from consortia.core.events import (
 from consortia.core.memory import MIB, peak_rss_bytes
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.fleet.base import Fleet
+from consortia.server.audit import Auditor, flagged_sites
 from consortia.server.build import loop_settings, privacy_from_config, strategy_from_config
 from consortia.server.run_folder import RunFolder, run_summary
 from consortia.server.store import (
@@ -60,6 +61,7 @@ from consortia.server.store import (
 from consortia.server.workflow import Step, Workflow, standard_steps
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.presets import Strategy
+from consortia.strategy.robust.audit import AuditThresholds
 from consortia.task import load_app, load_dataset
 
 if TYPE_CHECKING:
@@ -85,6 +87,7 @@ class PreparedJob:
     text_name: str = "job.toml"
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. --rounds, --seed
     workflow: Callable[[list[Step]], list[Step]] | None = None  # the app's [task] workflow
+    root: tuple[Any, Any] | None = None  # the server's root data set (FLTrust)
     # A run that starts from this job lets go of ``weights`` once its first state holds
     # them, so that a large model is not kept twice for the whole run. ``simulate`` sets it
     # for the job it prepares itself; a prepared job that is run again keeps its model.
@@ -103,7 +106,7 @@ class PreparedJob:
 def prepare_job(path: str | Path) -> PreparedJob:
     """Build the trainer (for the spec and initial weights) and, where the task has a data
     function with a test split and ``central_every > 0``, the central evaluation."""
-    from consortia.task import app_hook, build_trainer, load_job_with_app
+    from consortia.task import app_hook, build_trainer, load_job_with_app, load_root_data
 
     path = Path(path)
     cfg = load_job_with_app(path)
@@ -124,7 +127,10 @@ def prepare_job(path: str | Path) -> PreparedJob:
     elif cfg.evaluation.central_every > 0:
         log.info("task.data %r not found: no central evaluation", cfg.task.data)
     workflow = app_hook(cfg.task, base, "workflow")
-    return PreparedJob(text, cfg, trainer, spec, weights, central, path, workflow=workflow)
+    root = load_root_data(cfg, base)
+    return PreparedJob(
+        text, cfg, trainer, spec, weights, central, path, workflow=workflow, root=root
+    )
 
 
 @dataclass(frozen=True)
@@ -346,8 +352,24 @@ class Run:
             privacy = self._privacy(store)
             n_sites = self.options.eligible_sites or self.min_sites
             settings = replace(loop_settings(cfg, n_sites), rounds=rounds, seed=cfg.seed)
+            root = None
+            if self.job.root is not None and getattr(self.strategy.aggregator, "root_data", None):
+                if self.job.trainer is None:
+                    raise ConfigError(
+                        "strategy.aggregator: the root update needs the task's trainer"
+                    )
+                root = (self.job.trainer, self.job.root)
+            auditor = None
+            if cfg.audit is not None:
+                thresholds = AuditThresholds(**cfg.audit.thresholds())
+                auditor = Auditor(thresholds, self.job.spec.size, cfg.seed)
             steps = standard_steps(
-                self.strategy, settings, central_eval=self.job.central, privacy=privacy
+                self.strategy,
+                settings,
+                central_eval=self.job.central,
+                privacy=privacy,
+                root=root,
+                audit=auditor,
             )
             for edit in (self.job.workflow, self.edit_steps):
                 if edit is not None:
@@ -376,6 +398,7 @@ class Run:
                 state = self._state
                 summary = self._summary(folder, store, state, rounds, status, error, t_start)
                 self._flag_failing_sites(summary, store, state)
+                self._flag_audited_sites(summary, store, state)
                 summary["resumed_from_round"] = resumed_from
                 summary["peak_memory"] = peak_memory(workers)
                 if self.notices:
@@ -454,6 +477,25 @@ class Run:
             state.round, record.seconds, record.to_json(), rel, model_sha, opt_sha, digest
         )
         store.commit_round(row, participants(record.phases))
+
+    def _flag_audited_sites(
+        self, summary: dict[str, Any], store: ServerStore, state: LoopState
+    ) -> None:
+        """The sites the audit flagged in at least ``audit.site_share`` of the rounds their
+        update was accepted in, with those rounds (from the store: a resumed run counts
+        the rounds before the restart too)."""
+        audit = self.job.config.audit
+        if audit is None:
+            return
+        rounds = [
+            (r.number, list(r.metrics.get("flagged_sites", []))) for r in store.completed_rounds()
+        ]
+        audited: dict[str, int] = {}
+        for r in range(1, state.round + 1):
+            for p in store.participants(r):
+                if p.phase == "fit" and p.outcome == "replied":
+                    audited[p.site] = audited.get(p.site, 0) + 1
+        summary["audit_flagged"] = flagged_sites(rounds, audited, audit.site_share)
 
     def _flag_failing_sites(
         self, summary: dict[str, Any], store: ServerStore, state: LoopState

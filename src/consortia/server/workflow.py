@@ -9,6 +9,7 @@ Strategies supply parts to the steps; they never own the loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,19 +17,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from consortia.client.trainers.base import Trainer
 from consortia.core.errors import RoundFailedError
 from consortia.core.events import LoopState, PhaseDone, PhaseRecord, RoundRecord, State
-from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
+from consortia.core.messages import EvaluateIns, EvaluateRes, Failure, FitIns, FitRes, TrainSettings
 from consortia.core.rng import derive_seed
 from consortia.core.spec import ModelSpec, all_finite
 from consortia.fleet.base import Fleet
+from consortia.server.audit import Auditor
 from consortia.server.phases import Phase, run_phase
+from consortia.server.validation import ValidatingSink
 from consortia.strategy.aggregators import FitSink
 from consortia.strategy.presets import Strategy
+from consortia.strategy.robust.registered import ROOT_UPDATE
 from consortia.strategy.selection import UniformSelection
 
 if TYPE_CHECKING:
     from consortia.server.privacy import PrivacyController
+
+log = logging.getLogger(__name__)
 
 CentralEval = Callable[[np.ndarray], dict[str, float]]
 
@@ -66,6 +73,7 @@ class RoundContext:
     selected: int = 0
     fit_replies: int = 0
     worst_site: str | None = None
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def model(self) -> np.ndarray:
@@ -80,12 +88,14 @@ class RoundContext:
         *,
         min_replies: int = 0,
         deadline_s: float | None = None,
+        settle: Callable[[PhaseRecord], None] | None = None,
     ) -> PhaseRecord:
         """Run one phase; its record is kept in the round whether it succeeds or not.
 
         The phase ends when every request is answered, or ``min_replies`` replies are in and
         the job's grace period has passed, or after ``deadline_s`` (default: the job's fit
-        deadline). Too few accepted replies raise RoundFailedError.
+        deadline). Too few accepted replies raise RoundFailedError. ``settle`` may still
+        refuse replies once all are in (the record is published after it).
         """
         record = PhaseRecord(name, [s for s, _ in requests])
         self.phases.append(record)
@@ -98,6 +108,8 @@ class RoundContext:
             self.settings.grace_s,
         )
         run_phase(self.fleet, phase, accept, record)
+        if settle is not None:  # decisions that needed every reply, before anyone hears
+            settle(record)
         self.publish(PhaseDone(self.number, record))
         return record
 
@@ -120,6 +132,7 @@ class RoundContext:
             self.metrics,
             self.worst_site,
             list(self.phases),
+            self.audit,
         )
 
 
@@ -164,6 +177,7 @@ class FitStep:
 
     strategy: Strategy
     privacy: PrivacyController | None = None
+    audit: Auditor | None = None
     name: str = "fit"
 
     def run(self, ctx: RoundContext) -> None:
@@ -181,21 +195,29 @@ class FitStep:
             for site in chosen
         ]
         agg, dtype = self.strategy.aggregator, ctx.spec.vector_dtype
-        state = ctx.state.aggregator_state
+        # A step before this one may have added to the state for this round (the root update)
+        state = ctx.state.aggregator_state if ctx.aggregator_state is None else ctx.aggregator_state
         sink = (
             dp.begin_round(agg, dtype, state)
             if dp
             else FitSink(agg.begin(ctx.spec.size, dtype, state))
         )
-        fit_metrics: list[tuple[int, dict[str, float]]] = []
+        tee = self.audit.tee(sink) if self.audit is not None else None
+        checked = ValidatingSink(tee or sink, self.strategy.validation)
+        fit_metrics: dict[str, tuple[int, dict[str, float]]] = {}
 
         def accept(site: str, res: FitRes) -> None:
-            sink.add(res)
-            fit_metrics.append((res.num_examples, res.metrics))
+            checked.add(res)
+            fit_metrics[site] = (res.num_examples, res.metrics)
 
         min_replies = s.min_fit_replies if dp is None else dp.min_replies
         record = ctx.exchange(
-            "fit", requests, accept, min_replies=min_replies, deadline_s=s.fit_deadline_s
+            "fit",
+            requests,
+            accept,
+            min_replies=min_replies,
+            deadline_s=s.fit_deadline_s,
+            settle=lambda rec: _refuse_late(rec, checked.settle(), min_replies, rnd),
         )
         ctx.selected, ctx.fit_replies = len(chosen), len(record.accepted)
         try:
@@ -203,7 +225,45 @@ class FitStep:
         except RoundFailedError as exc:
             raise RoundFailedError(f"round {rnd}: {exc}") from None
         ctx.values.update(aggregate=aggregate, fit_sink=sink, train_settings=train)
-        ctx.metrics.update(weighted_metrics(fit_metrics, "train_"))
+        if self.audit is not None and tee is not None:
+            ctx.audit = self.audit.audit(rnd, tee.updates, aggregate)
+        kept = [fit_metrics[site] for site in record.accepted]
+        ctx.metrics.update(weighted_metrics(kept, "train_"))
+
+
+def _refuse_late(record: PhaseRecord, refused: list[Failure], min_replies: int, rnd: int) -> None:
+    """Updates refused once the whole round was in (the relative norm bound) leave the
+    accepted list for the failures, and may leave the phase short of its minimum."""
+    if not refused:
+        return
+    gone = {f.site for f in refused}
+    record.accepted = [s for s in record.accepted if s not in gone]
+    record.failures.extend(refused)
+    for f in refused:
+        log.warning("round %d fit: refused update of %s: %s", rnd, f.site, f.reason)
+    if len(record.accepted) < min_replies:
+        raise RoundFailedError(
+            f"round {rnd} fit: {len(record.accepted)} updates left after validation, "
+            f"at least {min_replies} needed ({refused[0].site}: {refused[0].reason})"
+        )
+
+
+@dataclass
+class RootUpdateStep:
+    """FLTrust (Cao et al. 2021): the server trains on its own small root data set from the
+    global model, and hands that update to the aggregator, in its state for this round
+    only, as the direction it trusts."""
+
+    trainer: Trainer
+    root: tuple[Any, Any]  # (x, y)
+    train: TrainSettings
+    name: str = "root_update"
+
+    def run(self, ctx: RoundContext) -> None:
+        seed = derive_seed(ctx.settings.seed, "root", ctx.number)
+        trained, _ = self.trainer.fit(ctx.model, self.root[0], self.root[1], self.train, seed)
+        update = np.asarray(trained, np.float64) - np.asarray(ctx.model, np.float64)
+        ctx.aggregator_state = {**ctx.state.aggregator_state, ROOT_UPDATE: update}
 
 
 @dataclass
@@ -280,9 +340,14 @@ def standard_steps(
     *,
     central_eval: CentralEval | None = None,
     privacy: PrivacyController | None = None,
+    root: tuple[Trainer, tuple[Any, Any]] | None = None,
+    audit: Auditor | None = None,
 ) -> list[Step]:
-    """FedAvg's round, as the job asks: fit, server update, then the evaluations it has."""
-    steps: list[Step] = [FitStep(strategy, privacy), ServerUpdateStep(strategy, privacy)]
+    """FedAvg's round, as the job asks: fit, server update, then the evaluations it has;
+    with ``root`` (a trainer and the root data set: FLTrust) the root update first."""
+    steps: list[Step] = [FitStep(strategy, privacy, audit), ServerUpdateStep(strategy, privacy)]
+    if root is not None:
+        steps.insert(0, RootUpdateStep(root[0], root[1], strategy.train))
     if central_eval is not None and settings.central_every > 0:
         steps.append(CentralEvalStep(central_eval))
     if settings.federated_every > 0 and settings.federated_selection is not None:

@@ -234,9 +234,9 @@ class _CollectRound:
     def result(self) -> tuple[np.ndarray, State]:
         if not self.rows:
             raise AggregationError("no updates to aggregate")
-        out = self.fn(
-            np.stack(self.rows), np.asarray(self.weights, np.float64), self.sites, self.state
-        )
+        stacked = np.stack(self.rows)
+        self.rows.clear()  # the stacked copy is now the only one this round needs
+        out = self.fn(stacked, np.asarray(self.weights, np.float64), self.sites, self.state)
         vector, state = out if isinstance(out, tuple) else (out, self.state)
         vector = np.asarray(vector)
         if vector.shape != (self.size,):
@@ -297,8 +297,3 @@ def register_aggregator(aggregator: Any, *, replace: bool = False) -> Any:
             "needs = 'sum' or 'all'"
         )
     return AGGREGATORS.register(aggregator.name, aggregator, replace=replace)
-
-
-register_aggregator(MeanAggregator(weighted=True))
-register_aggregator(MeanAggregator(weighted=False))
-register_aggregator(AllUpdatesAggregator("median", coordinate_median))

@@ -15,6 +15,7 @@ from consortia.core.registry import AGGREGATORS, PRESETS
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.selection import Selection
 from consortia.strategy.server_opt import ServerOptimizer, make_server_optimizer
+from consortia.strategy.validation import UpdateRules
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Strategy:
     aggregator: Aggregator
     server_optimizer: ServerOptimizer
     train: TrainSettings = field(default_factory=TrainSettings)
+    validation: UpdateRules = field(default_factory=UpdateRules)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def make_strategy(
     aggregator: str | Aggregator = "weighted_mean",
     server_optimizer: str | None = None,
     server_options: dict[str, Any] | None = None,
+    validation: UpdateRules | None = None,
 ) -> Strategy:
     """Build a preset, letting any part be overridden (by registered name, or an aggregator
     object)."""
@@ -68,4 +71,4 @@ def make_strategy(
     settings = train or TrainSettings()
     if p.proximal_mu and settings.proximal_mu == 0.0:
         settings = replace(settings, proximal_mu=p.proximal_mu)
-    return Strategy(selection, agg, opt, settings)
+    return Strategy(selection, agg, opt, settings, validation or UpdateRules())
