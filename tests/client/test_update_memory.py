@@ -70,39 +70,3 @@ def test_numpy_evaluate_sees_read_only_views_of_the_model():
     weights = np.arange(4, dtype=np.float32)
     assert trainer.evaluate(weights, None, None) == {"loss": 6.0}
     assert seen["writeable"] is False
-
-
-def test_numpy_fit_builds_its_result_where_the_allocator_says(tmp_path):
-    """In a pool worker the trainer's vector is a reply slot; the update is computed in
-    it, and is the same as in ordinary memory, whether fit works in place or not."""
-    from consortia.client.trainers.base import set_vector_allocator
-    from consortia.fleet import bulk
-
-    slots = bulk.ReplySlots(tmp_path, "t", 4)
-    writer = bulk.ReplyWriter(tmp_path, slots)
-    n = bulk.THRESHOLD // 4 + 8
-
-    def trainer(in_place: bool) -> FunctionTrainer:
-        def fit(params, x, y, settings, rng):
-            if in_place:
-                params["w"] += 1.0
-                return params, {}
-            return {"w": params["w"] + 1.0}, {}
-
-        return FunctionTrainer(lambda: {"w": np.zeros(n, np.float32)}, fit, lambda p, x, y: {})
-
-    weights = np.arange(n, dtype=np.float32)
-    plain = {}
-    for in_place in (True, False):
-        site = Site("a", trainer(in_place), SiteData(np.zeros((3, 1)), np.zeros(3)))
-        plain[in_place] = site.handle(FitIns(1, weights, TrainSettings(), seed=0)).delta
-    set_vector_allocator(writer.vector)
-    try:
-        for in_place in (True, False):
-            site = Site("a", trainer(in_place), SiteData(np.zeros((3, 1)), np.zeros(3)))
-            delta = site.handle(FitIns(1, weights, TrainSettings(), seed=0)).delta
-            assert isinstance(delta.base, memoryview)  # in a slot file
-            assert np.array_equal(delta, plain[in_place]) and np.all(delta == 1.0)
-            assert np.array_equal(weights, np.arange(n, dtype=np.float32))
-    finally:
-        set_vector_allocator(None)

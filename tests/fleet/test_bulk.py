@@ -139,34 +139,3 @@ def test_pool_replies_with_large_arrays_in_order_and_leaves_no_files() -> None:
     finally:
         fleet.close()
     assert not directory.exists()
-
-
-def test_a_vector_built_in_a_lent_slot_is_sent_without_a_copy(tmp_path: Path) -> None:
-    writer, slots = _writer(tmp_path, slots=2)
-    reader = bulk.Reader({slots.name: slots})
-    vec = writer.vector(BIG, np.dtype(np.float32))
-    assert vec is not None and vec.flags.writeable
-    vec[:] = _big(5)
-    mtime = (tmp_path / "slot-w0-0.bin").stat().st_mtime_ns
-    data = bulk.dumps(Msg(vec, np.zeros(1), "a"), writer.put)
-    assert (tmp_path / "slot-w0-0.bin").stat().st_mtime_ns == mtime  # nothing written
-    del vec
-    got = reader.loads(data)
-    assert np.array_equal(got.big, _big(5))
-    assert slots.take() == 1 and slots.take() is None  # slot 0 stays the reader's...
-    slots.release(1)
-    del got
-    assert slots.take() == 0  # ...until its array is gone
-
-
-def test_a_lent_slot_that_is_never_sent_is_freed_when_let_go(tmp_path: Path) -> None:
-    writer, slots = _writer(tmp_path, slots=1)
-    vec = writer.vector(BIG, np.dtype(np.float32))
-    assert vec is not None
-    assert writer.vector(BIG, np.dtype(np.float32)) is None  # no slot left: ordinary memory
-    view = vec[5:]
-    del vec
-    assert slots.take() is None  # a view still uses it
-    del view
-    assert slots.take() == 0
-    assert writer.vector(10, np.dtype(np.float32)) is None  # small: not worth a file

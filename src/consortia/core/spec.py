@@ -80,18 +80,15 @@ class ModelSpec:
             start += e.size
         return out
 
-    def flatten(
-        self, arrays: Mapping[str, np.ndarray], out: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Concatenate the named arrays in spec order into one new vector (or ``out``)."""
+    def flatten(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Concatenate the named arrays in spec order into one new vector."""
         missing = [n for n in self.names if n not in arrays]
         extra = [n for n in arrays if n not in set(self.names)]
         if missing or extra:
             raise SpecMismatchError(
                 f"arrays do not match spec: missing {missing}, unexpected {extra}"
             )
-        if out is None:
-            out = np.empty(self.size, dtype=self.vector_dtype)
+        out = np.empty(self.size, dtype=self.vector_dtype)
         for e, (a, b) in zip(self.entries, self.offsets(), strict=True):
             arr = np.asarray(arrays[e.name])
             if tuple(arr.shape) != e.shape:
@@ -112,11 +109,10 @@ class ModelSpec:
             out[e.name] = part.astype(e.dtype, copy=True)
         return out
 
-    def views(self, vector: np.ndarray, writable: bool = False) -> dict[str, np.ndarray]:
-        """Named views into ``vector`` (converted copies only for tensors stored in another
-        dtype), read-only unless asked: for readers such as evaluation and checkpoints,
-        which must not pay a model-sized copy, nor be able to change the model they were
-        shown; ``writable`` for a working copy that is the vector's own."""
+    def views(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Named read-only views into ``vector`` (converted copies only for tensors stored
+        in another dtype): for readers such as evaluation and checkpoints, which must not
+        pay a model-sized copy, nor be able to change the model they were shown."""
         self.check_vector(vector)
         out: dict[str, np.ndarray] = {}
         for e, (a, b) in zip(self.entries, self.offsets(), strict=True):
@@ -126,8 +122,7 @@ class ModelSpec:
                     part = np.rint(part)
                 part = part.astype(e.dtype)
             part = part.view()
-            if not writable:
-                part.flags.writeable = False
+            part.flags.writeable = False
             out[e.name] = part
         return out
 

@@ -72,10 +72,6 @@ def _map(
     return mapped, np.frombuffer(mapped, dtype=np.dtype(dtype)).reshape(shape)
 
 
-def _address(array: np.ndarray) -> int:
-    return int(array.__array_interface__["data"][0])
-
-
 def write_array(path: Path, array: np.ndarray) -> None:
     """Write ``array``'s bytes over ``path`` from offset 0: an existing file's pages are
     reused (no allocation), and the file is cut to the array's size."""
@@ -153,53 +149,14 @@ class Reader:
 
 class ReplyWriter:
     """A worker's side: each large array of a reply goes into a free slot, else into a new
-    file that the parent will own.
-
-    A trainer may also build its result straight in a free slot (``vector``, installed as
-    the worker's vector allocator): the site's update is then computed there in place, and
-    sending it writes nothing. A slot lent that way and never sent (the update was replaced
-    on its way, or the site failed) is freed when its last array is let go.
-    """
+    file that the parent will own."""
 
     def __init__(self, directory: Path, slots: ReplySlots) -> None:
         self._dir = directory
         self._slots = slots
         self._names = itertools.count()
-        # data address -> (bytes, slot, [sent]) of the slots lent to trainers
-        self._lent: dict[int, tuple[int, int, list[bool]]] = {}
-
-    def vector(self, size: int, dtype: np.dtype) -> np.ndarray | None:
-        nbytes = size * np.dtype(dtype).itemsize
-        if nbytes < THRESHOLD:
-            return None
-        index = self._slots.take()
-        if index is None:
-            return None
-        fd = os.open(self._slots.paths[index], os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            os.ftruncate(fd, nbytes)
-            mapped = mmap.mmap(fd, nbytes, access=mmap.ACCESS_WRITE)
-        finally:
-            os.close(fd)
-        array = np.frombuffer(mapped, dtype=dtype)
-        address = _address(array)
-        sent = [False]
-        self._lent[address] = (nbytes, index, sent)
-        weakref.finalize(mapped, self._let_go, address, index, sent)
-        return array
-
-    def _let_go(self, address: int, index: int, sent: list[bool]) -> None:
-        self._lent.pop(address, None)
-        if not sent[0]:
-            self._slots.release(index)  # never sent: nobody else will free it
 
     def put(self, array: np.ndarray) -> Handle:
-        lent = self._lent.get(_address(array))
-        if lent is not None and lent[0] == array.nbytes and array.flags.c_contiguous:
-            _, slot, sent = lent
-            sent[0] = True  # it is the parent's to free once read
-            path, kind = self._slots.paths[slot], f"slot:{self._slots.name}:{slot}"
-            return str(path), array.dtype.str, tuple(array.shape), kind
         index = self._slots.take()
         if index is None:
             path = self._dir / f"reply-{os.getpid()}-{next(self._names)}.bin"

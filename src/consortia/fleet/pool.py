@@ -16,7 +16,6 @@ parent: the phase still ends on time, and the stale reply is dropped later.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
 import multiprocessing as mp
@@ -28,14 +27,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from consortia.client.trainers.base import set_vector_allocator
 from consortia.core.memory import peak_rss_bytes
 from consortia.fleet import bulk
 from consortia.fleet.base import (
@@ -62,26 +60,12 @@ def _init_worker() -> None:
         torch.set_num_threads(1)
 
 
-def _heap_trimmer() -> Callable[[], object]:
-    """glibc's ``malloc_trim``: give freed heap memory back to the system. A worker frees
-    a model-sized array after every site, and glibc keeps freed memory in its heap once
-    its mmap threshold has risen to such sizes; trimmed after each batch, an idle worker
-    holds no model-sized leftovers. A no-op where glibc is not the allocator."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    return lambda: trim(0)
-
-
 def _serve(conn: Connection, make_site: MakeSite, directory: Path, slots: bulk.ReplySlots) -> None:
     """A worker's life: handle batches of (position, site, message) with the site's one app."""
     _init_worker()
     apps: dict[str, SiteHandler] = {}
     writer = bulk.ReplyWriter(directory, slots)
-    set_vector_allocator(writer.vector)  # trainers build large results in reply files
     reader = bulk.Reader()
-    trim = _heap_trimmer()
     while True:
         try:
             item = reader.loads(conn.recv_bytes())
@@ -110,7 +94,6 @@ def _serve(conn: Connection, make_site: MakeSite, directory: Path, slots: bulk.R
                 )
             del out
             conn.send_bytes(data)
-            trim()  # what the site freed goes back to the system, not to the next site
 
 
 _STOP = pickle.dumps(None)  # what tells a worker to exit

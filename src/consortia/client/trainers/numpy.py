@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from consortia.client.trainers.base import new_vector
 from consortia.core.errors import ConfigError
 from consortia.core.messages import TrainSettings
 from consortia.core.spec import ModelSpec
@@ -46,24 +45,21 @@ class FunctionTrainer:
     ) -> tuple[np.ndarray, dict[str, float]]:
         if settings.local_dp:
             raise ConfigError("local DP-SGD needs the torch trainer (task.framework = 'torch')")
-        # The working copy is one vector the params are views of: a fit that updates them
-        # in place (and returns them) has then already written the new vector.
-        spec = self.spec
-        work = new_vector(spec.size, spec.vector_dtype)
-        np.copyto(work, weights)
-        given = spec.views(work, writable=True)
+        given = self.spec.unflatten(weights)
         params, metrics = self._fit(dict(given), x, y, settings, np.random.default_rng(seed))
-        if self._updated_in_place(work, given, params):
-            return work, metrics
-        del work, given  # a fit that returned new arrays: flatten them into a new vector
-        return spec.flatten(params, out=new_vector(spec.size, spec.vector_dtype)), metrics
+        same = self._returned_in_place(given, params)
+        del given
+        return same if same is not None else self.spec.flatten(params), metrics
 
-    @staticmethod
-    def _updated_in_place(work: np.ndarray, given: Params, params: Params) -> bool:
-        """Every returned array is the view of ``work`` it was given (no converted copy)."""
-        return set(params) == set(given) and all(
-            params[k] is v and np.shares_memory(v, work) for k, v in given.items()
-        )
+    def _returned_in_place(self, given: Params, params: Params) -> np.ndarray | None:
+        """A single-tensor model that ``fit`` updated in place and returned is already the
+        new vector: no second model-sized copy. Anything else is flattened as usual."""
+        if len(given) != 1 or set(params) != set(given):
+            return None
+        ((name, ours),) = given.items()
+        if params[name] is not ours or ours.dtype != self.spec.vector_dtype:
+            return None
+        return ours.reshape(-1)
 
     def evaluate(self, weights: np.ndarray, x: Any, y: Any) -> dict[str, float]:
         # Read-only views: evaluation must not change the model it is shown, and for a

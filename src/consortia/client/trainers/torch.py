@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from consortia.client.trainers.base import new_vector
 from consortia.core.errors import ConfigError
 from consortia.core.messages import TrainSettings
 from consortia.core.spec import ModelSpec
@@ -53,7 +52,7 @@ def module_to_vector(
 ) -> tuple[ModelSpec, np.ndarray]:
     spec = spec or module_spec(module)
     state = module.state_dict()
-    vec = new_vector(spec.size, spec.vector_dtype)
+    vec = np.empty(spec.size, dtype=spec.vector_dtype)
     for e, (a, b) in zip(spec.entries, spec.offsets(), strict=True):
         vec[a:b] = state[e.name].detach().cpu().reshape(-1).numpy()
     return spec, vec
