@@ -147,7 +147,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--debug", action="store_true", help="run sites in this process")
     ap.add_argument("--tiny", action="store_true", help="10 sites, 2 rounds: a smoke run")
     ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    ap.add_argument("--png", type=Path, help="draw the grid as a heat map (needs matplotlib)")
+    ap.add_argument("--from-json", type=Path, help="draw --png from a grid written before")
     args = ap.parse_args(argv)
+    if args.from_json is not None:
+        if args.png is None:
+            ap.error("--from-json needs --png")
+        heat_map(json.loads(args.from_json.read_text()), args.png)
+        print(f"wrote {args.png}")
+        return
     sites, rounds, per_round = (10, 2, 5) if args.tiny else (100, 30, 10)
     attacks = args.attacks if not args.tiny else ["none", "sign_flip"]
     defences = args.defences if not args.tiny else ["mean", "median"]
@@ -187,10 +195,47 @@ def main(argv: list[str] | None = None) -> None:
     for attack in attacks:
         row = [_fmt(cells[f"{attack}/{d}"]["accuracy"]) for d in defences]
         print(attack.ljust(12) + "".join(v.rjust(13) for v in row))
+    grid = {"seeds": seeds, "sites": sites, "rounds": rounds, "cells": cells}
     if args.json is not None:
-        doc = {"seeds": seeds, "sites": sites, "rounds": rounds, "cells": cells}
-        args.json.write_text(json.dumps(doc, indent=1))
+        args.json.write_text(json.dumps(grid, indent=1))
         print(f"\nwrote {args.json}")
+    if args.png is not None:
+        heat_map(grid, args.png)
+        print(f"wrote {args.png}")
+
+
+def heat_map(grid: dict[str, Any], path: Path) -> None:
+    """Median final accuracy per attack (rows) and defence (columns); the backdoor row
+    also gives the backdoor's median success rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = grid["cells"]
+    attacks = list(dict.fromkeys(k.split("/")[0] for k in cells))
+    defences = list(dict.fromkeys(k.split("/")[1] for k in cells))
+    acc = [[cells[f"{a}/{d}"]["accuracy"] or 0.0 for d in defences] for a in attacks]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.95 * len(defences), 1.2 + 0.5 * len(attacks)), dpi=120)
+    image = ax.imshow(acc, cmap="RdYlGn", vmin=0.4, vmax=1.0, aspect="auto")
+    for i, a in enumerate(attacks):
+        for j, d in enumerate(defences):
+            cell = cells[f"{a}/{d}"]
+            text = _fmt(cell["accuracy"])
+            if cell.get("backdoor_success") is not None:
+                text += f"\nbd {_fmt(cell['backdoor_success'], True)}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(defences)), defences, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
+    ax.set_title(
+        f"digits, {grid['sites']} sites, 20% colluding attackers: median final accuracy of "
+        f"{len(grid['seeds'])} seeds (bd: backdoor success)",
+        fontsize=9,
+    )
+    fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
