@@ -216,6 +216,17 @@ class Run:
     def _open(self) -> tuple[ServerStore, RunFolder, LoopState, JobRow, int]:
         out = Path(self.options.out)
         store_path = out / STORE_FILE
+        folder = RunFolder(out)
+        folder.lock()  # before reading anything: a second server here is refused
+        try:
+            return self._open_locked(out, store_path, folder)
+        except BaseException:
+            folder.unlock()
+            raise
+
+    def _open_locked(
+        self, out: Path, store_path: Path, folder: RunFolder
+    ) -> tuple[ServerStore, RunFolder, LoopState, JobRow, int]:
         if not self.options.resume and store_path.exists():
             with ServerStore(store_path) as s:
                 old = s.job()
@@ -228,7 +239,6 @@ class Run:
                 )
         if self.options.resume and not store_path.exists():
             raise StoreError(f"nothing to resume: {store_path} does not exist")
-        folder = RunFolder(out)
         store = ServerStore(store_path)
         try:
             return (store, folder, *self._load_or_create(store, folder))
@@ -408,6 +418,7 @@ class Run:
                 history = [r.metrics for r in store.completed_rounds()]
             finally:
                 store.close()
+                folder.unlock()
                 self.bus.publish(RunFinished(summary))
         return RunResult(self._state, summary, history)
 

@@ -8,6 +8,7 @@ Layout: ``job.toml`` (copy), ``state.sqlite`` (the run's store), ``partition.jso
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from consortia.core.errors import ConsortiaError
 from consortia.core.serialize import save_model
 from consortia.core.spec import ModelSpec
 
@@ -30,11 +32,38 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+LOCK_FILE = ".lock"
+
+
+class RunFolderBusy(ConsortiaError):
+    """Another process is running a job in this run folder."""
+
+
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoints").mkdir(exist_ok=True)
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold the folder for this process until ``unlock`` (or its exit, even a crash):
+        two servers writing one store and one set of checkpoints would corrupt both."""
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunFolderBusy(
+                f"{self.path} is in use by another consortia process (it holds "
+                f"{self.path / LOCK_FILE}); stop it first, or choose another output folder"
+            ) from None
+        self._lock = fd
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
 
     def write_job(self, text: str, name: str = "job.toml") -> None:
         (self.path / name).write_text(text)

@@ -219,3 +219,16 @@ def test_an_offline_ca_revokes_through_a_copied_list_and_an_older_list_cannot_un
         assert f.sites() == []
     finally:
         f.close()
+
+
+def test_a_second_server_cannot_share_the_port(tmp_path: Path) -> None:
+    """gRPC's default SO_REUSEPORT would let two servers split the sites between them."""
+    from consortia.core.errors import ConsortiaError
+
+    d = init_pki(tmp_path / "pki")
+    first = GrpcFleet("127.0.0.1:0", job_id="a", pki_dir=d, heartbeat_s=0.5)
+    try:
+        with pytest.raises(ConsortiaError, match="port is in use"):
+            GrpcFleet(first.address, job_id="b", pki_dir=d, heartbeat_s=0.5)
+    finally:
+        first.close()

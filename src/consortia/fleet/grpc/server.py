@@ -88,6 +88,9 @@ class GrpcFleet(Fleet):
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            # gRPC binds with SO_REUSEPORT by default: a second server on the same port
+            # would then share the sites with the first. One port, one server.
+            ("grpc.so_reuseport", 0),
         ]
         # One worker drains each site's outgoing stream; a few spare ones refuse extras.
         self._server = grpc.server(
@@ -105,18 +108,24 @@ class GrpcFleet(Fleet):
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(_SERVICE, {"Connect": connect}),)
         )
-        if insecure:
-            log.warning(
-                "INSECURE gRPC fleet on %s: no TLS, sites are who they claim to be. "
-                "Use only for local experiments.",
-                address,
-            )
-            self.port = self._server.add_insecure_port(address)
-        else:
-            creds = server_credentials(Path(str(pki_dir)))
-            self.port = self._server.add_secure_port(address, creds)
+        try:
+            if insecure:
+                log.warning(
+                    "INSECURE gRPC fleet on %s: no TLS, sites are who they claim to be. "
+                    "Use only for local experiments.",
+                    address,
+                )
+                self.port = self._server.add_insecure_port(address)
+            else:
+                creds = server_credentials(Path(str(pki_dir)))
+                self.port = self._server.add_secure_port(address, creds)
+        except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+            self.port = 0
         if self.port == 0:
-            raise ConsortiaError(f"cannot listen on {address}")
+            raise ConsortiaError(
+                f"cannot listen on {address}: the port is in use (another consortia server?) "
+                "or the address is not this machine's"
+            )
         self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
         self._server.start()
         self._stopped = threading.Event()
