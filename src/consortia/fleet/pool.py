@@ -210,58 +210,53 @@ class PoolFleet(Fleet):
         start: float,
         timing: Timing,
     ) -> Iterator[Outcome]:
-        try:
-            yield from self._in_order(tag, requests, batches, start, timing)
-        finally:
-            if self._phase is not None:
-                self._phase.close()  # the model's file: workers still reading keep their map
-                self._phase = None
-
-    def _in_order(
-        self,
-        tag: int,
-        requests: Sequence[tuple[str, Any]],
-        batches: dict[int, list[tuple[int, str, Any]]],
-        start: float,
-        timing: Timing,
-    ) -> Iterator[Outcome]:
         """Outcomes in request order. A reply that arrives before its turn waits as a
         mapping of its worker's file (no memory until read), so nothing here grows with
-        the number of sites."""
-        results: dict[int, Outcome] = {}
-        owner = {seq: w for w, batch in batches.items() for seq, _, _ in batch}
-        replies, met_at = 0, None
-        for seq in range(len(requests)):
-            while seq not in results:
-                now = time.monotonic()
-                left = start + timing.deadline_s - now
-                if timing.grace_s is not None and met_at is not None:
-                    left = min(left, met_at + timing.grace_s - now)
-                if left <= 0:
-                    over = timing.grace_over(replies, met_at, now)
-                    for s in range(seq, len(requests)):
-                        if s not in results:
-                            site = requests[s][0]
-                            results[s] = (
-                                grace_failure(site, timing)
-                                if over
-                                else Failure(site, f"missed the {timing.deadline_s:g} s deadline")
+        the number of sites. The phase's files go when it ends (workers still reading
+        them keep their mappings)."""
+        try:
+            results: dict[int, Outcome] = {}
+            owner = {seq: w for w, batch in batches.items() for seq, _, _ in batch}
+            replies, met_at = 0, None
+            for seq in range(len(requests)):
+                while seq not in results:
+                    now = time.monotonic()
+                    left = start + timing.deadline_s - now
+                    if timing.grace_s is not None and met_at is not None:
+                        left = min(left, met_at + timing.grace_s - now)
+                    if left <= 0:
+                        over = timing.grace_over(replies, met_at, now)
+                        for s in range(seq, len(requests)):
+                            if s not in results:
+                                site = requests[s][0]
+                                results[s] = (
+                                    grace_failure(site, timing)
+                                    if over
+                                    else Failure(
+                                        site, f"missed the {timing.deadline_s:g} s deadline"
+                                    )
+                                )
+                        break
+                    for _, s, ok, value, elapsed in self._receive(tag, owner, batches, left):
+                        owner.pop(s, None)
+                        site = requests[s][0]
+                        if not ok:
+                            results[s] = Failure(site, value)
+                        elif elapsed > timing.deadline_s:
+                            results[s] = Failure(
+                                site, f"missed the {timing.deadline_s:g} s deadline"
                             )
-                    break
-                for _, s, ok, value, elapsed in self._receive(tag, owner, batches, left):
-                    owner.pop(s, None)
-                    site = requests[s][0]
-                    if not ok:
-                        results[s] = Failure(site, value)
-                    elif elapsed > timing.deadline_s:
-                        results[s] = Failure(site, f"missed the {timing.deadline_s:g} s deadline")
-                    else:
-                        results[s] = Reply(site, value)
-                        replies += 1
-                        if met_at is None and 0 < timing.min_replies <= replies:
-                            met_at = time.monotonic()
-            value = None  # no stray reference may keep the last reply's update alive
-            yield results.pop(seq)
+                        else:
+                            results[s] = Reply(site, value)
+                            replies += 1
+                            if met_at is None and 0 < timing.min_replies <= replies:
+                                met_at = time.monotonic()
+                value = None  # no stray reference may keep the last reply's update alive
+                yield results.pop(seq)
+        finally:
+            if self._phase is not None:
+                self._phase.close()
+                self._phase = None
 
     def _receive(
         self,
