@@ -100,6 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval (s)")
     p.add_argument(
+        "--max-sites",
+        type=int,
+        default=1000,
+        help="most sites connected at once (each holds one stream and one server thread)",
+    )
+    p.add_argument(
         "--verbose", "-v", action="store_true", help="log every connection event (and gRPC's own)"
     )
     p.set_defaults(func=run)
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             pki_dir=None if args.insecure else args.pki,
             insecure=args.insecure,
             heartbeat_s=args.heartbeat,
+            max_sites=args.max_sites,
         )
         tls = "INSECURE, no TLS" if args.insecure else "mutual TLS"
         console.print(f"[bold]job {job_id}[/]: listening on {fleet.address} ({tls})")

@@ -232,3 +232,47 @@ def test_a_second_server_cannot_share_the_port(tmp_path: Path) -> None:
             GrpcFleet(first.address, job_id="b", pki_dir=d, heartbeat_s=0.5)
     finally:
         first.close()
+
+
+def test_one_certificate_cannot_hold_more_than_two_streams(
+    fleet: GrpcFleet, pki: Path, start_site: SiteStarter
+) -> None:
+    """An enrolled site opening streams that never say hello would take the server's
+    workers from the other sites; its third stream is refused at once and counted."""
+    from consortia.fleet.grpc.credentials import site_credentials
+
+    creds = site_credentials(pki / "sites" / "hostile")
+    channels = [grpc.secure_channel(fleet.address, creds) for _ in range(3)]
+    try:
+        silent = [  # streams that send nothing: each holds a server worker until cancelled
+            connect_method(ch, pb.SiteMessage.SerializeToString)(iter(threading.Event().wait, 1))
+            for ch in channels[:2]
+        ]
+        time.sleep(0.5)
+        third = connect_method(channels[2], pb.SiteMessage.SerializeToString)(
+            iter([pb.SiteMessage(hello=pb.Hello(site_name="hostile", protocol_version=V))]),
+            timeout=5,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(third)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert any("already holds 2 streams" in r for _, r in fleet.refusals)
+        start_site(fleet, make_site("site-a"))  # an honest site still gets in
+        assert fleet.wait_for_sites(1, timeout=10) == ["site-a"]
+        for call in silent:
+            call.cancel()
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+def test_a_connection_that_never_starts_tls_is_closed_within_seconds(fleet: GrpcFleet) -> None:
+    import socket
+
+    from consortia.fleet.grpc.server import HANDSHAKE_TIMEOUT_S
+
+    host, port = fleet.address.rsplit(":", 1)
+    t0 = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=HANDSHAKE_TIMEOUT_S + 10) as s:
+        assert s.recv(1) == b""  # the server hung up on the silent stranger
+    assert time.monotonic() - t0 < HANDSHAKE_TIMEOUT_S + 5

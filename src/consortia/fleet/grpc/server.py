@@ -34,6 +34,13 @@ log = logging.getLogger("consortia.fleet.grpc")
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 _HELLO_TIMEOUT_S = 10.0
+# A TCP connection that has not finished its TLS handshake after this long is closed
+# (gRPC's default, 120 s, lets a stranger hold descriptors with idle connections).
+HANDSHAKE_TIMEOUT_S = 5.0
+# Streams one certificate may hold open at once: a site needs one (two while it
+# reconnects); more would let one enrolled site take the server's workers from the others.
+STREAMS_PER_CERTIFICATE = 2
+DEFAULT_MAX_SITES = 1000
 _REMEMBERED_REQUESTS = 100_000  # closed request ids kept to name duplicates and replays
 
 
@@ -59,7 +66,7 @@ class GrpcFleet(Fleet):
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         heartbeat_s: float = 5.0,
         dead_after_s: float | None = None,
-        max_sites: int = 64,
+        max_sites: int = DEFAULT_MAX_SITES,
     ) -> None:
         if not insecure and pki_dir is None:
             raise ConsortiaError("GrpcFleet needs pki_dir (TLS always) unless insecure=True")
@@ -91,7 +98,10 @@ class GrpcFleet(Fleet):
             # gRPC binds with SO_REUSEPORT by default: a second server on the same port
             # would then share the sites with the first. One port, one server.
             ("grpc.so_reuseport", 0),
+            ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT_S * 1000)),
         ]
+        self._streams: dict[int, int] = {}  # certificate serial -> streams open
+        self._streams_lock = threading.Lock()
         # One worker drains each site's outgoing stream; a few spare ones refuse extras.
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_sites + 4, thread_name_prefix="grpc-fleet"),
@@ -290,6 +300,31 @@ class GrpcFleet(Fleet):
             log.error("cannot read the revocation list, refusing every site: %s", exc)
             return True
 
+    @staticmethod
+    def certificate_serial(context: grpc.ServicerContext) -> int | None:
+        """The serial of the peer's verified certificate (None without TLS or one)."""
+        pems = context.auth_context().get("x509_pem_cert", [])
+        if len(pems) != 1:
+            return None
+        return int(x509.load_pem_x509_certificate(pems[0]).serial_number)
+
+    def open_stream(self, serial: int) -> bool:
+        """Count one more stream for a certificate; False (not counted) past the cap."""
+        with self._streams_lock:
+            held = self._streams.get(serial, 0)
+            if held >= STREAMS_PER_CERTIFICATE:
+                return False
+            self._streams[serial] = held + 1
+            return True
+
+    def close_stream(self, serial: int) -> None:
+        with self._streams_lock:
+            left = self._streams.get(serial, 0) - 1
+            if left > 0:
+                self._streams[serial] = left
+            else:
+                self._streams.pop(serial, None)
+
     def identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> tuple[str, int | None]:
         """The site's name and certificate serial from its certificate (insecure: its name
         on trust, no serial); raises if the site is refused."""
@@ -357,6 +392,16 @@ class _Servicer:
     ) -> Iterator[pb.ServerMessage | bytes]:
         fleet = self.fleet
         peer = context.peer()
+        serial = fleet.certificate_serial(context)
+        if serial is not None and not fleet.open_stream(serial):
+            reason = (
+                f"certificate {serial:x} already holds {STREAMS_PER_CERTIFICATE} streams; "
+                "this one is refused"
+            )
+            fleet.refuse(peer, f"connection refused: {reason}")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+        if serial is not None:
+            context.add_callback(lambda: fleet.close_stream(serial))
         # A peer that never says hello must not hold a worker thread forever.
         timer = threading.Timer(_HELLO_TIMEOUT_S, context.cancel)
         timer.start()
