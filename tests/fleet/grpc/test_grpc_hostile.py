@@ -932,3 +932,57 @@ def live(
     stop.set()
     t.join(5)
     fleet.close()
+
+
+def test_a_site_that_stops_reading_is_cut_off_and_pins_no_model(pki: Path) -> None:
+    """It keeps its heartbeats coming, so it never looks dead; but the server's send to
+    it stalls. The session is closed once a request has waited ``stalled_send_s`` to go
+    out, the request fails at once, and expired requests drop their arrays."""
+    fleet = GrpcFleet(
+        "127.0.0.1:0", job_id="job-1", pki_dir=pki, heartbeat_s=0.5, stalled_send_s=1.0
+    )
+    out: queue.Queue[pb.SiteMessage | None] = queue.Queue()
+    channel = grpc.secure_channel(fleet.address, site_credentials(pki / "sites" / "hostile"))
+    try:
+        method = connect_method(
+            channel, pb.SiteMessage.SerializeToString, pb.ServerMessage.FromString
+        )
+        call = method(iter(out.get, None))
+        out.put(pb.SiteMessage(hello=pb.Hello(protocol_version=V, max_chunk_bytes=2**20)))
+        assert next(call).WhichOneof("kind") == "welcome"  # and never reads again
+        stop = threading.Event()
+
+        def beat() -> None:
+            n = 0
+            while not stop.wait(0.2):
+                n += 1
+                out.put(pb.SiteMessage(heartbeat=pb.Heartbeat(sequence=n)))
+
+        threading.Thread(target=beat, daemon=True).start()
+        fleet.wait_for_sites(1, timeout=5)
+        big = np.zeros(8 * 2**20, np.float32)  # 32 MiB: more than any flow-control window
+        t0 = time.monotonic()
+        (outcome,) = fleet.send([("hostile", FitIns(1, big, TrainSettings(), 0))], Timing(60))
+        assert isinstance(outcome, Failure) and "not reading" in outcome.reason
+        assert time.monotonic() - t0 < 15
+        assert fleet.sites() == []
+        stop.set()
+    finally:
+        out.put(None)
+        channel.close()
+        fleet.close()
+
+
+def test_an_expired_request_lets_go_of_its_model(pki: Path) -> None:
+    fleet = GrpcFleet("127.0.0.1:0", job_id="job-1", pki_dir=pki, heartbeat_s=0.5)
+    try:
+        session = Session(fleet, "hostile", 2**20)
+        fit = FitIns(1, np.zeros(2**20, np.float32), TrainSettings(), 0)
+        p = Pending(1, "hostile", fit, kind_of(fit))
+        session.submit(p)
+        assert p.arrays and p.request is not None
+        p.resolve(Failure("hostile", "missed the deadline"))
+        session.expire(p, "missed the deadline")
+        assert p.arrays == [] and p.request is None
+    finally:
+        fleet.close()

@@ -41,6 +41,11 @@ HANDSHAKE_TIMEOUT_S = 5.0
 # reconnects); more would let one enrolled site take the server's workers from the others.
 STREAMS_PER_CERTIFICATE = 2
 DEFAULT_MAX_SITES = 1000
+# A message of a request that gRPC has not taken for sending after this long means the
+# site stopped reading (flow control holds the send): its session is closed, so that
+# neither a server thread nor queued models stay pinned behind it. Generous: one chunk is
+# at most a few MiB, which takes seconds even on a slow link.
+STALLED_SEND_S = 60.0
 _REMEMBERED_REQUESTS = 100_000  # closed request ids kept to name duplicates and replays
 
 
@@ -67,6 +72,7 @@ class GrpcFleet(Fleet):
         heartbeat_s: float = 5.0,
         dead_after_s: float | None = None,
         max_sites: int = DEFAULT_MAX_SITES,
+        stalled_send_s: float = STALLED_SEND_S,
     ) -> None:
         if not insecure and pki_dir is None:
             raise ConsortiaError("GrpcFleet needs pki_dir (TLS always) unless insecure=True")
@@ -78,6 +84,7 @@ class GrpcFleet(Fleet):
         self.chunk_bytes = chunk_bytes
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = dead_after_s if dead_after_s is not None else 3 * heartbeat_s
+        self.stalled_send_s = stalled_send_s
         self.insecure = insecure
         self._revocations = None if insecure else RevocationWatcher(Path(str(pki_dir)))
         self._sessions: dict[str, Session] = {}

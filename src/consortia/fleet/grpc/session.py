@@ -31,6 +31,7 @@ class SessionHost(Protocol):
     chunk_bytes: int
     heartbeat_s: float
     dead_after_s: float
+    stalled_send_s: float
 
     def refuse(self, site: str, reason: str) -> None: ...
 
@@ -106,6 +107,7 @@ class Session:
         self._assembly: tuple[Pending, codec.PayloadAssembler] | None = None
         self._skip: int | None = None  # chunks of a refused reply are dropped silently
         self.cancel_rpc: Callable[[], object] | None = None  # unblocks a stuck send on close
+        self.send_started: float | None = None  # when the request being sent was handed over
 
     # ---- server -> site ------------------------------------------------------------------
 
@@ -135,9 +137,12 @@ class Session:
             self._out.put(pb.ServerMessage(job_end=pb.JobEnd(job_id=job_id, status=status)))
 
     def expire(self, p: Pending, reason: str) -> None:
-        """The deadline passed: forget the request and tell the site to drop it."""
+        """The deadline passed: forget the request and tell the site to drop it. The
+        request may still wait in the send queue behind a site that stopped reading; it
+        lets go of its arrays now, so that the queue never pins old models."""
         with self._lock:
             self._pending.pop(p.request_id, None)
+        p.arrays, p.request = [], None
         self.fleet.record_closed(p.request_id, "expired")
         if not self.closed.is_set():
             self._out.put(
@@ -166,26 +171,41 @@ class Session:
                 return
             if isinstance(item, pb.ServerMessage):
                 yield item
-            elif isinstance(item, Pending) and not item.done.is_set():
+            elif isinstance(item, Pending) and not item.done.is_set() and item.request:
                 yield from self._stream_request(item)
 
     def _stream_request(self, p: Pending) -> Iterator[pb.ServerMessage | bytes]:
         assert p.request is not None
-        yield pb.ServerMessage(request=p.request)
-        for frame in codec.iter_payload_frames(p.arrays, p.request_id, self.chunk_bytes):
+        arrays, request = p.arrays, p.request
+        yield self._sending(pb.ServerMessage(request=request))
+        for frame in codec.iter_payload_frames(arrays, p.request_id, self.chunk_bytes):
             if p.done.is_set() or self.closed.is_set():
                 reason = "request withdrawn while being sent"
                 yield pb.ServerMessage(cancel=pb.Cancel(request_id=p.request_id, reason=reason))
                 return
-            yield frame  # a serialized ServerMessage{chunk}
+            yield self._sending(frame)  # a serialized ServerMessage{chunk}
+        self.send_started = None
+
+    def _sending(self, message: pb.ServerMessage | bytes) -> pb.ServerMessage | bytes:
+        """Note when a request's message was handed to gRPC: gRPC asks for the next one
+        only once this one is on its way, so a site that stops reading leaves the time
+        standing, and the watchdog closes the session (``check``)."""
+        self.send_started = time.monotonic()
+        return message
 
     def check(self) -> None:
         """Watchdog tick: close a session whose site went silent or was revoked. Run from
         the fleet's watchdog thread, not from ``outgoing``, which may sit blocked in a send
         to a frozen peer."""
-        silent = time.monotonic() - self.last_seen
+        now = time.monotonic()
+        silent = now - self.last_seen
+        started = self.send_started
         if silent > self.fleet.dead_after_s:
             self.close(f"no message for {silent:.1f} s (heartbeat lost)", cancel=True)
+        elif started is not None and now - started > self.fleet.stalled_send_s:
+            self.close(
+                f"not reading: a request has waited {now - started:.1f} s to be sent", cancel=True
+            )
         else:
             self.revoked()
 
