@@ -191,3 +191,31 @@ def test_min_sites_that_can_never_give_enough_replies_is_a_config_error(
 ) -> None:
     with pytest.raises(ConfigError, match="min_replies: 2 replies can never arrive"):
         _run(job, tmp_path, min_sites=1)
+
+
+def test_an_io_error_while_committing_fails_the_round_not_the_process(
+    job: PreparedJob, reference: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding: with file descriptors exhausted the checkpoint write raised EMFILE and the
+    server died. Now that round is dropped and tried again, and nothing half-done is kept."""
+    import errno
+
+    import consortia.server.run as run_module
+
+    real = run_module.write_checkpoint
+    calls = {"n": 0}
+
+    def flaky(path: Path, *args: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the initial checkpoint, round 1, then round 2 fails once
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(run_module, "write_checkpoint", flaky)
+    summary = _run(job, tmp_path, round_retries=1)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 4
+    assert summary["model_digest"] == reference["model_digest"]  # the retry redid it exactly
+    with ServerStore(tmp_path / STORE_FILE) as s:
+        assert [r.number for r in s.completed_rounds()] == [1, 2, 3, 4]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]

@@ -13,10 +13,12 @@ a run killed at any instant loses at most the round it was running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -461,20 +463,39 @@ class Run:
                 if isinstance(exc, ConfigError) and len(fleet.sites()) >= self.min_sites:
                     raise  # a real configuration error, not sites leaving mid-selection
                 failed_in_a_row += 1
-                phases = ctxs[0].phases if ctxs else []
-                store.record_failed_attempt(rnd, str(exc), participants(phases))
-                retrying = failed_in_a_row <= self.options.round_retries
-                self.bus.publish(RoundFailed(rnd, str(exc), failed_in_a_row, retrying))
-                if not retrying:
+                if not self._round_failed(store, rnd, str(exc), ctxs, failed_in_a_row):
                     return str(exc), None
                 continue
             del ctxs  # the round's context holds its aggregate and the old model
+            try:
+                self._commit(folder, store, record, new_state)
+            except (OSError, sqlite3.OperationalError) as exc:
+                # A full disk, no file descriptors left, the store unwritable: the round is
+                # lost (nothing of it was recorded), never the run or the process.
+                reason = f"round {rnd} could not be made durable ({exc}); its result is dropped"
+                log.error("%s", reason)
+                failed_in_a_row += 1
+                if not self._round_failed(store, rnd, reason, [record], failed_in_a_row):
+                    return reason, None
+                continue
             failed_in_a_row = 0
-            self._commit(folder, store, record, new_state)
             self._state = new_state
             del new_state
             self.bus.publish(RoundDone(record, self._state, rounds))
         return None, None
+
+    def _round_failed(
+        self, store: ServerStore, rnd: int, reason: str, attempt: list[Any], in_a_row: int
+    ) -> bool:
+        """Record and announce a failed attempt at a round; whether it will be tried again.
+
+        ``attempt`` holds the round's context or record (either has its phases), if any."""
+        phases = attempt[0].phases if attempt else []
+        with contextlib.suppress(OSError, StoreError):  # the failure may be the disk itself
+            store.record_failed_attempt(rnd, reason, participants(phases))
+        retrying = in_a_row <= self.options.round_retries
+        self.bus.publish(RoundFailed(rnd, reason, in_a_row, retrying))
+        return retrying
 
     def _commit(self, folder: RunFolder, store: ServerStore, record: Any, state: LoopState) -> None:
         """Checkpoint files first (fsynced), then the round's row naming their digests."""
