@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -276,3 +277,49 @@ def test_a_connection_that_never_starts_tls_is_closed_within_seconds(fleet: Grpc
     with socket.create_connection((host, int(port)), timeout=HANDSHAKE_TIMEOUT_S + 10) as s:
         assert s.recv(1) == b""  # the server hung up on the silent stranger
     assert time.monotonic() - t0 < HANDSHAKE_TIMEOUT_S + 5
+
+
+def test_strangers_cannot_hold_more_connections_than_the_cap(
+    pki: Path, start_site: SiteStarter
+) -> None:
+    """Finding: idle TCP connections were held for 120 s with no cap until the server ran
+    out of descriptors. Past the cap new ones are closed at once; the rest within the
+    handshake timeout; then an honest site connects."""
+    import socket
+
+    from consortia.fleet.grpc.server import HANDSHAKE_TIMEOUT_S, connection_cap
+
+    f = GrpcFleet("127.0.0.1:0", job_id="j", pki_dir=pki, heartbeat_s=0.5, max_sites=2)
+    cap = connection_cap(2)
+    host, port = f.address.rsplit(":", 1)
+    strangers = [socket.create_connection((host, int(port))) for _ in range(cap + 10)]
+    try:
+        t0 = time.monotonic()
+        closed_at = _closing_times(strangers, t0, HANDSHAKE_TIMEOUT_S + 5)
+        assert len(closed_at) == len(strangers)  # every one was closed by the server
+        quick = sum(t < 1.0 for t in closed_at)
+        assert quick >= 10  # everything past the cap: refused at once
+        assert max(closed_at) < HANDSHAKE_TIMEOUT_S + 3  # the others: at the handshake timeout
+        start_site(f, make_site("site-a"))
+        assert f.wait_for_sites(1, timeout=10) == ["site-a"]
+    finally:
+        for s in strangers:
+            s.close()
+        f.close()
+
+
+def _closing_times(socks: list[Any], t0: float, limit: float) -> list[float]:
+    """When (seconds after ``t0``) the server closed each socket, watching all at once."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    times: list[float] = []
+    while len(times) < len(socks) and time.monotonic() - t0 < limit:
+        for key, _ in sel.select(timeout=0.1):
+            if key.fileobj.recv(1) == b"":  # type: ignore[union-attr]
+                times.append(time.monotonic() - t0)
+                sel.unregister(key.fileobj)
+    sel.close()
+    return times

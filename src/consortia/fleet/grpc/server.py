@@ -8,8 +8,10 @@ federation CA, not revoked): nothing it sends can change who it is.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import resource
 import threading
 import time
 from collections import OrderedDict, deque
@@ -46,6 +48,37 @@ DEFAULT_MAX_SITES = 1000
 # neither a server thread nor queued models stay pinned behind it. Generous: one chunk is
 # at most a few MiB, which takes seconds even on a slow link.
 STALLED_SEND_S = 60.0
+# File descriptors kept free for everything but connections: the store, checkpoints,
+# logs, the metrics file, TensorBoard.
+RESERVED_DESCRIPTORS = 128
+
+
+def connection_cap(max_sites: int) -> int:
+    """Connections the server accepts at once: two per site (one more while a site
+    reconnects), within what the process may open. Beyond it gRPC closes new connections
+    at once, so strangers can never use up the descriptors a checkpoint needs. The soft
+    limit on descriptors is raised toward the hard one when that is needed and allowed."""
+    wanted = 2 * max_sites + 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    room = wanted if soft == resource.RLIM_INFINITY else soft - RESERVED_DESCRIPTORS
+    cap = max(1, min(wanted, room))
+    if cap < max_sites:
+        log.warning(
+            "only %d connections fit in this process's %d file descriptors; %d sites "
+            "were asked for (raise `ulimit -n`)",
+            cap,
+            soft,
+            max_sites,
+        )
+    return cap
+
+
 _REMEMBERED_REQUESTS = 100_000  # closed request ids kept to name duplicates and replays
 
 
@@ -106,6 +139,7 @@ class GrpcFleet(Fleet):
             # would then share the sites with the first. One port, one server.
             ("grpc.so_reuseport", 0),
             ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT_S * 1000)),
+            ("grpc.max_allowed_incoming_connections", connection_cap(max_sites)),
         ]
         self._streams: dict[int, int] = {}  # certificate serial -> streams open
         self._streams_lock = threading.Lock()
