@@ -212,3 +212,29 @@ def test_server_killed_mid_job_resumes_to_the_uninterrupted_model(
     assert rows == [1, 2, 3, 4]
     # The sites reconnected on their own, and exit when the resumed job ends.
     assert [c.wait(15) for c in clients] == [0, 0, 0]
+
+
+def test_a_site_error_that_is_console_markup_is_printed_as_text_and_the_server_goes_on(
+    pki: Path, spawn: Spawn, tmp_path: Path
+) -> None:
+    """Finding: a site's error message with rich markup (``[/]``) reached the operator's
+    console through rich, which raised MarkupError, and the server exited with its summary
+    and store disagreeing. Now the text is shown as it came and every round completes."""
+    port, out = free_port(), tmp_path / "run"
+    server = spawn(
+        "server",
+        server_args(TOY_JOB, port, pki, out, "--rounds", "2", "--min-sites", "3"),
+    )
+    hostile_app = TOY_APP.replace(":make_site", ":make_site_with_markup_errors")
+    for s in toy_app.SITES:
+        app = hostile_app if s == "site-c" else TOY_APP
+        spawn(s, client_args(port, s, pki / "sites" / s, app))
+    code = server.wait(60)
+    log = server.output()
+    assert "MarkupError" not in log and "Traceback" not in log, log
+    assert code in (0, 3), log  # 3: completed with a failing site (degraded)
+    assert "[/] [bold red]disk full[/bold red]" in log  # shown as text, not styled
+    assert completed_rounds(out) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2
+    assert "site-c" in summary.get("failing_sites", {}), summary

@@ -66,3 +66,15 @@ def make_site(site_name: str) -> Site:
     trainer = FunctionTrainer(make_model, slow_fit, evaluate)
     x, y = data.x_train[k::3], data.y_train[k::3]
     return Site(site_name, trainer, SiteData(x, y, x[:4], y[:4]))
+
+
+def make_site_with_markup_errors(site_name: str) -> Site:
+    """A site whose training fails with text that is console markup ("[/]" closes a
+    style that was never opened: rich raises MarkupError if it ever interprets it)."""
+    site = make_site(site_name)
+
+    def fit_fails(*args: Any) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        raise RuntimeError("[/] [bold red]disk full[/bold red] [link=http://x]y[/link]")
+
+    site.trainer = FunctionTrainer(make_model, fit_fails, evaluate)
+    return site
