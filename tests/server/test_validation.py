@@ -180,3 +180,88 @@ def test_late_refusals_are_in_the_phase_record_that_is_published() -> None:
 
     workflow.run_round(workflow.initial_state(np.zeros(2, np.float32)), fleet, listen)
     assert heard == [(["s0", "s1", "s2", "s3"], ["loud"])]
+
+
+class Claims(Site):
+    """An honest update (all ones) that claims ``claim`` examples, whatever it holds."""
+
+    def __init__(self, sid: str, claim: int) -> None:
+        super().__init__(sid, Sends([1.0, 1.0]), SiteData(np.zeros((3, 2)), np.zeros(3)))
+        self.claim = claim
+
+    def on_fit(self, ins: FitIns) -> FitRes:
+        res = super().on_fit(ins)
+        return FitRes(res.site, res.round, res.delta * self.claim_scale, self.claim, {})
+
+    claim_scale = 1.0
+
+
+def _rounds(sites: dict[str, Site], rules: UpdateRules, n: int) -> list[Any]:
+    """``n`` rounds; the aggregate (the SGD step with lr 1) of each."""
+    fleet = DebugFleet(list(sites), lambda s: sites[s])
+    strategy = make_strategy(
+        "fedavg",
+        selection=UniformSelection(count=len(sites)),
+        train=TrainSettings(),
+        validation=rules,
+    )
+    settings = LoopSettings(rounds=n)
+    workflow = Workflow(SPEC, standard_steps(strategy, settings), settings)
+    state, out = workflow.initial_state(np.zeros(2, np.float32)), []
+    for _ in range(n):
+        new, record = workflow.run_round(state, fleet)
+        out.append((new.weights - state.weights, record))
+        state = new
+    return out
+
+
+def test_a_site_claiming_huge_counts_has_its_weight_capped_not_its_update_dropped() -> None:
+    """Finding: a site's claimed example count was its weight with only a 2^53 bound. Its
+    update (here: -100 where honest ones say +1) still counts, with a capped weight."""
+    liar = Claims("liar", 2**52)
+    liar.claim_scale = -100.0
+    sites: dict[str, Site] = {s: Claims(s, 10) for s in ("a", "b", "c", "d")}
+    sites["liar"] = liar
+    # The job's own cap applies from round 1.
+    ((step, record),) = _rounds(sites, UpdateRules(max_examples_per_site=20), 1)
+    assert np.allclose(step, (4 * 10 * 1.0 + 20 * -100.0) / 60)
+    assert record.metrics["capped_weights"] == 1.0 and not record.failures
+    # The default (10 x the previous round's median weight): round 1 has no reference yet,
+    # round 2 caps the liar at 10 x 10 = 100.
+    (s1, _), (s2, r2) = _rounds(sites, UpdateRules(), 2)
+    assert np.allclose(s1, (40.0 - 100.0 * 2**52) / (40 + 2**52))
+    assert np.allclose(s2, (40.0 - 100.0 * 100) / 140)
+    assert r2.metrics["capped_weights"] == 1.0
+    # Switched off, nothing is capped.
+    (_, _), (s2, _) = _rounds(sites, UpdateRules(max_weight_multiple=None), 2)
+    assert np.allclose(s2, (40.0 - 100.0 * 2**52) / (40 + 2**52))
+
+
+def test_weight_caps_are_read_from_the_job_file() -> None:
+    base = {
+        "name": "j",
+        "rounds": 1,
+        "task": {"framework": "numpy", "app": "a.py"},
+        "strategy": {"preset": "fedavg", "sites_per_round": 2},
+    }
+    cfg = parse_job(
+        {
+            **base,
+            "strategy": {
+                **base["strategy"],
+                "validation": {"max_examples_per_site": 500, "max_weight_multiple": 4.0},
+            },
+        }
+    )
+    assert cfg.strategy.validation.max_examples_per_site == 500
+    assert parse_job(base).strategy.validation.max_weight_multiple == 10.0
+    with pytest.raises(ConfigError, match="max_weight_multiple"):
+        parse_job(
+            {**base, "strategy": {**base["strategy"], "validation": {"max_weight_multiple": -1}}}
+        )
+    off = parse_job(
+        {**base, "strategy": {**base["strategy"], "validation": {"max_weight_multiple": 0}}}
+    )
+    from consortia.server.build import strategy_from_config
+
+    assert strategy_from_config(off).validation.max_weight_multiple is None

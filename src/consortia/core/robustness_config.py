@@ -29,6 +29,15 @@ class ValidationConfig(_Section):
     max_examples: int | None = Field(
         None, ge=1, description="refuse updates claiming more examples (their weight) than this"
     )
+    max_examples_per_site: int | None = Field(
+        None, ge=1, description="cap a site's weight (its example count) at this many examples"
+    )
+    max_weight_multiple: float = Field(
+        10.0,
+        ge=0,
+        description="cap a site's weight at this multiple of the previous round's median "
+        "weight (0 switches the cap off)",
+    )
 
 
 class AuditConfig(_Section):

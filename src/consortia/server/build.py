@@ -45,7 +45,12 @@ def strategy_from_config(
         aggregator=aggregator or aggregator_from_config(st),
         server_optimizer=opt.name,
         server_options=options,
-        validation=UpdateRules(**st.validation.model_dump()),
+        validation=UpdateRules(
+            **{
+                **st.validation.model_dump(),
+                "max_weight_multiple": st.validation.max_weight_multiple or None,  # 0: off
+            }
+        ),
     )
 
 

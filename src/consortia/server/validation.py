@@ -9,6 +9,8 @@ rest to the sink in request order, and returns the refusals for the round's reco
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from typing import Any
 
@@ -19,7 +21,10 @@ from consortia.strategy.validation import (
     refusal,
     relative_refusals,
     update_norm,
+    weight_cap,
 )
+
+log = logging.getLogger(__name__)
 
 
 class UpdateRefused(ConsortiaError):
@@ -29,10 +34,21 @@ class UpdateRefused(ConsortiaError):
 class ValidatingSink:
     """Checks each fit reply, then passes it on to ``inner`` (a FitSink or a privacy round)."""
 
-    def __init__(self, inner: Any, rules: UpdateRules) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        rules: UpdateRules,
+        reference: float | None = None,
+        cap_weights: bool = True,
+    ) -> None:
         self.inner = inner
         self.rules = rules
         self._held: list[tuple[FitRes, float]] = []
+        # Under DP the mean gives every update the same weight and the site's own count
+        # feeds its privacy accounting: nothing to cap there.
+        self._cap = weight_cap(rules, reference) if cap_weights else None
+        self.claimed: list[int] = []  # the example counts the accepted updates claimed
+        self.capped: dict[str, tuple[int, int]] = {}  # site -> (claimed, weight used)
 
     def add(self, res: FitRes) -> None:
         r = self.rules
@@ -41,6 +57,18 @@ class ValidatingSink:
         reason = refusal(norm, res.num_examples, r)
         if reason is not None:
             raise UpdateRefused(reason)
+        self.claimed.append(res.num_examples)
+        if self._cap is not None and res.num_examples > self._cap[0]:
+            weight = int(self._cap[0])
+            log.info(
+                "weight of %s capped from %d to %d examples: %s",
+                res.site,
+                res.num_examples,
+                weight,
+                self._cap[1],
+            )
+            self.capped[res.site] = (res.num_examples, weight)
+            res = dataclasses.replace(res, num_examples=weight)
         if r.holds_updates:
             self._held.append((res, norm))
         else:

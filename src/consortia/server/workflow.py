@@ -179,6 +179,9 @@ class FitStep:
     privacy: PrivacyController | None = None
     audit: Auditor | None = None
     name: str = "fit"
+    # The median weight (claimed examples) of the last completed fit: the reference for
+    # the next round's weight cap (strategy/validation.py says why not this round's).
+    _median_weight: float | None = field(default=None, init=False, repr=False)
 
     def run(self, ctx: RoundContext) -> None:
         s, dp, rnd = ctx.settings, self.privacy, ctx.number
@@ -203,7 +206,9 @@ class FitStep:
             else FitSink(agg.begin(ctx.spec.size, dtype, state))
         )
         tee = self.audit.tee(sink) if self.audit is not None else None
-        checked = ValidatingSink(tee or sink, self.strategy.validation)
+        checked = ValidatingSink(
+            tee or sink, self.strategy.validation, self._median_weight, cap_weights=dp is None
+        )
         fit_metrics: dict[str, tuple[int, dict[str, float]]] = {}
 
         def accept(site: str, res: FitRes) -> None:
@@ -224,6 +229,10 @@ class FitStep:
             aggregate, ctx.aggregator_state = sink.result()
         except RoundFailedError as exc:
             raise RoundFailedError(f"round {rnd}: {exc}") from None
+        if checked.claimed:
+            self._median_weight = float(np.median(checked.claimed))
+        if checked.capped:
+            ctx.metrics["capped_weights"] = float(len(checked.capped))
         ctx.values.update(aggregate=aggregate, fit_sink=sink, train_settings=train)
         if self.audit is not None and tee is not None:
             ctx.audit = self.audit.audit(rnd, tee.updates, aggregate)

@@ -10,6 +10,14 @@ with its reason; the round goes on without it.
 The absolute bound and the weight cap are decided one update at a time, so they keep the
 mean's streaming. The relative bound needs the round's median norm, so the updates are
 held until the round's replies are in: memory of one model per replying site.
+
+Besides refusals, a site's weight (its claimed example count) is capped, never refused:
+at ``max_examples_per_site`` if the job sets it, and by default at ``max_weight_multiple``
+(10) times the median weight of the previous round's accepted updates. A site claiming
+2^53 examples would otherwise be the whole mean. The previous round's median, not this
+round's: this round's is known only once every update is in, and the streaming mean
+cannot wait for it without holding a model per site. So the first round of a run (or of
+a resumed run) is capped by ``max_examples_per_site`` alone.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+DEFAULT_WEIGHT_MULTIPLE = 10.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,8 @@ class UpdateRules:
     max_norm: float | None = None
     max_norm_multiple: float | None = None
     max_examples: int | None = None
+    max_examples_per_site: int | None = None
+    max_weight_multiple: float | None = DEFAULT_WEIGHT_MULTIPLE
 
     @property
     def holds_updates(self) -> bool:
@@ -67,3 +79,22 @@ def relative_refusals(norms: list[float], rules: UpdateRules) -> list[str | None
         )
         for n in norms
     ]
+
+
+def weight_cap(rules: UpdateRules, reference: float | None) -> tuple[float, str] | None:
+    """The largest weight an update may carry this round, and which rule sets it (None:
+    no cap). ``reference`` is the previous round's median weight, when there was one."""
+    caps: list[tuple[float, str]] = []
+    if rules.max_examples_per_site is not None:
+        caps.append(
+            (float(rules.max_examples_per_site), "strategy.validation.max_examples_per_site")
+        )
+    if rules.max_weight_multiple is not None and reference is not None and reference > 0:
+        caps.append(
+            (
+                rules.max_weight_multiple * reference,
+                f"{rules.max_weight_multiple:g} x the previous round's median weight "
+                f"{reference:g} (strategy.validation.max_weight_multiple)",
+            )
+        )
+    return min(caps) if caps else None
