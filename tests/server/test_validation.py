@@ -48,7 +48,10 @@ def _site(sid: str, trainer: Any, n: int = 10) -> Site:
     return Site(sid, trainer, SiteData(x, np.zeros(n)))
 
 
-def _round(sites: dict[str, Site], rules: UpdateRules, min_replies: int = 1) -> Any:
+def _workflow(
+    sites: dict[str, Site], rules: UpdateRules, rounds: int = 1, min_replies: int = 1
+) -> tuple[Workflow, DebugFleet]:
+    """FedAvg over every site each round, with the given validation rules."""
     fleet = DebugFleet(list(sites), lambda s: sites[s])
     strategy = make_strategy(
         "fedavg",
@@ -56,8 +59,12 @@ def _round(sites: dict[str, Site], rules: UpdateRules, min_replies: int = 1) -> 
         train=TrainSettings(),
         validation=rules,
     )
-    settings = LoopSettings(rounds=1, min_fit_replies=min_replies)
-    workflow = Workflow(SPEC, standard_steps(strategy, settings), settings)
+    settings = LoopSettings(rounds=rounds, min_fit_replies=min_replies)
+    return Workflow(SPEC, standard_steps(strategy, settings), settings), fleet
+
+
+def _round(sites: dict[str, Site], rules: UpdateRules, min_replies: int = 1) -> Any:
+    workflow, fleet = _workflow(sites, rules, min_replies=min_replies)
     return workflow.run_round(workflow.initial_state(np.zeros(2, np.float32)), fleet)
 
 
@@ -198,15 +205,7 @@ class Claims(Site):
 
 def _rounds(sites: dict[str, Site], rules: UpdateRules, n: int) -> list[Any]:
     """``n`` rounds; the aggregate (the SGD step with lr 1) of each."""
-    fleet = DebugFleet(list(sites), lambda s: sites[s])
-    strategy = make_strategy(
-        "fedavg",
-        selection=UniformSelection(count=len(sites)),
-        train=TrainSettings(),
-        validation=rules,
-    )
-    settings = LoopSettings(rounds=n)
-    workflow = Workflow(SPEC, standard_steps(strategy, settings), settings)
+    workflow, fleet = _workflow(sites, rules, rounds=n)
     state, out = workflow.initial_state(np.zeros(2, np.float32)), []
     for _ in range(n):
         new, record = workflow.run_round(state, fleet)
