@@ -488,22 +488,24 @@ def test_reply_after_the_deadline_and_stale_round_are_refused(
     ]
 
 
-def test_first_message_must_be_hello(fleet: GrpcFleet, pki: Path) -> None:
+def _refused_first(fleet: GrpcFleet, pki: Path, first: pb.SiteMessage) -> str:
+    """Open a stream whose first message is ``first``; the details of its refusal."""
     r = RawSite(fleet, pki / "sites" / "hostile", hello=False)
-    r.send(pb.SiteMessage(heartbeat=pb.Heartbeat(sequence=1)))
+    r.send(first)
     r._reader.join(3)
     r.close()
     assert r.error is not None and r.error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "first message must be hello" in (r.error.details() or "")
+    return r.error.details() or ""
+
+
+def test_first_message_must_be_hello(fleet: GrpcFleet, pki: Path) -> None:
+    first = pb.SiteMessage(heartbeat=pb.Heartbeat(sequence=1))
+    assert "first message must be hello" in _refused_first(fleet, pki, first)
 
 
 def test_a_site_speaking_protocol_1_is_refused(fleet: GrpcFleet, pki: Path) -> None:
-    r = RawSite(fleet, pki / "sites" / "hostile", hello=False)
-    r.send(pb.SiteMessage(hello=pb.Hello(protocol_version=1)))
-    r._reader.join(3)
-    r.close()
-    assert r.error is not None and r.error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert r.error.details() == f"protocol version 1, server speaks {V}"
+    first = pb.SiteMessage(hello=pb.Hello(protocol_version=1))
+    assert _refused_first(fleet, pki, first) == f"protocol version 1, server speaks {V}"
     assert fleet.sites() == []
 
 
