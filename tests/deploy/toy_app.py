@@ -78,3 +78,20 @@ def make_site_with_markup_errors(site_name: str) -> Site:
 
     site.trainer = FunctionTrainer(make_model, fit_fails, evaluate)
     return site
+
+
+HUGE_COUNT = 10**12
+
+
+def make_site_claiming_huge_counts(site_name: str) -> Site:
+    """A site that trains honestly but claims a trillion examples, to own the weighted mean."""
+    import dataclasses
+
+    site = make_site(site_name)
+    honest = site.on_fit
+
+    def on_fit(ins: Any) -> Any:
+        return dataclasses.replace(honest(ins), num_examples=HUGE_COUNT)
+
+    site.on_fit = on_fit  # type: ignore[method-assign]
+    return site
