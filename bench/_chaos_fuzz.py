@@ -112,6 +112,18 @@ def failed(f: dict[str, Any]) -> list[str]:
         why.append("the honest sites did not all finish with the reference digest")
     if f["welcomed_hostile_peers"]:
         why.append(f"{f['welcomed_hostile_peers']} hostile peers were welcomed")
+    if f["refusals_logged_site_stream"] != f["refusals_expected_site_stream"]:
+        why.append(
+            f"{f['refusals_logged_site_stream']} refusals logged on {HOSTILE}'s stream, "
+            f"{f['refusals_expected_site_stream']} expected: a message got through unrefused "
+            "or was refused twice"
+        )
+    peers = sum(n for k, n in f["sent_by_peer"].items() if not k.startswith("site stream"))
+    if sum(f["connection_refusals"].values()) != peers:
+        why.append(
+            f"{sum(f['connection_refusals'].values())} of {peers} new connections or streams "
+            "were seen refused"
+        )
     if f["raw_held_past_handshake"]:
         why.append(f"{f['raw_held_past_handshake']} raw connections held open")
     return why
