@@ -3,14 +3,11 @@ refused with a logged reason, the server keeps serving, and its store does not c
 
 from __future__ import annotations
 
-import queue
 import sqlite3
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 from deploy_helpers import (
     TOY_APP,
     TOY_JOB,
@@ -24,54 +21,12 @@ from deploy_helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consortia.fleet.grpc import codec
-from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.credentials import site_credentials
 
-# The hostile messages are the fuzz benchmark's too (bench/_hostile.py).
+# The hostile messages and the stream that sends them are the fuzz benchmark's too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from _fuzz_peers import SiteStream
 from _hostile import expected_refusals, hostile_messages
-
-_METHOD = "/consortia.v1.Federation/Connect"
-
-
-class RawStream:
-    """One authenticated connection that sends whatever bytes it is given."""
-
-    def __init__(self, port: int, site_dir: Path) -> None:
-        self._out: queue.Queue[bytes | None] = queue.Queue()
-        self.channel = grpc.secure_channel(f"127.0.0.1:{port}", site_credentials(site_dir))
-        connect = self.channel.stream_stream(
-            _METHOD, request_serializer=None, response_deserializer=pb.ServerMessage.FromString
-        )
-        self.call = connect(self._requests())
-        self.welcome = threading.Event()
-        self.ended: list[grpc.RpcError] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        hello = pb.SiteMessage(
-            hello=pb.Hello(protocol_version=codec.PROTOCOL_VERSION, max_chunk_bytes=2**20)
-        )
-        self.send(hello.SerializeToString())
-        assert self.welcome.wait(10), "no welcome from the server"
-
-    def _requests(self) -> Iterator[bytes]:
-        while (m := self._out.get()) is not None:
-            yield m
-
-    def _read(self) -> None:
-        try:
-            for m in self.call:
-                if m.WhichOneof("kind") == "welcome":
-                    self.welcome.set()
-        except grpc.RpcError as exc:
-            self.ended.append(exc)
-
-    def send(self, data: bytes) -> None:
-        self._out.put(data)
-
-    def close(self) -> None:
-        self._out.put(None)
-        self.channel.close()
 
 
 def _dump(out: Path) -> list[str]:
@@ -94,7 +49,7 @@ def test_a_thousand_hostile_messages_leave_the_server_up_and_its_store_unchanged
     ((job_id,),) = query(out, "SELECT id FROM job")
     server.wait_for_text("listening on", 20)
     before = _dump(out)
-    raw = RawStream(port, pki / "sites" / "hostile")
+    raw = SiteStream(f"127.0.0.1:{port}", site_credentials(pki / "sites" / "hostile"), 1.0)
     sent: list[bytes] = []
 
     @settings(
