@@ -167,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--messages", type=int, default=10_000, help="hostile messages in all")
     p.add_argument("--rounds", type=int, default=10, help="rounds of the honest job")
     p.add_argument("--quick", action="store_true", help="300 messages over 3 rounds")
-    p.add_argument("--seed", type=int, default=0, help="seeds the messages and mutations")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the messages and mutations (not the job id some of them carry)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--work", type=Path, help="keep the run folders and logs here")
     args = p.parse_args(argv)
