@@ -3,13 +3,11 @@ refused with a logged reason, the server keeps serving, and its store does not c
 
 from __future__ import annotations
 
-import queue
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 from deploy_helpers import (
     TOY_APP,
     TOY_JOB,
@@ -20,129 +18,15 @@ from deploy_helpers import (
     server_args,
     wait_until,
 )
-from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consortia.fleet.grpc import codec
-from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.credentials import site_credentials
 
-_METHOD = "/consortia.v1.Federation/Connect"
-
-
-class RawStream:
-    """One authenticated connection that sends whatever bytes it is given."""
-
-    def __init__(self, port: int, site_dir: Path) -> None:
-        self._out: queue.Queue[bytes | None] = queue.Queue()
-        self.channel = grpc.secure_channel(f"127.0.0.1:{port}", site_credentials(site_dir))
-        connect = self.channel.stream_stream(
-            _METHOD, request_serializer=None, response_deserializer=pb.ServerMessage.FromString
-        )
-        self.call = connect(self._requests())
-        self.welcome = threading.Event()
-        self.ended: list[grpc.RpcError] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        hello = pb.SiteMessage(
-            hello=pb.Hello(protocol_version=codec.PROTOCOL_VERSION, max_chunk_bytes=2**20)
-        )
-        self.send(hello.SerializeToString())
-        assert self.welcome.wait(10), "no welcome from the server"
-
-    def _requests(self) -> Iterator[bytes]:
-        while (m := self._out.get()) is not None:
-            yield m
-
-    def _read(self) -> None:
-        try:
-            for m in self.call:
-                if m.WhichOneof("kind") == "welcome":
-                    self.welcome.set()
-        except grpc.RpcError as exc:
-            self.ended.append(exc)
-
-    def send(self, data: bytes) -> None:
-        self._out.put(data)
-
-    def close(self) -> None:
-        self._out.put(None)
-        self.channel.close()
-
-
-def _reply(
-    b: pb.Binding, v: pb.ArrayInfo, body: str, n: int, m: dict[str, float]
-) -> pb.SiteMessage:
-    reply = pb.Reply(binding=b)
-    if body == "payload":
-        scalars = {"num_examples": pb.Scalar(integer=n)}
-        scalars.update({f"metrics[{k}]": pb.Scalar(number=x) for k, x in m.items()})
-        reply.payload.CopyFrom(pb.Payload(scalars=scalars, arrays=[v]))
-    elif body == "empty payload":
-        reply.payload.CopyFrom(pb.Payload())
-    elif body == "error":
-        reply.error.reason = "x" * 10
-    return pb.SiteMessage(reply=reply)
-
-
-def _hostile(job_id: str) -> st.SearchStrategy[bytes]:
-    ids = st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2, 3])
-    binding = st.builds(
-        pb.Binding,
-        job_id=st.sampled_from([job_id, "other-job", ""]),
-        round=st.integers(0, 6) | st.just(2**64 - 1),  # stale, current, future, absurd
-        kind=st.sampled_from(["fit", "evaluate", "nonsense", ""]),
-        request_id=ids,
-    )
-    vector = st.builds(
-        pb.ArrayInfo,
-        name=st.sampled_from(["delta", "weights", "", "x" * 300]),
-        length=st.sampled_from([0, 6, 7, 2**40, 2**64 - 1]),
-        dtype=st.integers(0, 7),
-        num_chunks=st.integers(0, 2**32 - 1),
-    )
-    metrics = st.dictionaries(
-        st.text(max_size=4), st.sampled_from([0.5, float("nan"), float("-inf")]), max_size=3
-    )
-    body = st.sampled_from(["payload", "empty payload", "error", "none"])
-    reply = st.builds(
-        _reply, binding, vector, body, st.sampled_from([0, 3, 2**63 - 1, -1]), metrics
-    )
-    chunk = st.builds(
-        lambda rid, i, data: pb.SiteMessage(chunk=pb.Chunk(request_id=rid, index=i, data=data)),
-        ids,
-        st.integers(0, 3),
-        st.binary(max_size=64),
-    )
-    hello = st.builds(
-        lambda name: pb.SiteMessage(
-            hello=pb.Hello(site_name=name, protocol_version=codec.PROTOCOL_VERSION)
-        ),
-        st.sampled_from(["site-a", "hostile", "../etc"]),
-    )
-    structured = (reply | chunk | hello | st.just(pb.SiteMessage())).map(
-        lambda m: m.SerializeToString()
-    )
-    return structured | st.binary(min_size=1, max_size=200)  # garbage bytes
-
-
-def _expected_refusals(sent: list[bytes]) -> int:
-    """One logged refusal per message, except heartbeats (harmless) and the chunks that
-    follow a refused reply with its request id (dropped quietly as part of that reply)."""
-    n, skip = 0, None
-    for data in sent:
-        try:
-            msg = pb.SiteMessage.FromString(data)
-        except DecodeError:
-            n += 1
-            continue
-        kind = msg.WhichOneof("kind")
-        if kind == "reply":
-            skip = msg.reply.binding.request_id
-        if kind == "heartbeat" or (kind == "chunk" and msg.chunk.request_id == skip):
-            continue
-        n += 1
-    return n
+# The hostile messages and the stream that sends them are the fuzz benchmark's too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from _fuzz_peers import SiteStream
+from _hostile import expected_refusals, hostile_messages
 
 
 def _dump(out: Path) -> list[str]:
@@ -165,7 +49,7 @@ def test_a_thousand_hostile_messages_leave_the_server_up_and_its_store_unchanged
     ((job_id,),) = query(out, "SELECT id FROM job")
     server.wait_for_text("listening on", 20)
     before = _dump(out)
-    raw = RawStream(port, pki / "sites" / "hostile")
+    raw = SiteStream(f"127.0.0.1:{port}", site_credentials(pki / "sites" / "hostile"), 1.0)
     sent: list[bytes] = []
 
     @settings(
@@ -174,7 +58,7 @@ def test_a_thousand_hostile_messages_leave_the_server_up_and_its_store_unchanged
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(batch=st.lists(_hostile(job_id), min_size=40, max_size=40))
+    @given(batch=st.lists(hostile_messages(job_id), min_size=40, max_size=40))
     def send_batch(batch: list[bytes]) -> None:
         for data in batch:
             raw.send(data)
@@ -182,7 +66,7 @@ def test_a_thousand_hostile_messages_leave_the_server_up_and_its_store_unchanged
 
     send_batch()
     assert len(sent) >= 1000
-    expected = _expected_refusals(sent)
+    expected = expected_refusals(sent)
     wait_until(
         lambda: server.output().count("refused from hostile:") >= expected,
         30,
