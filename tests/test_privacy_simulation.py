@@ -150,7 +150,9 @@ def test_distributed_dp_round_and_too_few_survivors(tmp_path):
     )
     assert result.history[-1]["epsilon"] > result.history[0]["epsilon"] > 0
     report = json.loads((tmp_path / "a" / "privacy.json").read_text())
-    assert report["mechanism"]["min_sites"] == 8 and report["mechanism"]["bits"] == 32
+    # The default min_sites: the largest with P(Binomial(20, 0.5) < min_sites) < 1e-3.
+    assert report["mechanism"]["min_sites"] == 3 and report["mechanism"]["bits"] == 32
+    assert report["mechanism"]["expected_failed_round_rate"] == pytest.approx(211 / 2**20)
     np.testing.assert_allclose(result.weights, [1, 2, 3], atol=0.6)  # it still learns
     too_many = {**dist, "min_sites": 20}  # 20 needed, ~10 sampled
     with pytest.raises(RoundFailedError, match=r"round 1 fit: \d+ replies, at least 20 needed"):

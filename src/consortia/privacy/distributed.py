@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binom
 
 from consortia.core.errors import ConfigError
 from consortia.privacy.accountant import PrivacyEvent
@@ -173,6 +174,41 @@ def modular_sum(vectors: Sequence[np.ndarray], bits: int) -> np.ndarray:
     for v in vectors:
         total = (total + np.asarray(v, dtype=np.uint64)) & mask  # uint64 wraps; 2**bits divides
     return total
+
+
+MAX_FAILED_ROUND_RATE = 1e-3
+
+
+def failed_round_rate(min_sites: int, eligible_sites: int, sample_rate: float) -> float:
+    """P(Binomial(N, q) < min_sites): how often Poisson sampling leaves a round short.
+
+    Computed exactly with ``scipy.stats.binom``; a round with fewer than ``min_sites``
+    contributions is not released, so this is the expected share of failed rounds.
+    """
+    if min_sites < 1 or eligible_sites < 1 or not 0 < sample_rate <= 1:
+        raise ConfigError(
+            f"distributed DP: min_sites {min_sites} and eligible sites {eligible_sites} must "
+            f"be >= 1 and sample_rate {sample_rate} in (0, 1]"
+        )
+    return float(binom.cdf(min_sites - 1, eligible_sites, sample_rate))
+
+
+def default_min_sites(
+    eligible_sites: int, sample_rate: float, max_failure: float = MAX_FAILED_ROUND_RATE
+) -> int:
+    """The largest ``min_sites`` whose failed-round rate stays under ``max_failure``.
+
+    ``floor(0.8 q N)``, the old default, misses about one round in eight at q N = 10; the
+    binomial tail keeps failures rare. When even one site is too many to ask for (``(1 -
+    q)^N >= max_failure``) the answer is 1, and the caller reports the failure rate.
+    """
+    # binom.ppf(p) is the smallest k with cdf(k) >= p; below it every k has cdf(k) < p.
+    k = int(binom.ppf(max_failure, eligible_sites, sample_rate))
+    while k >= 0 and failed_round_rate(k + 1, eligible_sites, sample_rate) >= max_failure:
+        k -= 1  # ppf works in floating point: step down until the tail really is below
+    while failed_round_rate(k + 2, eligible_sites, sample_rate) < max_failure:
+        k += 1
+    return max(1, k + 1)
 
 
 def choose_scale(

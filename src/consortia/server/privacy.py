@@ -26,7 +26,13 @@ from consortia.privacy.central import (
     noisy_mean,
     split_noise_multiplier,
 )
-from consortia.privacy.distributed import DistributedDiscreteGaussian, choose_scale
+from consortia.privacy.distributed import (
+    MAX_FAILED_ROUND_RATE,
+    DistributedDiscreteGaussian,
+    choose_scale,
+    default_min_sites,
+    failed_round_rate,
+)
 from consortia.privacy.rng import SecureRng
 from consortia.strategy.aggregators import Aggregator, FitSink, RoundAggregate, State
 
@@ -125,6 +131,9 @@ class PrivacyController:
         self.dimension = dimension
         self.mechanism: DistributedDiscreteGaussian | None = None
         self.adaptive: AdaptiveClipping | None = None
+        # What the job should be told when it starts (the run driver logs and publishes it).
+        self.notices: list[str] = []
+        self.failed_round_rate = 0.0
         if cfg.mode == "local":
             self.noise_multiplier = self.update_noise_multiplier = 0.0
             self.clip_norm = self.initial_clip_norm = 0.0
@@ -148,7 +157,15 @@ class PrivacyController:
             self.adaptive = AdaptiveClipping(ac.target_quantile, ac.learning_rate, sigma_b)
             self.update_noise_multiplier = split_noise_multiplier(self.noise_multiplier, sigma_b)
         if cfg.mode == "distributed":
-            min_sites = cfg.min_sites or max(1, math.floor(0.8 * self.expected_sites))
+            min_sites = cfg.min_sites or default_min_sites(eligible_sites, cfg.sample_rate)
+            self.failed_round_rate = failed_round_rate(min_sites, eligible_sites, cfg.sample_rate)
+            if self.failed_round_rate >= MAX_FAILED_ROUND_RATE:
+                self.notices.append(
+                    f"privacy.min_sites = {min_sites}: with {eligible_sites} eligible sites "
+                    f"sampled at rate {cfg.sample_rate:g}, about {self.failed_round_rate:.2%} "
+                    "of rounds will have fewer contributions and fail (expected failure rate "
+                    "per round; lower min_sites or raise sample_rate to make it rarer)"
+                )
             scale = choose_scale(
                 clip_norm=cfg.clip_norm,
                 bits=cfg.bits,
@@ -342,6 +359,7 @@ class PrivacyController:
                 bits=self.mechanism.bits,
                 scale=self.mechanism.scale,
                 min_sites=self.mechanism.min_sites,
+                expected_failed_round_rate=self.failed_round_rate,
                 note="each round accounted with the sites whose noise reached the sum; "
                 "no credit taken for sampling",
             )

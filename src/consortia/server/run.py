@@ -335,6 +335,7 @@ class Run:
         seeded = self.options.seeded or cfg.privacy.seeded_noise
         ctl = privacy_from_config(cfg, population or self.min_sites, self.job.spec.size, seeded)
         assert ctl is not None
+        self.notices.extend(ctl.notices)  # e.g. a min_sites that fails rounds often
         done = store.completed_rounds()
         if done:
             ctl.restore([r.metrics for r in done])
