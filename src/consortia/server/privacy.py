@@ -57,6 +57,7 @@ class CentralRound:
         self._inner.add(res.site, clipped, 1.0, res.metrics)
         self.bits += res.clip_bit if res.clip_bit is not None else -0.5
         self.contributors.append((res.site, res.num_examples))
+        self._ctl.note_seeded(res)
 
     def result(self) -> tuple[np.ndarray, State]:
         c = self._ctl
@@ -94,6 +95,7 @@ class DistributedRound:
         np.add(self._sum, res.delta, out=self._sum)
         np.mod(self._sum, np.uint64(self._mech.modulus), out=self._sum)
         self.contributors.append((res.site, res.num_examples))
+        self._ctl.note_seeded(res)
 
     def result(self) -> tuple[np.ndarray, State]:
         n, need = len(self.contributors), self._mech.min_sites
@@ -105,6 +107,19 @@ class DistributedRound:
         self._inner.add("(sum)", self._mech.decode(self._sum).astype(np.float64), 1.0, {})
         total, state = self._inner.result()
         return (total / self._ctl.expected_sites).astype(self._dtype), state
+
+
+class LocalRound(FitSink):
+    """Local DP: the sites' DP-SGD updates into the aggregator as they are; the controller
+    notes which sites say they drew their noise from a seed."""
+
+    def __init__(self, ctl: PrivacyController, inner: RoundAggregate) -> None:
+        super().__init__(inner)
+        self._ctl = ctl
+
+    def add(self, res: FitRes) -> None:
+        super().add(res)
+        self._ctl.note_seeded(res)
 
 
 class PrivacyController:
@@ -125,6 +140,7 @@ class PrivacyController:
         self.accountant = PrivacyAccountant()
         self.site_accountants: dict[str, PrivacyAccountant] = {}
         self.participation: dict[str, int] = {}
+        self.seeded_sites: set[str] = set()
         self.per_round: list[dict[str, Any]] = []
         self.stopped: str | None = None
         self.eligible_sites = eligible_sites
@@ -211,7 +227,6 @@ class PrivacyController:
             base,
             dp_noise_multiplier=self.cfg.local_noise_multiplier,
             dp_max_grad_norm=self.cfg.local_max_grad_norm,
-            dp_seeded_noise=self.seeded,
         )
 
     def client_privacy(self) -> ClientPrivacy | None:
@@ -227,7 +242,6 @@ class PrivacyController:
             scale=m.scale if m else 0.0,
             bits=m.bits if m else 0,
             min_sites=m.min_sites if m else 0,
-            noise_seed=self.seed if self.seeded else None,
         )
 
     @property
@@ -246,7 +260,13 @@ class PrivacyController:
         if self.cfg.mode == "distributed":
             inner = aggregator.begin(self.dimension, np.dtype(np.float64), state)
             return DistributedRound(self, inner, dtype)
-        return FitSink(aggregator.begin(self.dimension, dtype, state))
+        return LocalRound(self, aggregator.begin(self.dimension, dtype, state))
+
+    def note_seeded(self, res: FitRes) -> None:
+        """Remember a site that drew its noise from a seed (simulation only): its noise
+        protects nothing, and privacy.json says so by name."""
+        if res.seeded_noise:
+            self.seeded_sites.add(res.site)
 
     # -- after a round -------------------------------------------------------------------
     def end_round(self, rnd: int, agg: Any, settings: TrainSettings) -> dict[str, float]:
@@ -310,10 +330,15 @@ class PrivacyController:
             "delta": cfg.delta,
             "accountant_for_budget": cfg.accountant,
             "noise_source": (
-                "SEEDED from the job seed (reproducible; not private: debug/test only)"
+                "server: SEEDED from the job seed (reproducible; not private: debug/test only)"
                 if self.seeded
-                else "ChaCha20 keyed from os.urandom"
-            ),
+                else "server: ChaCha20 keyed from os.urandom"
+            )
+            + "; sites: their own ChaCha20 keyed from os.urandom, except those listed in "
+            "sites_with_seeded_noise",
+            # Sites that said they drew their noise from a local seed (simulation's
+            # reproducible runs; a deployed site refuses to): their noise protects nothing.
+            "sites_with_seeded_noise": sorted(self.seeded_sites),
             "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
             "per_round": self.per_round,
         }
