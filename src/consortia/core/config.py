@@ -146,6 +146,11 @@ class PrivacyConfig(_Strict):
             raise ValueError("give noise_multiplier or target_epsilon (to calibrate it), not both")
         if self.mode == "distributed" and self.adaptive_clipping is not None:
             raise ValueError("adaptive clipping is for central DP only")
+        if self.mode == "distributed" and self.accountant == "pld":
+            raise ValueError(
+                "accountant: distributed DP rounds are zCDP events, which the PLD accountant "
+                "cannot express; use accountant = 'rdp'"
+            )
         return self
 
 

@@ -29,6 +29,7 @@ from consortia.privacy.central import (
 from consortia.privacy.distributed import (
     MAX_FAILED_ROUND_RATE,
     DistributedDiscreteGaussian,
+    calibrate_distributed,
     choose_scale,
     default_min_sites,
     failed_round_rate,
@@ -160,11 +161,13 @@ class PrivacyController:
         self.expected_sites = cfg.sample_rate * eligible_sites
         if cfg.noise_multiplier is not None:
             self.noise_multiplier = cfg.noise_multiplier
-        else:
+        elif cfg.mode == "central":
             assert cfg.target_epsilon is not None
             self.noise_multiplier = calibrate(
                 cfg.target_epsilon, cfg.delta, cfg.sample_rate, rounds, accountant=cfg.accountant
             )
+        else:
+            self.noise_multiplier = 0.0  # distributed: calibrated below, with its mechanism
         self.clip_norm = self.initial_clip_norm = cfg.clip_norm
         self.update_noise_multiplier = self.noise_multiplier
         if cfg.adaptive_clipping is not None:
@@ -182,17 +185,28 @@ class PrivacyController:
                     "of rounds will have fewer contributions and fail (expected failure rate "
                     "per round; lower min_sites or raise sample_rate to make it rarer)"
                 )
-            scale = choose_scale(
-                clip_norm=cfg.clip_norm,
-                bits=cfg.bits,
-                max_sites=eligible_sites,
-                noise_multiplier=self.noise_multiplier,
-                min_sites=min_sites,
-                dimension=dimension,
-            )
-            self.mechanism = DistributedDiscreteGaussian(
-                cfg.clip_norm, scale, cfg.bits, self.noise_multiplier, min_sites, dimension
-            )
+            clip_norm, bits = cfg.clip_norm, cfg.bits
+
+            def build(z: float) -> DistributedDiscreteGaussian:
+                scale = choose_scale(
+                    clip_norm=clip_norm,
+                    bits=bits,
+                    max_sites=eligible_sites,
+                    noise_multiplier=z,
+                    min_sites=min_sites,
+                    dimension=dimension,
+                )
+                return DistributedDiscreteGaussian(clip_norm, scale, bits, z, min_sites, dimension)
+
+            if cfg.noise_multiplier is None:
+                # The mechanism the rounds are accounted as (zCDP, no sampling credit, the
+                # worst number of contributors), not a Poisson-sampled Gaussian.
+                assert cfg.target_epsilon is not None
+                self.noise_multiplier = calibrate_distributed(
+                    cfg.target_epsilon, cfg.delta, rounds, build, eligible_sites
+                )
+            self.mechanism = build(self.noise_multiplier)
+            self.update_noise_multiplier = self.noise_multiplier
 
     # -- before a round ----------------------------------------------------------------
     def round_events(self, surviving: int | None = None) -> list[PrivacyEvent]:
