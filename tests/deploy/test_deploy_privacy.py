@@ -96,3 +96,27 @@ def test_site_policy_file(tmp_path: Path):
     bad.write_text("max_epsilom = 4.0\n")
     with pytest.raises(ConfigError, match="max_epsilom: unknown key"):
         load_policy(bad)
+
+
+def test_a_noised_round_that_fails_after_the_draw_is_accounted(tmp_path: Path, monkeypatch):
+    """Finding 7: the noise of an attempt that fails after it was drawn (here the commit
+    fails) was never accounted; the retry drew fresh noise. Both draws count."""
+    from consortia.server.run import Run
+
+    job = _dp_job(tmp_path)
+    real = Run._commit
+    failed: list[int] = []
+
+    def commit(self: Run, folder: Any, store: Any, record: RoundRecord, state: LoopState) -> None:
+        if state.round == 2 and not failed:
+            failed.append(state.round)
+            raise OSError("disk full")
+        real(self, folder, store, record, state)
+
+    monkeypatch.setattr(Run, "_commit", commit)
+    summary = _run(job, tmp_path / "run")
+    assert failed == [2] and summary["rounds_completed"] == 4
+    report = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert len(report["events"]) == 5  # four rounds released, and the attempt that failed
+    want = epsilon_for(2.0, 1.0, 5, 1e-5)["rdp"]
+    assert report["epsilon"]["rdp"] == pytest.approx(want, rel=1e-6)

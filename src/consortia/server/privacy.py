@@ -75,6 +75,9 @@ class CentralRound:
             expected_sites=c.expected_sites,
             rng=c.rng,
         )
+        # Accounted when drawn: if the round then fails (diverges, cannot be committed) and
+        # is tried again, that attempt's release still counts.
+        c.accountant.extend(c.round_events())
         return noised.astype(self._dtype), state
 
 
@@ -105,6 +108,8 @@ class DistributedRound:
                 f"distributed DP: {n} sites contributed, {need} needed; their noise shares "
                 "would sum to too little noise, so this round's sum is not released"
             )
+        # The sum is released from here on: accounted now, whatever happens to the round.
+        self._ctl.accountant.extend(self._ctl.round_events(n))
         self._inner.add("(sum)", self._mech.decode(self._sum).astype(np.float64), 1.0, {})
         total, state = self._inner.result()
         return (total / self._ctl.expected_sites).astype(self._dtype), state
@@ -284,7 +289,8 @@ class PrivacyController:
 
     # -- after a round -------------------------------------------------------------------
     def end_round(self, rnd: int, agg: Any, settings: TrainSettings) -> dict[str, float]:
-        """Record what the released model cost; adapt the clip norm; return round metrics."""
+        """Adapt the clip norm; return round metrics. (The release was accounted when its
+        noise was drawn, in the round's ``result``.)"""
         metrics: dict[str, float] = {}
         if self.cfg.mode == "local":
             for site, n in agg.contributors:
@@ -305,7 +311,6 @@ class PrivacyController:
         else:
             for site, _ in agg.contributors:
                 self.participation[site] = self.participation.get(site, 0) + 1
-            self.accountant.extend(self.round_events(len(agg.contributors)))
             metrics["epsilon"] = self.epsilon() or math.inf
             if self.adaptive is not None:
                 self.clip_norm, b_hat = self.adaptive.next_clip_norm(
