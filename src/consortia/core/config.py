@@ -129,6 +129,11 @@ class PrivacyConfig(_Strict):
     local_noise_multiplier: float | None = Field(None, gt=0)
     local_max_grad_norm: float = Field(1.0, gt=0)
     seeded_noise: bool = False
+    allow_without_secure_aggregation: bool = Field(
+        False,
+        description="distributed DP in a deployment: accept that the server sees each "
+        "site's encoded update (guarantee against the server: multiplier z/sqrt(min_sites))",
+    )
     population: int | None = Field(
         None, ge=1, description="eligible sites N (deployment; simulation uses simulation.sites)"
     )

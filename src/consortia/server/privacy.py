@@ -100,6 +100,9 @@ class DistributedRound:
         np.mod(self._sum, np.uint64(self._mech.modulus), out=self._sum)
         self.contributors.append((res.site, res.num_examples))
         self._ctl.note_seeded(res)
+        # Without secure aggregation the server has just seen this encoding, noised with
+        # this site's share alone: a release against the server, retries included.
+        self._ctl.encodings_seen[res.site] = self._ctl.encodings_seen.get(res.site, 0) + 1
 
     def result(self) -> tuple[np.ndarray, State]:
         n, need = len(self.contributors), self._mech.min_sites
@@ -147,6 +150,7 @@ class PrivacyController:
         self.site_accountants: dict[str, PrivacyAccountant] = {}
         self.participation: dict[str, int] = {}
         self.seeded_sites: set[str] = set()
+        self.encodings_seen: dict[str, int] = {}
         self.per_round: list[dict[str, Any]] = []
         self.stopped: str | None = None
         self.eligible_sites = eligible_sites
@@ -342,6 +346,33 @@ class PrivacyController:
             )
 
     # -- the report ----------------------------------------------------------------------
+    def server_view_report(self) -> dict[str, Any]:
+        """Distributed DP without secure aggregation: what the server itself learns.
+
+        It sees each encoding, noised with one site's share: a discrete Gaussian with
+        multiplier z/sqrt(min_sites), i.e. rho(1) per encoding, never amplified by sampling
+        (the server does the sampling). The worst site is the one that sent the most.
+        """
+        assert self.mechanism is not None
+        m = self.mechanism
+        most = max(self.encodings_seen.values(), default=0)
+        rho = m.rho(1)
+        eps = 0.0
+        if most:
+            event = m.privacy_event(1, count=most, label="one site's encoding")
+            eps = PrivacyAccountant([event]).epsilon_by("rdp", self.cfg.delta) or math.inf
+        return {
+            "secure_aggregation": False,
+            "noise_multiplier_per_site": m.noise_multiplier / math.sqrt(m.min_sites),
+            "rho_per_encoding": rho,
+            "encodings_seen_max": most,
+            "epsilon": eps,
+            "delta": self.cfg.delta,
+            "unit": "site",
+            "note": "each encoding the server received (retried rounds included) is one "
+            "release of that site's update with its own noise share only",
+        }
+
     def report(self) -> dict[str, Any]:
         cfg = self.cfg
         out: dict[str, Any] = {
@@ -410,6 +441,15 @@ class PrivacyController:
         out["mechanism"] = mech
         eps = self.accountant.epsilon(cfg.delta)
         out["epsilon"] = {"rdp": eps["rdp"], "pld": eps["pld"], "best": eps["best"]}
+        if self.mechanism is not None:
+            out["guarantees"] = {
+                "against_readers_of_the_model": {
+                    "epsilon": out["epsilon"],
+                    "delta": cfg.delta,
+                    "unit": "site",
+                },
+                "against_the_server": self.server_view_report(),
+            }
         out["events"] = self.accountant.to_dict()["events"]
         # Site-level DP: the bound holds for every eligible site, sampled or not; the rounds
         # each site actually took part in are listed for its own records.
