@@ -144,14 +144,23 @@ def test_central_noise_on_the_mean_has_std_z_c_over_expected_sites(tmp_path):
 
 
 def test_distributed_dp_round_and_too_few_survivors(tmp_path):
-    dist = {"mode": "distributed", "sample_rate": 0.5, "clip_norm": 5.0, "noise_multiplier": 0.5}
+    dist = {"mode": "distributed", "sample_rate": 0.5, "clip_norm": 5.0, "noise_multiplier": 0.1}
     result = simulate(
         _job(tmp_path, dist, rounds=3, sites=20), out=tmp_path / "a", base_dir=tmp_path
     )
     assert result.history[-1]["epsilon"] > result.history[0]["epsilon"] > 0
     report = json.loads((tmp_path / "a" / "privacy.json").read_text())
-    assert report["mechanism"]["min_sites"] == 8 and report["mechanism"]["bits"] == 32
+    # The default min_sites: the largest with P(Binomial(20, 0.5) < min_sites) < 1e-3.
+    assert report["mechanism"]["min_sites"] == 3 and report["mechanism"]["bits"] == 32
+    assert report["mechanism"]["expected_failed_round_rate"] == pytest.approx(211 / 2**20)
     np.testing.assert_allclose(result.weights, [1, 2, 3], atol=0.6)  # it still learns
+    # A seeded simulation: every site drew its noise share from its own derived seed, and
+    # the report names them; the same run again gives the same model.
+    assert report["sites_with_seeded_noise"] == sorted(report["per_site"])
+    again = simulate(
+        _job(tmp_path, dist, rounds=3, sites=20), out=tmp_path / "a2", base_dir=tmp_path
+    )
+    np.testing.assert_array_equal(again.weights, result.weights)
     too_many = {**dist, "min_sites": 20}  # 20 needed, ~10 sampled
     with pytest.raises(RoundFailedError, match=r"round 1 fit: \d+ replies, at least 20 needed"):
         simulate(

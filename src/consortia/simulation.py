@@ -27,7 +27,7 @@ from consortia.core.dataset import Dataset
 from consortia.core.errors import ConfigError, RoundFailedError
 from consortia.core.events import Subscriber
 from consortia.core.registry import FLEETS
-from consortia.core.rng import generator
+from consortia.core.rng import derive_seed, generator
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.data import label_histograms, make_partition
 from consortia.fleet.base import Fleet, MakeSite
@@ -160,10 +160,17 @@ def preflight(trainer: Trainer, weights: np.ndarray, data: Dataset) -> None:
 
 
 def _site_factory(
-    trainer: Trainer, sites: dict[str, SiteData], policy: SitePolicy | None
+    trainer: Trainer,
+    sites: dict[str, SiteData],
+    policy: SitePolicy | None,
+    noise_seed: int | None = None,
 ) -> MakeSite:
+    """``noise_seed`` (reproducible runs only): each site derives its own seed from it and
+    its name, where it is built, as a site's local setting; no fit message carries it."""
+
     def make(site_id: str) -> SiteApp:
-        return Site(site_id, trainer, sites[site_id], policy)
+        seed = None if noise_seed is None else derive_seed(noise_seed, "site-noise", site_id)
+        return Site(site_id, trainer, sites[site_id], policy, noise_seed=seed)
 
     return make
 
@@ -249,7 +256,7 @@ def simulate(
     fleet_name = "debug" if debug else cfg.simulation.fleet
     factory = FLEETS.get(fleet_name)
     custom = make_site or app_hook(cfg.task, base, "site")
-    make = custom or _site_factory(trainer, site_data, policy)
+    make = custom or _site_factory(trainer, site_data, policy, cfg.seed if seeded else None)
     # The pool forks here: before any progress-bar thread exists (the bar starts with the
     # run), and before the initial model exists, so that no worker holds a copy of it.
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]

@@ -80,7 +80,7 @@ def test_any_message_round_trips(rnd, data, label, scale, flags, note) -> None:
 @given(extra=st.dictionaries(names, scalars, max_size=5))
 def test_fit_request_round_trips_with_privacy_and_extra_settings(extra) -> None:
     w = np.arange(4, dtype=np.float32)
-    privacy = ClientPrivacy("distributed", 1.0, 1.1, 0.1, 1e-5, 3.0, 20, 4, noise_seed=9)
+    privacy = ClientPrivacy("distributed", 1.0, 1.1, 0.1, 1e-5, 3.0, 20, 4)
     msg = FitIns(3, w, TrainSettings(lr=0.2, extra=extra), 12, privacy)
     back = decode(encode(msg), reply=False)
     assert back.settings == msg.settings and back.privacy == privacy and back.seed == 12

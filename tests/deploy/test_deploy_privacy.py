@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import pytest
 import toy_app
 from deploy_helpers import TOY_JOB
@@ -96,3 +98,64 @@ def test_site_policy_file(tmp_path: Path):
     bad.write_text("max_epsilom = 4.0\n")
     with pytest.raises(ConfigError, match="max_epsilom: unknown key"):
         load_policy(bad)
+
+
+def test_a_noised_round_that_fails_after_the_draw_is_accounted(tmp_path: Path, monkeypatch):
+    """Finding 7: the noise of an attempt that fails after it was drawn (here the commit
+    fails) was never accounted; the retry drew fresh noise. Both draws count."""
+    from consortia.server.run import Run
+
+    job = _dp_job(tmp_path)
+    real = Run._commit
+    failed: list[int] = []
+
+    def commit(self: Run, folder: Any, store: Any, record: RoundRecord, state: LoopState) -> None:
+        if state.round == 2 and not failed:
+            failed.append(state.round)
+            raise OSError("disk full")
+        real(self, folder, store, record, state)
+
+    monkeypatch.setattr(Run, "_commit", commit)
+    summary = _run(job, tmp_path / "run")
+    assert failed == [2] and summary["rounds_completed"] == 4
+    report = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert len(report["events"]) == 5  # four rounds released, and the attempt that failed
+    want = epsilon_for(2.0, 1.0, 5, 1e-5)["rdp"]
+    assert report["epsilon"]["rdp"] == pytest.approx(want, rel=1e-6)
+
+
+DISTRIBUTED = """
+[privacy]
+mode = "distributed"
+sample_rate = 1.0
+clip_norm = 5.0
+noise_multiplier = 2.0
+population = 3
+"""
+
+
+def test_distributed_dp_without_secure_aggregation_states_its_guarantee_against_the_server(
+    tmp_path: Path,
+):
+    """Finding 5: the server sees each site's encoding, which carries that site's noise
+    share alone; a deployment must accept that in its job file, and privacy.json states
+    the guarantee against the server beside the one against readers of the model."""
+    with pytest.raises(ConfigError, match=r"privacy\.allow_without_secure_aggregation"):
+        _run(_dp_job(tmp_path, DISTRIBUTED), tmp_path / "refused")
+    job = _dp_job(tmp_path, DISTRIBUTED + "allow_without_secure_aggregation = true\n")
+    summary = _run(job, tmp_path / "run")
+    assert summary["rounds_completed"] == 4
+    report = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    guarantees = report["guarantees"]
+    assert guarantees["against_readers_of_the_model"]["epsilon"] == report["epsilon"]
+    server = guarantees["against_the_server"]
+    m = report["mechanism"]["min_sites"]
+    assert m == 3  # all three sampled, always
+    assert server["noise_multiplier_per_site"] == pytest.approx(2.0 / math.sqrt(m))
+    assert server["encodings_seen_max"] == 4
+    # One encoding is a Gaussian release at multiplier z/sqrt(m): rho = m / (2 z^2).
+    assert server["rho_per_encoding"] == pytest.approx(m / (2 * 2.0**2), rel=1e-9)
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(dp_accounting.ZCDpEvent(server["rho_per_encoding"]), 4)
+    assert server["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert server["epsilon"] > report["epsilon"]["rdp"]  # weaker than against the readers

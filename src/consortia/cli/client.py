@@ -140,6 +140,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def refuse_seeded_noise(site: object, name: str) -> None:
+    """A deployed site's DP noise comes from its CSPRNG, always: a seeded site (simulation's
+    reproducible runs) is refused, whatever the job file or the server says."""
+    if getattr(site, "noise_seed", None) is not None:
+        raise ConfigError(
+            f"site {name}: its app sets noise_seed, which makes its differential-privacy "
+            "noise reproducible by anyone who learns the seed; that is for simulation only, "
+            "and `consortia client` refuses to start with it"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from consortia.cli.output import setup_output
 
@@ -154,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--pki SITE_DIR is required (TLS always); --insecure for tests")
         check_identity(args.pki, args.site)
     site = load_site(args.app, args.site)
+    refuse_seeded_noise(site, args.site)
     data = getattr(site, "data", None)
     if data is not None and data.num_train == 0:
         raise ConfigError(

@@ -10,7 +10,7 @@ after it, on the way out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from consortia.client.app import Handler, Middleware, SiteApp
 from consortia.client.trainers.base import Trainer
 from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
+from consortia.core.rng import derive_seed
 
 if TYPE_CHECKING:  # the privacy stack (dp-accounting) loads only for jobs that use it
     from consortia.client.policy import SitePolicy
@@ -73,8 +74,13 @@ def privatize_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
         return reply
     from consortia.client.stages import privatize
 
-    delta, clip_bit = privatize(reply.delta, message.privacy, app.site_id, message.round)
-    return FitRes(reply.site, reply.round, delta, reply.num_examples, reply.metrics, clip_bit)
+    seed = getattr(app, "noise_seed", None)
+    p = message.privacy
+    delta, clip_bit = privatize(reply.delta, p, app.site_id, message.round, seed)
+    seeded = reply.seeded_noise or (seed is not None and p.mode == "distributed")
+    return FitRes(
+        reply.site, reply.round, delta, reply.num_examples, reply.metrics, clip_bit, seeded
+    )
 
 
 DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (policy_check, privatize_update)
@@ -90,11 +96,16 @@ class Site(SiteApp):
         data: SiteData,
         policy: SitePolicy | None = None,
         middleware: Sequence[Middleware] = DEFAULT_MIDDLEWARE,
+        noise_seed: int | None = None,
     ) -> None:
         super().__init__(site_id, middleware)
         self.trainer = trainer
         self.data = data
         self.policy = policy
+        # Simulation's reproducible runs only (``consortia client`` refuses to start with
+        # it): the site's DP noise from this seed instead of its CSPRNG. The site's own
+        # setting; nothing the server sends can turn it on.
+        self.noise_seed = noise_seed
 
     def on_fit(self, ins: FitIns) -> FitRes:
         n = self.data.num_train
@@ -102,12 +113,18 @@ class Site(SiteApp):
             # A site with no data contributes nothing (weight 0) rather than failing; under
             # distributed DP it must still add its share of the noise.
             return FitRes(self.site_id, ins.round, np.zeros_like(ins.weights), 0, {})
+        settings, seed = replace(ins.settings, dp_seeded_noise=False), ins.seed
+        seeded = self.noise_seed is not None and settings.local_dp
+        if seeded:
+            assert self.noise_seed is not None
+            # DP-SGD's noise from the site's own seed, never from the server's fit seed.
+            seed = derive_seed(self.noise_seed, "dp-sgd", ins.round, self.site_id)
+            settings = replace(settings, dp_seeded_noise=True)
         local, metrics = self.trainer.fit(
-            ins.weights, self.data.x_train, self.data.y_train, ins.settings, ins.seed
+            ins.weights, self.data.x_train, self.data.y_train, settings, seed
         )
-        return FitRes(
-            self.site_id, ins.round, _update(self.trainer, local, ins.weights), n, metrics
-        )
+        update = _update(self.trainer, local, ins.weights)
+        return FitRes(self.site_id, ins.round, update, n, metrics, seeded_noise=seeded)
 
     def on_evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         n = self.data.num_eval

@@ -16,11 +16,16 @@ from consortia.privacy.distributed import DistributedDiscreteGaussian
 from consortia.privacy.rng import SecureRng
 
 
-def noise_source(p: ClientPrivacy, site_id: str, round_: int) -> SecureRng:
-    """A CSPRNG keyed from the OS, or from the job seed in debug/test runs only."""
-    if p.noise_seed is None:
+def noise_source(noise_seed: int | None, site_id: str, round_: int) -> SecureRng:
+    """A CSPRNG keyed from the OS; from the site's own seed only in simulation.
+
+    ``noise_seed`` is the site's, never the server's (``Site.noise_seed``): whoever knows it
+    can regenerate the noise and subtract it, so it must not come from the party the
+    noise hides the update from.
+    """
+    if noise_seed is None:
         return SecureRng()
-    return SecureRng(derive_seed(p.noise_seed, "site-noise", round_, site_id))
+    return SecureRng(derive_seed(noise_seed, "site-noise", round_, site_id))
 
 
 def distributed_mechanism(p: ClientPrivacy, dimension: int) -> DistributedDiscreteGaussian:
@@ -30,7 +35,11 @@ def distributed_mechanism(p: ClientPrivacy, dimension: int) -> DistributedDiscre
 
 
 def privatize(
-    update: np.ndarray, p: ClientPrivacy, site_id: str, round_: int
+    update: np.ndarray,
+    p: ClientPrivacy,
+    site_id: str,
+    round_: int,
+    noise_seed: int | None = None,
 ) -> tuple[np.ndarray, float | None]:
     """Return (what to send, adaptive-clipping bit or None)."""
     if p.mode == "central":
@@ -38,5 +47,5 @@ def privatize(
         return clipped.vector.astype(update.dtype, copy=False), clipped.unclipped_bit
     if p.mode == "distributed":
         mech = distributed_mechanism(p, update.size)
-        return mech.encode(update, noise_source(p, site_id, round_)), None
+        return mech.encode(update, noise_source(noise_seed, site_id, round_)), None
     raise ConfigError(f"unknown privacy mode {p.mode!r} in the server's instructions")

@@ -129,6 +129,11 @@ class PrivacyConfig(_Strict):
     local_noise_multiplier: float | None = Field(None, gt=0)
     local_max_grad_norm: float = Field(1.0, gt=0)
     seeded_noise: bool = False
+    allow_without_secure_aggregation: bool = Field(
+        False,
+        description="distributed DP in a deployment: accept that the server sees each "
+        "site's encoded update (guarantee against the server: multiplier z/sqrt(min_sites))",
+    )
     population: int | None = Field(
         None, ge=1, description="eligible sites N (deployment; simulation uses simulation.sites)"
     )
@@ -146,6 +151,11 @@ class PrivacyConfig(_Strict):
             raise ValueError("give noise_multiplier or target_epsilon (to calibrate it), not both")
         if self.mode == "distributed" and self.adaptive_clipping is not None:
             raise ValueError("adaptive clipping is for central DP only")
+        if self.mode == "distributed" and self.accountant == "pld":
+            raise ValueError(
+                "accountant: distributed DP rounds are zCDP events, which the PLD accountant "
+                "cannot express; use accountant = 'rdp'"
+            )
         return self
 
 

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from consortia.core.errors import ConfigError
-from consortia.core.payload import InvalidMessageError, Payload, from_payload, to_payload
+from consortia.core.payload import (
+    SITE_LOCAL,
+    InvalidMessageError,
+    Payload,
+    from_payload,
+    to_payload,
+)
 from consortia.core.spec import all_finite
 
 __all__ = [
@@ -61,7 +67,9 @@ class TrainSettings:
     # Local DP-SGD (example-level DP, Opacus): off while dp_noise_multiplier is 0.
     dp_noise_multiplier: float = 0.0
     dp_max_grad_norm: float = 1.0
-    dp_seeded_noise: bool = False  # debug/test only: DP-SGD noise from the fit seed
+    # Set by the site itself (simulation only: ``Site.noise_seed``), never by the server:
+    # it does not travel, so a server cannot make a site's DP-SGD noise predictable.
+    dp_seeded_noise: bool = field(default=False, metadata={SITE_LOCAL: True})
 
     @property
     def local_dp(self) -> bool:
@@ -78,6 +86,8 @@ class ClientPrivacy:
     sees an un-noised sum once secure aggregation sums the shares.
     ``noise_multiplier``, ``sample_rate`` and ``rounds`` are the server's declared
     accounting, which the site's own policy recomputes and may refuse.
+    There is no noise seed: a site draws its noise share from its own CSPRNG (or, in
+    simulation only, from a seed it derives itself), so the server cannot regenerate it.
     """
 
     mode: str
@@ -88,7 +98,6 @@ class ClientPrivacy:
     scale: float = 0.0
     bits: int = 0
     min_sites: int = 0
-    noise_seed: int | None = None  # set only in debug/test runs: noise is then reproducible
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,9 @@ class FitRes:
     # Central DP with adaptive clipping: +1/2 if the update was within the clip norm, else
     # -1/2 (Andrew et al. 2021); the server sums these bits with noise.
     clip_bit: float | None = None
+    # The site drew its DP noise from a seed (simulation's reproducible runs), not from its
+    # CSPRNG: privacy.json names such sites, since their noise gives no protection.
+    seeded_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,8 +335,6 @@ def _check_fit_request(ins: FitIns) -> None:
             raise InvalidMessageError(f"privacy setting {name} must be >= 0")
     if not 0 <= p.bits <= 62 or p.min_sites < 0:
         raise InvalidMessageError(f"privacy bits {p.bits} must be in 0..62, min_sites >= 0")
-    if p.noise_seed is not None and p.noise_seed < 0:
-        raise InvalidMessageError("noise_seed must be non-negative")
 
 
 def _check_evaluate(reply: EvaluateRes, request: EvaluateIns) -> None:

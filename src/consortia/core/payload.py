@@ -28,6 +28,14 @@ from consortia.core.errors import ConsortiaError
 
 Scalar = bool | int | float | str
 HEADER_FIELDS = ("round", "site")
+# Field metadata key: a field the receiving side sets for itself and that never travels.
+# Encoding leaves it out; decoding does not read it, so a payload carrying it is refused as
+# carrying an unknown field (a server cannot set a site's debug switches).
+SITE_LOCAL = "site_local"
+
+
+def _travels(f: dataclasses.Field[Any]) -> bool:
+    return not f.metadata.get(SITE_LOCAL, False)
 
 
 class InvalidMessageError(ConsortiaError):
@@ -56,7 +64,8 @@ def _flatten(value: Any, path: str, out: Payload) -> None:
         out.arrays[path] = value
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
-            _flatten(getattr(value, f.name), f"{path}.{f.name}", out)
+            if _travels(f):
+                _flatten(getattr(value, f.name), f"{path}.{f.name}", out)
     elif isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
@@ -85,7 +94,7 @@ def to_payload(kind: str, message: Any) -> Payload:
     """Flatten a message dataclass (its header fields go in the header, not the body)."""
     out = Payload(kind, int(message.round))
     for f in dataclasses.fields(message):
-        if f.name not in HEADER_FIELDS:
+        if f.name not in HEADER_FIELDS and _travels(f):
             _flatten(getattr(message, f.name), f.name, out)
     return out
 
@@ -119,7 +128,7 @@ class _Reader:
         values: dict[str, Any] = {}
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
-            if not prefix and f.name in HEADER_FIELDS:
+            if (not prefix and f.name in HEADER_FIELDS) or not _travels(f):
                 continue
             path = f"{prefix}{f.name}"
             value = self.field(hints[f.name], path)

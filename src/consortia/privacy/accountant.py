@@ -359,6 +359,30 @@ def calibrate(
     )
 
 
+def solve_noise_multiplier(
+    epsilon_at: Callable[[float], float], target_epsilon: float, *, what: str = "mechanism"
+) -> float:
+    """Smallest noise multiplier z with ``epsilon_at(z) <= target_epsilon`` (within 0.01%),
+    for any mechanism whose epsilon falls as z grows; ``epsilon_at`` returns inf where z is
+    too small to be used at all. Brackets by doubling, then regula falsi (Illinois)."""
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ConfigError(f"target epsilon must be finite and > 0, got {target_epsilon!r}")
+    lower, upper = 0.0, 1.0
+    while epsilon_at(upper) > target_epsilon:
+        lower, upper = upper, upper * 2.0
+        if upper > 1e6:
+            raise ConfigError(
+                f"{what}: no noise multiplier up to 1e6 reaches epsilon {target_epsilon}"
+            )
+    if lower == 0.0:
+        lower = upper / 2.0
+        while lower > _MIN_NOISE_MULTIPLIER and epsilon_at(lower) <= target_epsilon:
+            lower, upper = lower / 2.0, lower
+        if epsilon_at(lower) <= target_epsilon:
+            return lower
+    return _solve_decreasing(lambda z: epsilon_at(z) - target_epsilon, lower, upper, target_epsilon)
+
+
 def _solve_decreasing(
     f: Callable[[float], float], lo: float, hi: float, target: float, rel_tol: float = 1e-4
 ) -> float:

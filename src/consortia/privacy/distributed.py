@@ -36,13 +36,14 @@ accounted without amplification (sample rate 1): a valid, conservative upper bou
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binom
 
 from consortia.core.errors import ConfigError
-from consortia.privacy.accountant import PrivacyEvent
+from consortia.privacy.accountant import PrivacyEvent, rdp_epsilon, solve_noise_multiplier
 from consortia.privacy.clip import l2_clip
 from consortia.privacy.rng import SecureRng
 
@@ -157,6 +158,15 @@ class DistributedDiscreteGaussian:
         )
         return eps**2 / 2
 
+    def worst_rho(self, max_sites: int) -> float:
+        """The largest ``rho(n)`` over every released round, n = min_sites .. max_sites.
+
+        rho(n) mostly falls as more noise shares arrive, but tau (the discrete Gaussian's
+        distance from a continuous one) grows with n; calibration takes the worst, so no
+        round can cost more than the calibration assumed.
+        """
+        return max(self.rho(n) for n in range(self.min_sites, max(self.min_sites, max_sites) + 1))
+
     def privacy_event(self, surviving_sites: int, count: int = 1, label: str = "") -> PrivacyEvent:
         """The accountant event for ``count`` rounds with ``surviving_sites`` contributors."""
         return PrivacyEvent(
@@ -173,6 +183,69 @@ def modular_sum(vectors: Sequence[np.ndarray], bits: int) -> np.ndarray:
     for v in vectors:
         total = (total + np.asarray(v, dtype=np.uint64)) & mask  # uint64 wraps; 2**bits divides
     return total
+
+
+def calibrate_distributed(
+    target_epsilon: float,
+    delta: float,
+    rounds: int,
+    build: Callable[[float], DistributedDiscreteGaussian],
+    max_sites: int,
+) -> float:
+    """The smallest noise multiplier z whose ``rounds`` released rounds cost at most
+    ``target_epsilon`` at ``delta``, accounted as the controller accounts them: zCDP
+    events (no credit for sampling) through the RDP accountant, each round at the worst
+    number of contributing sites.
+
+    ``build(z)`` makes the job's mechanism for z (its scale depends on z); a z it cannot
+    build (sigma under 1/2, or a sum that would wrap) counts as too little noise.
+    """
+
+    def epsilon_at(z: float) -> float:
+        try:
+            mech = build(z)
+        except ConfigError:
+            return math.inf
+        event = PrivacyEvent("zcdp", rho=mech.worst_rho(max_sites), count=rounds)
+        eps = rdp_epsilon([event], delta)
+        return math.inf if eps is None else eps
+
+    return solve_noise_multiplier(epsilon_at, target_epsilon, what="distributed DP")
+
+
+MAX_FAILED_ROUND_RATE = 1e-3
+
+
+def failed_round_rate(min_sites: int, eligible_sites: int, sample_rate: float) -> float:
+    """P(Binomial(N, q) < min_sites): how often Poisson sampling leaves a round short.
+
+    Computed exactly with ``scipy.stats.binom``; a round with fewer than ``min_sites``
+    contributions is not released, so this is the expected share of failed rounds.
+    """
+    if min_sites < 1 or eligible_sites < 1 or not 0 < sample_rate <= 1:
+        raise ConfigError(
+            f"distributed DP: min_sites {min_sites} and eligible sites {eligible_sites} must "
+            f"be >= 1 and sample_rate {sample_rate} in (0, 1]"
+        )
+    return float(binom.cdf(min_sites - 1, eligible_sites, sample_rate))
+
+
+def default_min_sites(
+    eligible_sites: int, sample_rate: float, max_failure: float = MAX_FAILED_ROUND_RATE
+) -> int:
+    """The largest ``min_sites`` whose failed-round rate stays under ``max_failure``.
+
+    ``floor(0.8 q N)``, the old default, misses about one round in eight at q N = 10; the
+    binomial tail keeps failures rare. When even one site is too many to ask for (``(1 -
+    q)^N >= max_failure``) the answer is 1, and the caller reports the failure rate.
+    """
+    # binom.ppf(p) is the smallest k with cdf(k) >= p; below it every k has cdf(k) < p.
+    k = int(binom.ppf(max_failure, eligible_sites, sample_rate))
+    while k >= 0 and failed_round_rate(k + 1, eligible_sites, sample_rate) >= max_failure:
+        k -= 1  # ppf works in floating point: step down until the tail really is below
+    while failed_round_rate(k + 2, eligible_sites, sample_rate) < max_failure:
+        k += 1
+    return max(1, k + 1)
 
 
 def choose_scale(

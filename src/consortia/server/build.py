@@ -80,10 +80,20 @@ def loop_settings(job: JobConfig, n_sites: int) -> LoopSettings:
 
 
 def privacy_from_config(
-    job: JobConfig, n_sites: int, dimension: int, seeded: bool
+    job: JobConfig, n_sites: int, dimension: int, seeded: bool, deployed: bool = False
 ) -> PrivacyController | None:
+    """``deployed``: real sites over the network, where no secure aggregation hides each
+    site's encoded update from the server yet."""
     if job.privacy is None:
         return None
+    p = job.privacy
+    if deployed and p.mode == "distributed" and not p.allow_without_secure_aggregation:
+        raise ConfigError(
+            "privacy.allow_without_secure_aggregation: without secure aggregation the "
+            "server sees each site's encoded update, which carries only that site's share of "
+            "the noise (multiplier z/sqrt(min_sites) against the server); set it to true to "
+            "run distributed DP with that weaker guarantee, stated in privacy.json"
+        )
     if job.privacy.mode == "local" and job.privacy.epsilon_limit is not None:
         raise ConfigError(
             "privacy.epsilon_limit: local DP is example-level and spent per site; "

@@ -26,7 +26,14 @@ from consortia.privacy.central import (
     noisy_mean,
     split_noise_multiplier,
 )
-from consortia.privacy.distributed import DistributedDiscreteGaussian, choose_scale
+from consortia.privacy.distributed import (
+    MAX_FAILED_ROUND_RATE,
+    DistributedDiscreteGaussian,
+    calibrate_distributed,
+    choose_scale,
+    default_min_sites,
+    failed_round_rate,
+)
 from consortia.privacy.rng import SecureRng
 from consortia.strategy.aggregators import Aggregator, FitSink, RoundAggregate, State
 
@@ -51,6 +58,7 @@ class CentralRound:
         self._inner.add(res.site, clipped, 1.0, res.metrics)
         self.bits += res.clip_bit if res.clip_bit is not None else -0.5
         self.contributors.append((res.site, res.num_examples))
+        self._ctl.note_seeded(res)
 
     def result(self) -> tuple[np.ndarray, State]:
         c = self._ctl
@@ -67,6 +75,9 @@ class CentralRound:
             expected_sites=c.expected_sites,
             rng=c.rng,
         )
+        # Accounted when drawn: if the round then fails (diverges, cannot be committed) and
+        # is tried again, that attempt's release still counts.
+        c.accountant.extend(c.round_events())
         return noised.astype(self._dtype), state
 
 
@@ -88,6 +99,10 @@ class DistributedRound:
         np.add(self._sum, res.delta, out=self._sum)
         np.mod(self._sum, np.uint64(self._mech.modulus), out=self._sum)
         self.contributors.append((res.site, res.num_examples))
+        self._ctl.note_seeded(res)
+        # Without secure aggregation the server has just seen this encoding, noised with
+        # this site's share alone: a release against the server, retries included.
+        self._ctl.encodings_seen[res.site] = self._ctl.encodings_seen.get(res.site, 0) + 1
 
     def result(self) -> tuple[np.ndarray, State]:
         n, need = len(self.contributors), self._mech.min_sites
@@ -96,9 +111,24 @@ class DistributedRound:
                 f"distributed DP: {n} sites contributed, {need} needed; their noise shares "
                 "would sum to too little noise, so this round's sum is not released"
             )
+        # The sum is released from here on: accounted now, whatever happens to the round.
+        self._ctl.accountant.extend(self._ctl.round_events(n))
         self._inner.add("(sum)", self._mech.decode(self._sum).astype(np.float64), 1.0, {})
         total, state = self._inner.result()
         return (total / self._ctl.expected_sites).astype(self._dtype), state
+
+
+class LocalRound(FitSink):
+    """Local DP: the sites' DP-SGD updates into the aggregator as they are; the controller
+    notes which sites say they drew their noise from a seed."""
+
+    def __init__(self, ctl: PrivacyController, inner: RoundAggregate) -> None:
+        super().__init__(inner)
+        self._ctl = ctl
+
+    def add(self, res: FitRes) -> None:
+        super().add(res)
+        self._ctl.note_seeded(res)
 
 
 class PrivacyController:
@@ -119,12 +149,17 @@ class PrivacyController:
         self.accountant = PrivacyAccountant()
         self.site_accountants: dict[str, PrivacyAccountant] = {}
         self.participation: dict[str, int] = {}
+        self.seeded_sites: set[str] = set()
+        self.encodings_seen: dict[str, int] = {}
         self.per_round: list[dict[str, Any]] = []
         self.stopped: str | None = None
         self.eligible_sites = eligible_sites
         self.dimension = dimension
         self.mechanism: DistributedDiscreteGaussian | None = None
         self.adaptive: AdaptiveClipping | None = None
+        # What the job should be told when it starts (the run driver logs and publishes it).
+        self.notices: list[str] = []
+        self.failed_round_rate = 0.0
         if cfg.mode == "local":
             self.noise_multiplier = self.update_noise_multiplier = 0.0
             self.clip_norm = self.initial_clip_norm = 0.0
@@ -135,11 +170,13 @@ class PrivacyController:
         self.expected_sites = cfg.sample_rate * eligible_sites
         if cfg.noise_multiplier is not None:
             self.noise_multiplier = cfg.noise_multiplier
-        else:
+        elif cfg.mode == "central":
             assert cfg.target_epsilon is not None
             self.noise_multiplier = calibrate(
                 cfg.target_epsilon, cfg.delta, cfg.sample_rate, rounds, accountant=cfg.accountant
             )
+        else:
+            self.noise_multiplier = 0.0  # distributed: calibrated below, with its mechanism
         self.clip_norm = self.initial_clip_norm = cfg.clip_norm
         self.update_noise_multiplier = self.noise_multiplier
         if cfg.adaptive_clipping is not None:
@@ -148,18 +185,37 @@ class PrivacyController:
             self.adaptive = AdaptiveClipping(ac.target_quantile, ac.learning_rate, sigma_b)
             self.update_noise_multiplier = split_noise_multiplier(self.noise_multiplier, sigma_b)
         if cfg.mode == "distributed":
-            min_sites = cfg.min_sites or max(1, math.floor(0.8 * self.expected_sites))
-            scale = choose_scale(
-                clip_norm=cfg.clip_norm,
-                bits=cfg.bits,
-                max_sites=eligible_sites,
-                noise_multiplier=self.noise_multiplier,
-                min_sites=min_sites,
-                dimension=dimension,
-            )
-            self.mechanism = DistributedDiscreteGaussian(
-                cfg.clip_norm, scale, cfg.bits, self.noise_multiplier, min_sites, dimension
-            )
+            min_sites = cfg.min_sites or default_min_sites(eligible_sites, cfg.sample_rate)
+            self.failed_round_rate = failed_round_rate(min_sites, eligible_sites, cfg.sample_rate)
+            if self.failed_round_rate >= MAX_FAILED_ROUND_RATE:
+                self.notices.append(
+                    f"privacy.min_sites = {min_sites}: with {eligible_sites} eligible sites "
+                    f"sampled at rate {cfg.sample_rate:g}, about {self.failed_round_rate:.2%} "
+                    "of rounds will have fewer contributions and fail (expected failure rate "
+                    "per round; lower min_sites or raise sample_rate to make it rarer)"
+                )
+            clip_norm, bits = cfg.clip_norm, cfg.bits
+
+            def build(z: float) -> DistributedDiscreteGaussian:
+                scale = choose_scale(
+                    clip_norm=clip_norm,
+                    bits=bits,
+                    max_sites=eligible_sites,
+                    noise_multiplier=z,
+                    min_sites=min_sites,
+                    dimension=dimension,
+                )
+                return DistributedDiscreteGaussian(clip_norm, scale, bits, z, min_sites, dimension)
+
+            if cfg.noise_multiplier is None:
+                # The mechanism the rounds are accounted as (zCDP, no sampling credit, the
+                # worst number of contributors), not a Poisson-sampled Gaussian.
+                assert cfg.target_epsilon is not None
+                self.noise_multiplier = calibrate_distributed(
+                    cfg.target_epsilon, cfg.delta, rounds, build, eligible_sites
+                )
+            self.mechanism = build(self.noise_multiplier)
+            self.update_noise_multiplier = self.noise_multiplier
 
     # -- before a round ----------------------------------------------------------------
     def round_events(self, surviving: int | None = None) -> list[PrivacyEvent]:
@@ -194,7 +250,6 @@ class PrivacyController:
             base,
             dp_noise_multiplier=self.cfg.local_noise_multiplier,
             dp_max_grad_norm=self.cfg.local_max_grad_norm,
-            dp_seeded_noise=self.seeded,
         )
 
     def client_privacy(self) -> ClientPrivacy | None:
@@ -210,7 +265,6 @@ class PrivacyController:
             scale=m.scale if m else 0.0,
             bits=m.bits if m else 0,
             min_sites=m.min_sites if m else 0,
-            noise_seed=self.seed if self.seeded else None,
         )
 
     @property
@@ -229,11 +283,18 @@ class PrivacyController:
         if self.cfg.mode == "distributed":
             inner = aggregator.begin(self.dimension, np.dtype(np.float64), state)
             return DistributedRound(self, inner, dtype)
-        return FitSink(aggregator.begin(self.dimension, dtype, state))
+        return LocalRound(self, aggregator.begin(self.dimension, dtype, state))
+
+    def note_seeded(self, res: FitRes) -> None:
+        """Remember a site that drew its noise from a seed (simulation only): its noise
+        protects nothing, and privacy.json says so by name."""
+        if res.seeded_noise:
+            self.seeded_sites.add(res.site)
 
     # -- after a round -------------------------------------------------------------------
     def end_round(self, rnd: int, agg: Any, settings: TrainSettings) -> dict[str, float]:
-        """Record what the released model cost; adapt the clip norm; return round metrics."""
+        """Adapt the clip norm; return round metrics. (The release was accounted when its
+        noise was drawn, in the round's ``result``.)"""
         metrics: dict[str, float] = {}
         if self.cfg.mode == "local":
             for site, n in agg.contributors:
@@ -254,7 +315,6 @@ class PrivacyController:
         else:
             for site, _ in agg.contributors:
                 self.participation[site] = self.participation.get(site, 0) + 1
-            self.accountant.extend(self.round_events(len(agg.contributors)))
             metrics["epsilon"] = self.epsilon() or math.inf
             if self.adaptive is not None:
                 self.clip_norm, b_hat = self.adaptive.next_clip_norm(
@@ -286,6 +346,33 @@ class PrivacyController:
             )
 
     # -- the report ----------------------------------------------------------------------
+    def server_view_report(self) -> dict[str, Any]:
+        """Distributed DP without secure aggregation: what the server itself learns.
+
+        It sees each encoding, noised with one site's share: a discrete Gaussian with
+        multiplier z/sqrt(min_sites), i.e. rho(1) per encoding, never amplified by sampling
+        (the server does the sampling). The worst site is the one that sent the most.
+        """
+        assert self.mechanism is not None
+        m = self.mechanism
+        most = max(self.encodings_seen.values(), default=0)
+        rho = m.rho(1)
+        eps = 0.0
+        if most:
+            event = m.privacy_event(1, count=most, label="one site's encoding")
+            eps = PrivacyAccountant([event]).epsilon_by("rdp", self.cfg.delta) or math.inf
+        return {
+            "secure_aggregation": False,
+            "noise_multiplier_per_site": m.noise_multiplier / math.sqrt(m.min_sites),
+            "rho_per_encoding": rho,
+            "encodings_seen_max": most,
+            "epsilon": eps,
+            "delta": self.cfg.delta,
+            "unit": "site",
+            "note": "each encoding the server received (retried rounds included) is one "
+            "release of that site's update with its own noise share only",
+        }
+
     def report(self) -> dict[str, Any]:
         cfg = self.cfg
         out: dict[str, Any] = {
@@ -293,10 +380,15 @@ class PrivacyController:
             "delta": cfg.delta,
             "accountant_for_budget": cfg.accountant,
             "noise_source": (
-                "SEEDED from the job seed (reproducible; not private: debug/test only)"
+                "server: SEEDED from the job seed (reproducible; not private: debug/test only)"
                 if self.seeded
-                else "ChaCha20 keyed from os.urandom"
-            ),
+                else "server: ChaCha20 keyed from os.urandom"
+            )
+            + "; sites: their own ChaCha20 keyed from os.urandom, except those listed in "
+            "sites_with_seeded_noise",
+            # Sites that said they drew their noise from a local seed (simulation's
+            # reproducible runs; a deployed site refuses to): their noise protects nothing.
+            "sites_with_seeded_noise": sorted(self.seeded_sites),
             "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
             "per_round": self.per_round,
         }
@@ -342,12 +434,22 @@ class PrivacyController:
                 bits=self.mechanism.bits,
                 scale=self.mechanism.scale,
                 min_sites=self.mechanism.min_sites,
+                expected_failed_round_rate=self.failed_round_rate,
                 note="each round accounted with the sites whose noise reached the sum; "
                 "no credit taken for sampling",
             )
         out["mechanism"] = mech
         eps = self.accountant.epsilon(cfg.delta)
         out["epsilon"] = {"rdp": eps["rdp"], "pld": eps["pld"], "best": eps["best"]}
+        if self.mechanism is not None:
+            out["guarantees"] = {
+                "against_readers_of_the_model": {
+                    "epsilon": out["epsilon"],
+                    "delta": cfg.delta,
+                    "unit": "site",
+                },
+                "against_the_server": self.server_view_report(),
+            }
         out["events"] = self.accountant.to_dict()["events"]
         # Site-level DP: the bound holds for every eligible site, sampled or not; the rounds
         # each site actually took part in are listed for its own records.

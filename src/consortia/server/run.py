@@ -333,8 +333,12 @@ class Run:
                 "(N, the denominator q*N of DP-FedAvg)"
             )
         seeded = self.options.seeded or cfg.privacy.seeded_noise
-        ctl = privacy_from_config(cfg, population or self.min_sites, self.job.spec.size, seeded)
+        deployed = self.options.mode == "deployment"
+        ctl = privacy_from_config(
+            cfg, population or self.min_sites, self.job.spec.size, seeded, deployed
+        )
         assert ctl is not None
+        self.notices.extend(ctl.notices)  # e.g. a min_sites that fails rounds often
         done = store.completed_rounds()
         if done:
             ctl.restore([r.metrics for r in done])

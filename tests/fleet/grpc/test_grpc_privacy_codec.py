@@ -1,5 +1,7 @@
 """Privacy instructions and encoded updates survive the wire exactly."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from grpc_site_helpers import wire
@@ -21,7 +23,7 @@ from consortia.fleet.grpc.session import Pending
 
 
 def test_client_privacy_and_local_dp_settings_round_trip():
-    p = ClientPrivacy("distributed", 1.5, 0.8, 0.05, 1e-6, 37.5, 24, 9, noise_seed=7)
+    p = ClientPrivacy("distributed", 1.5, 0.8, 0.05, 1e-6, 37.5, 24, 9)
     s = TrainSettings(local_epochs=2, dp_noise_multiplier=1.1, dp_max_grad_norm=0.7, extra={"k": 2})
     w = np.zeros(5, np.float32)
     back = wire(FitIns(3, w, s, 11, p), reply=False)
@@ -29,10 +31,13 @@ def test_client_privacy_and_local_dp_settings_round_trip():
     assert back.privacy == p and back.settings == s
     assert type(back.privacy.bits) is int and type(back.privacy.clip_norm) is float
     assert update_dtype(back) == np.uint64
-    central = ClientPrivacy("central", 1.0, 1.1, 0.1, 1e-5)  # noise_seed None: not sent
-    assert "privacy.noise_seed" not in encode(FitIns(3, w, s, 1, central)).scalars
+    central = ClientPrivacy("central", 1.0, 1.1, 0.1, 1e-5)
+    # No seed for a site's noise travels (the site keys its own CSPRNG), nor the site-local
+    # switch for seeded DP-SGD noise.
+    sent = encode(FitIns(3, w, replace(s, dp_seeded_noise=True), 1, central)).scalars
+    assert not [k for k in sent if "noise_seed" in k or "dp_seeded_noise" in k]
     again = wire(FitIns(3, w, s, 1, central), reply=False)
-    assert again.privacy == central and again.privacy.noise_seed is None
+    assert again.privacy == central
     assert update_dtype(again) == np.float32
     plain = wire(FitIns(3, w, TrainSettings(), 1), reply=False)
     assert plain.privacy is None and update_dtype(plain) == np.float32
