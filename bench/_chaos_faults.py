@@ -1,16 +1,17 @@
 """chaos, part (b) faults (issue 8): sites SIGKILLed or stalled every round, the server
 SIGKILLed twice and resumed; the final model must equal the run without server kills.
 
-Usage: ``python bench/_chaos_faults.py [--sites 20] [--rounds 50] [--fraction 0.3]
-[--seed 1] [--quick] [--json OUT] [--keep DIR]``.
+Usage: ``python bench/chaos.py faults [--sites 20] [--rounds 50] [--fraction 0.3]
+[--seed 1] [--server-kills 2] [--quick] [--json OUT] [--keep DIR]`` (or the same options
+to ``python bench/_chaos_faults.py``).
 
 Two runs of one job over real ``consortia server`` / ``consortia client`` processes on
 loopback with mutual TLS: a reference, and the same with the server SIGKILLed mid-round in
 two rounds drawn from the seed and restarted with ``--resume``. In both, each round the
 same ``fraction`` of the sites (drawn from a hash of seed, round and site, never from
 timing) are SIGKILLed or SIGSTOPped by the driver from outside, and killed sites are
-restarted (see _chaos_driver.py for how the rounds are kept independent of timing). The
-script exits 1 if the final digests differ or either run lost anything (_chaos_audit.py).
+restarted (see _faults_driver.py for how the rounds are kept independent of timing). The
+script exits 1 if the final digests differ or either run lost anything (_faults_audit.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from _chaos_audit import audit, round_digests
-from _chaos_driver import FaultBenchError, FaultRun
-from _chaos_plan import Plan
+from _faults_audit import audit, round_digests
+from _faults_driver import FaultBenchError, FaultRun
+from _faults_plan import Plan
 from consortia.security.pki import add_site, init_pki
 
 DEADLINE_S = 30.0  # never reached in a healthy round: min_replies ends the phase first
@@ -91,7 +92,8 @@ def report(plan: Plan, runs: list[RunFigures]) -> dict[str, object]:
     )
     print(
         f"faults: {len(plan.sites)} sites, {plan.rounds} rounds, {plan.faulty_per_round} sites "
-        f"({plan.fraction:.0%}) SIGKILLed or stalled every round, seed {plan.seed}"
+        f"({plan.fraction:.0%}) a round SIGKILLed or SIGSTOPped from outside by the driver, "
+        f"seed {plan.seed}"
     )
     print(header)
     for r in runs:

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _chaos_faults  # noqa: E402  (bench/_chaos_faults.py)
-from _chaos_audit import audit  # noqa: E402
-from _chaos_plan import Plan  # noqa: E402
+from _faults_audit import audit  # noqa: E402
+from _faults_plan import Plan  # noqa: E402
 
 SITES = tuple(f"site-{i:02d}" for i in range(20))
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _chaos_plan import Plan
-from _chaos_procs import Proc, completed_rounds, free_port
 from _chaos_sites import CHAOS_DIR_ENV
+from _faults_plan import Plan
+from _faults_procs import Proc, completed_rounds, free_port
 
 APP = Path(__file__).resolve().parent / "_chaos_sites.py"
 _POLL_S = 0.01

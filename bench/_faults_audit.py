@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _chaos_plan import Plan
-from _chaos_procs import query
+from _faults_plan import Plan
+from _faults_procs import query
 
 
 def audit(out: Path, plan: Plan) -> list[str]:
