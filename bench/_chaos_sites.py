@@ -89,6 +89,7 @@ def wait_for_go(marker: Path, timeout_s: float = _GO_TIMEOUT_S) -> None:
         if time.monotonic() > end:
             raise RuntimeError(f"no go from the chaos driver for {marker.name} in {timeout_s:g} s")
         time.sleep(_GO_POLL_S)
+    go.unlink(missing_ok=True)
 
 
 class GatedSite(Site):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from _faults_plan import Plan
 from _faults_procs import Proc, completed_rounds, free_port
 
 APP = Path(__file__).resolve().parent / "_chaos_sites.py"
-_POLL_S = 0.01
+_POLL_S = 0.02
 MARKER_TIMEOUT_S = 300.0  # the first round: a server and every site starting on a busy machine
 ROUND_TIMEOUT_S = 300.0  # guards against a hang only: a healthy round takes well under 1 s
 LEFT_TIMEOUT_S = 60.0
@@ -93,7 +94,6 @@ class FaultRun:
         self.sites: dict[str, Proc] = {}
         self.servers: list[Proc] = []
         self.starts: dict[str, int] = {}
-        self.handled: set[str] = set()
         self.stopped: set[str] = set()
         self.counts = Counts()
 
@@ -166,8 +166,8 @@ class FaultRun:
         problems = []
         for site, proc in self.sites.items():
             try:
-                code = proc.popen.wait(max(0.1, end - time.monotonic()))
-            except Exception:
+                code: int | None = proc.popen.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 code = None
             if code not in (0, None):
                 problems.append(f"site {site} exited with {code}:\n{proc.tail(800)}")
@@ -185,7 +185,7 @@ class FaultRun:
             self._round(rnd)
         try:
             code = self.server.popen.wait(60)
-        except Exception:
+        except subprocess.TimeoutExpired:
             raise FaultBenchError(
                 f"the server did not exit after the last round\n{self.server.tail()}"
             ) from None
@@ -235,9 +235,8 @@ class FaultRun:
 
         def all_in() -> bool:
             for path in sorted(self.markers.glob("*.wait")):
-                if path.name in self.handled:
-                    continue
                 info = json.loads(path.read_text())
+                path.unlink()  # read once; the folder stays small over a long run
                 site, asked = info["site"], info["round"]
                 if asked != rnd or site in found:
                     raise FaultBenchError(
@@ -245,7 +244,6 @@ class FaultRun:
                         f"answer round {rnd} once (already: {sorted(found)})"
                     )
                 found[site] = path
-                self.handled.add(path.name)
             return len(found) == len(self.plan.sites)
 
         def missing() -> list[str]:
