@@ -26,6 +26,7 @@ from pathlib import Path
 from _faults_audit import audit, round_digests
 from _faults_driver import FaultBenchError, FaultRun
 from _faults_plan import Plan
+from _faults_procs import completed_rounds
 from consortia.security.pki import add_site, init_pki
 
 DEADLINE_S = 30.0  # never reached in a healthy round: min_replies ends the phase first
@@ -62,7 +63,7 @@ def run_once(
     digests = round_digests(run.out)
     return RunFigures(
         run=name,
-        rounds_completed=len(digests),
+        rounds_completed=completed_rounds(run.out),
         site_kills=run.counts.site_kills,
         site_stalls=run.counts.site_stalls,
         server_kills=run.counts.server_kills,
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         p.error(str(exc))
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        p.error(f"--keep {args.keep}: the folder must be new or empty")
     with tempfile.TemporaryDirectory(prefix="chaos-faults-") as tmp:
         base = args.keep or Path(tmp)
         pki = make_pki(base, plan.sites)

@@ -108,8 +108,15 @@ def test_a_plan_that_cannot_run_is_refused_in_words(
         Plan(sites, 6, fraction, 1, kills)
 
 
-def test_the_command_line_refuses_an_impossible_plan(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_line_refuses_an_impossible_plan_or_a_used_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
         _chaos_faults.main(["--sites", "4", "--fraction", "0.9"])
     assert exc.value.code == 2
     assert "leaves no healthy site" in capsys.readouterr().err
+    (tmp_path / "old-run").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        _chaos_faults.main(["--quick", "--keep", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "the folder must be new or empty" in capsys.readouterr().err
