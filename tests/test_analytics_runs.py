@@ -64,7 +64,7 @@ def test_analytics_share_a_training_runs_privacy_budget(tmp_path):
     report = json.loads((out / "privacy.json").read_text())
     assert res.epsilon["best"] > trained
     assert report["epsilon"]["best"] == pytest.approx(res.epsilon["best"])
-    assert report["events"][-1]["mechanism"] == "laplace"
+    assert report["events"][-1]["mechanism"] == "discrete_laplace"
     assert res.results["n"]["value"] == pytest.approx(160, abs=15)
 
 

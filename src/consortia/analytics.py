@@ -22,7 +22,14 @@ from consortia.core.config import AnalyticsQuery, JobConfig
 from consortia.core.errors import ConfigError
 from consortia.core.rng import derive_seed
 from consortia.privacy.accountant import PrivacyAccountant
-from consortia.privacy.analytics import NoiseSpec, dp_count, dp_histogram, dp_mean, dp_quantiles
+from consortia.privacy.analytics import (
+    NoiseSpec,
+    dp_count,
+    dp_histogram,
+    dp_mean,
+    dp_quantiles,
+    query_events,
+)
 from consortia.privacy.budget import check_budget
 from consortia.privacy.rng import SecureRng
 from consortia.simulation import build_sites
@@ -90,10 +97,6 @@ def _answer(
     return dict(zip([str(p) for p in q.quantiles], np.asarray(values).tolist(), strict=True))
 
 
-def _releases(q: AnalyticsQuery) -> int:
-    return 2 if q.kind == "mean" else 1  # a mean is a noisy sum and a noisy count
-
-
 def run_analytics(
     job: str | Path | JobConfig,
     *,
@@ -134,7 +137,7 @@ def run_analytics(
     for q in an.queries:
         site_values = [_site_column(sites[s], q.column) for s in ids]
         if limit is not None:
-            events = [_noise(q).event(q.name)] * _releases(q)
+            events = query_events(q.kind, _noise(q), q.name)
             decision = check_budget(acc, events, limit=limit, delta=delta, who=f"query {q.name!r}")
             if not decision.allowed:
                 why = (

@@ -286,17 +286,24 @@ class PrivacyController:
             )
 
     # -- the report ----------------------------------------------------------------------
+    def noise_source(self) -> str:
+        """Where this job's privacy noise comes from, as privacy.json states it."""
+        if self.seeded:
+            return "SEEDED from the job seed (reproducible; not private: debug/test only)"
+        if self.cfg.mode == "local":
+            return (
+                "each site's ChaCha20 (SecureRng) keyed from its os.urandom: DP-SGD's Gaussian "
+                "noise and its Poisson batch sampling (not torch's Mersenne Twister)"
+            )
+        return "ChaCha20 (SecureRng) keyed from os.urandom"
+
     def report(self) -> dict[str, Any]:
         cfg = self.cfg
         out: dict[str, Any] = {
             "mode": cfg.mode,
             "delta": cfg.delta,
             "accountant_for_budget": cfg.accountant,
-            "noise_source": (
-                "SEEDED from the job seed (reproducible; not private: debug/test only)"
-                if self.seeded
-                else "ChaCha20 keyed from os.urandom"
-            ),
+            "noise_source": self.noise_source(),
             "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
             "per_round": self.per_round,
         }
