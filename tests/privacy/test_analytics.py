@@ -10,7 +10,7 @@ import pytest
 from dp_accounting import dp_event, pld, rdp
 
 from consortia.core.errors import ConfigError
-from consortia.privacy.accountant import PrivacyAccountant
+from consortia.privacy.accountant import PrivacyAccountant, pld_interval
 from consortia.privacy.analytics import (
     NoiseSpec,
     dp_count,
@@ -74,7 +74,8 @@ def test_laplace_count_is_an_integer_with_discrete_laplace_noise_and_event() -> 
     assert acc.events[0].mechanism == "discrete_laplace" and acc.events[0].noise_multiplier == 2.0
     # One release is 0.5-DP (pure), and our figure is dp-accounting's own for the event.
     ours = PrivacyAccountant(acc.events[:1]).epsilon(1e-6)
-    direct = pld.PLDAccountant(value_discretization_interval=1e-4)
+    # The PLD grid is sized from the RDP figure (a coarser pessimistic grid is still valid).
+    direct = pld.PLDAccountant(value_discretization_interval=pld_interval(ours["rdp"]))
     direct.compose(dp_event.DiscreteLaplaceDpEvent(noise_parameter=0.5, sensitivity=1))
     assert ours["pld"] == pytest.approx(direct.get_epsilon(1e-6), rel=1e-9)
     assert ours["pld"] == pytest.approx(0.5, abs=1e-3)

@@ -180,9 +180,10 @@ class PrivacyAccountant:
         """
         _check_delta(delta)
         events = list(extra)
+        rdp_eps = _epsilon_with(self.dp_event(events, for_rdp=True), delta, "rdp")
         result: dict[str, float | None] = {
-            "rdp": _epsilon_with(self.dp_event(events, for_rdp=True), delta, "rdp"),
-            "pld": _epsilon_with(self.dp_event(events), delta, "pld"),
+            "rdp": rdp_eps,
+            "pld": _epsilon_with(self.dp_event(events), delta, "pld", rdp_eps),
         }
         available = [v for v in result.values() if v is not None]
         result["best"] = min(available) if available else None
@@ -196,7 +197,9 @@ class PrivacyAccountant:
         _check_delta(delta)
         if kind == "rdp":
             return rdp_epsilon([*self.events, *extra], delta)
-        return _epsilon_with(self.dp_event(extra), delta, kind)
+        events = list(extra)
+        rdp_eps = _epsilon_with(self.dp_event(events, for_rdp=True), delta, "rdp")
+        return _epsilon_with(self.dp_event(events), delta, kind, rdp_eps)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (for ``privacy.json`` and for resuming a job)."""
@@ -265,10 +268,19 @@ def pld_interval(rdp_epsilon: float) -> float:
     return min(PLD_MAX_INTERVAL, max(PLD_MIN_INTERVAL, rdp_epsilon * 1e-4))
 
 
-def _epsilon_with(event: dp_accounting.DpEvent, delta: float, kind: AccountantKind) -> float | None:
-    """Epsilon of ``event`` at ``delta`` by one accountant, or None if it does not apply."""
+def _epsilon_with(
+    event: dp_accounting.DpEvent,
+    delta: float,
+    kind: AccountantKind,
+    rdp_eps: float | None = None,
+) -> float | None:
+    """Epsilon of ``event`` at ``delta`` by one accountant, or None if it does not apply.
+
+    For PLD, ``rdp_eps`` (the RDP epsilon of the same releases, when the caller has it in
+    RDP's form) sizes the grid; else RDP is asked about ``event`` itself."""
     if kind == "pld":
-        rdp_eps = _epsilon_with(event, delta, "rdp")
+        if rdp_eps is None:
+            rdp_eps = _epsilon_with(event, delta, "rdp")
         if rdp_eps is not None and math.isinf(rdp_eps):
             return math.inf  # a non-private release: no accountant can do better
         if rdp_eps is not None and rdp_eps > PLD_MAX_EPSILON:
