@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from consortia.client.policy import PolicyRefusal, SitePolicy
+from consortia.client.runtime import privatize_update
 from consortia.core.config import parse_job
 from consortia.core.errors import ConfigError, RoundFailedError
-from consortia.core.messages import ClientPrivacy, FitIns, TrainSettings
+from consortia.core.messages import ClientPrivacy, FitIns, FitRes, TrainSettings
 from consortia.privacy import epsilon_for
 from consortia.simulation import simulate
 from consortia.strategy.selection import PoissonSelection
@@ -196,3 +197,45 @@ def test_local_dp_sgd_run_accounts_each_site_and_keeps_state_dict_keys(tmp_path)
         max(s["epsilon"]["rdp"] for s in report["per_site"].values()), rel=1e-6
     )
     assert result.spec.names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_under_dp_fit_replies_carry_no_exact_count_or_training_loss(tmp_path):
+    """Finding 6 (issue 9): under central or distributed DP a site's reply holds its
+    privatised update only (no example count, no training loss); under local DP no loss;
+    a central run publishes no unnoised training metric, and privacy.json lists what is
+    still released outside the guarantee."""
+    import importlib.util
+
+    from consortia import FunctionTrainer, Site, SiteData
+
+    spec = importlib.util.spec_from_file_location("toy", ROOT / "tests" / "fixtures" / "toy_app.py")
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    data = toy.load_data()
+    site = Site(
+        "a",
+        FunctionTrainer(toy.make_model, toy.fit, toy.evaluate),
+        SiteData(data.x_train, data.y_train),
+    )
+    w = np.zeros(3, np.float32)
+    plain = site.fit(FitIns(1, w, TrainSettings(), 0))
+    assert plain.num_examples == 160 and "loss" in plain.metrics  # no DP: as before
+    for mode in ("central", "distributed"):
+        privacy = ClientPrivacy(mode, 1.0, 1.0, 0.5, 1e-5, scale=100.0, bits=32, min_sites=2)
+        reply = site.fit(FitIns(1, w, TrainSettings(), 0, privacy))
+        assert reply.num_examples == 0 and reply.metrics == {}, mode
+    local_ins = FitIns(1, w, TrainSettings(dp_noise_multiplier=1.0), 0)
+    trained = FitRes("a", 1, w, 160, {"loss": 0.5})
+    local = privatize_update(site, local_ins, lambda message: trained)
+    assert local.metrics == {} and local.num_examples == 160  # listed outside the guarantee
+
+    result = simulate(
+        _job(tmp_path, CENTRAL, rounds=2, sites=8), out=tmp_path / "run", base_dir=tmp_path
+    )
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows and not any(k.startswith("train_") for row in rows for k in row)
+    assert not any(k.startswith("train_") for k in result.summary["final_metrics"])
+    report = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert any("federated evaluation" in item for item in report["outside_guarantee"])

@@ -67,14 +67,25 @@ def policy_check(app: SiteApp, message: Any, call_next: Handler) -> Any:
 
 
 def privatize_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
-    """Clip (central DP) or clip, round and add this site's noise share (distributed DP)."""
+    """Clip (central DP) or clip, round and add this site's noise share (distributed DP).
+
+    Under DP the reply carries nothing else computed from the site's records: no training
+    metrics (an exact loss on private data, never noised or accounted) and, under central
+    and distributed DP, no example count (DP-FedAvg weighs every site equally, so the
+    count is not needed). Local DP-SGD still sends its count: the server accounts each
+    site's DP-SGD from it, and privacy.json lists it as outside the guarantee.
+    """
     reply = call_next(message)
-    if not isinstance(message, FitIns) or message.privacy is None:
+    if not isinstance(message, FitIns):
+        return reply
+    if message.privacy is None:
+        if message.settings.local_dp:
+            return FitRes(reply.site, reply.round, reply.delta, reply.num_examples, {})
         return reply
     from consortia.client.stages import privatize
 
     delta, clip_bit = privatize(reply.delta, message.privacy, app.site_id, message.round)
-    return FitRes(reply.site, reply.round, delta, reply.num_examples, reply.metrics, clip_bit)
+    return FitRes(reply.site, reply.round, delta, 0, {}, clip_bit)
 
 
 DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (policy_check, privatize_update)

@@ -297,6 +297,24 @@ class PrivacyController:
             )
         return "ChaCha20 (SecureRng) keyed from os.urandom"
 
+    def outside_guarantee(self) -> list[str]:
+        """What a DP job still releases that its guarantee does not cover (privacy.json)."""
+        out = [
+            "federated evaluation (evaluation.federated_every > 0): each evaluating site's "
+            "exact held-out example count and metrics reach the server, and their weighted "
+            "mean and spread are published unnoised (federated_* in metrics.jsonl)",
+            "central evaluation: metrics of the model on the server's own test set (no site "
+            "data; the model itself is covered)",
+        ]
+        if self.cfg.mode == "local":
+            out.insert(
+                0,
+                "each site's exact number of training examples reaches the server, which "
+                "accounts the site's DP-SGD from it; not published, but not covered by the "
+                "example-level guarantee",
+            )
+        return out
+
     def report(self) -> dict[str, Any]:
         cfg = self.cfg
         out: dict[str, Any] = {
@@ -305,6 +323,7 @@ class PrivacyController:
             "accountant_for_budget": cfg.accountant,
             "noise_source": self.noise_source(),
             "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
+            "outside_guarantee": self.outside_guarantee(),
             "per_round": self.per_round,
         }
         if cfg.mode == "local":

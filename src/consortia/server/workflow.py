@@ -236,8 +236,9 @@ class FitStep:
         ctx.values.update(aggregate=aggregate, fit_sink=sink, train_settings=train)
         if self.audit is not None and tee is not None:
             ctx.audit = self.audit.audit(rnd, tee.updates, aggregate)
-        kept = [fit_metrics[site] for site in record.accepted]
-        ctx.metrics.update(weighted_metrics(kept, "train_"))
+        if dp is None:  # under DP an unnoised training metric is never published
+            kept = [fit_metrics[site] for site in record.accepted]
+            ctx.metrics.update(weighted_metrics(kept, "train_"))
 
 
 def _refuse_late(record: PhaseRecord, refused: list[Failure], min_replies: int, rnd: int) -> None:
