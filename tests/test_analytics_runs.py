@@ -118,13 +118,13 @@ def test_analytics_after_local_dp_add_to_the_worst_sites_training_spend(tmp_path
     out = tmp_path / "run"
     simulate(job, out=out, base_dir=tmp_path, debug=True)
     before = json.loads((out / "privacy.json").read_text())
-    spent = max(s["epsilon"]["best"] for s in before["per_site"].values())
+    per_site = [json.loads(p.read_text()) for p in (out / "site_reports").glob("*.json")]
+    spent = max(s["epsilon"]["best"] for s in per_site)
     assert spent > 3.0  # training alone is past the record-level limit
     res = run_analytics(job, out=out, base_dir=tmp_path)
     assert res.refused and "record-level epsilon" in res.refused[0]
     assert "value" not in res.results["n"]
     after = json.loads((out / "privacy.json").read_text())
-    assert after["per_site"] == before["per_site"]
     assert {k: after[k] for k in before} == before  # nothing of training's report changed
     assert after["analytics"]["epsilon"]["best"] == pytest.approx(spent, rel=1e-6)
     # Without a limit the query runs, and the worst record's epsilon is its site's DP-SGD
@@ -136,7 +136,7 @@ def test_analytics_after_local_dp_add_to_the_worst_sites_training_spend(tmp_path
         }
     )
     res = run_analytics(free, out=out, base_dir=tmp_path)
-    worst = max(before["per_site"].values(), key=lambda s: s["epsilon"]["best"])
+    worst = max(per_site, key=lambda s: s["epsilon"]["best"])
     composed = PrivacyAccountant.from_dict(worst).dp_event(
         [PrivacyEvent("discrete_laplace", noise_multiplier=1.0)]
     )

@@ -134,16 +134,17 @@ class RecordBudget:
 
 
 def _read_training(folder: Path) -> tuple[dict[str, Any], dict[str, PrivacyAccountant]]:
-    """A training run's privacy.json (or {}), and its per-site example-level accountants
-    when it was a local-DP run (they are record-level: analytics adds to them)."""
+    """A training run's privacy.json (or {}), and, after a local-DP run, each site's
+    example-level accountant from its site report (record-level: analytics adds to them)."""
     path = folder / "privacy.json"
     if not path.exists():
         return {}, {}
     report = json.loads(path.read_text())
     training: dict[str, PrivacyAccountant] = {}
-    if report.get("mode") == "local":
-        for site, rec in report.get("per_site", {}).items():
-            training[site] = PrivacyAccountant.from_dict(rec)
+    if report.get("mode") == "local":  # each site's own report holds its DP-SGD events
+        for site_file in sorted((folder / "site_reports").glob("*.json")):
+            rec = json.loads(site_file.read_text())
+            training[str(rec.get("site", site_file.stem))] = PrivacyAccountant.from_dict(rec)
     return report, training
 
 

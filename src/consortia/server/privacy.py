@@ -120,6 +120,7 @@ class PrivacyController:
         self.site_accountants: dict[str, PrivacyAccountant] = {}
         self.participation: dict[str, int] = {}
         self.per_round: list[dict[str, Any]] = []
+        self._site_figures: tuple[int, dict[str, dict[str, Any]]] = (-1, {})
         self.stopped: str | None = None
         self.eligible_sites = eligible_sites
         self.dimension = dimension
@@ -262,7 +263,7 @@ class PrivacyController:
                 )
                 metrics["clip_norm"] = self.clip_norm
                 metrics["unclipped_fraction"] = b_hat
-        self.per_round.append({"round": rnd, "sites": len(agg.contributors), **metrics})
+        self.per_round.append({"round": rnd, **metrics})  # never how many took part
         return metrics
 
     def restore(self, history: list[dict[str, Any]]) -> None:
@@ -278,11 +279,7 @@ class PrivacyController:
             if self.adaptive is not None and "clip_norm" in row:
                 self.clip_norm = float(row["clip_norm"])
             self.per_round.append(
-                {
-                    "round": row["round"],
-                    "sites": row["replies"],
-                    **{k: row[k] for k in ("epsilon", "clip_norm") if k in row},
-                }
+                {"round": row["round"], **{k: row[k] for k in ("epsilon", "clip_norm") if k in row}}
             )
 
     # -- the report ----------------------------------------------------------------------
@@ -334,10 +331,11 @@ class PrivacyController:
                 "max_grad_norm": cfg.local_max_grad_norm,
                 "sampling": "Poisson batches at batch_size / site examples",
             }
-            out["per_site"] = {
-                site: {"epsilon": acc.epsilon(cfg.delta), "events": acc.to_dict()["events"]}
-                for site, acc in sorted(self.site_accountants.items())
-            }
+            # Each site's own figures go to its own report (site_reports()), not here.
+            out["epsilon_max_over_sites"] = max(
+                (r["epsilon"]["best"] or math.inf for r in self._local_site_figures().values()),
+                default=0.0,
+            )
             return out
         out["level"] = "site (one site's whole contribution)"
         out["sampling"] = {
@@ -375,10 +373,40 @@ class PrivacyController:
         eps = self.accountant.epsilon(cfg.delta)
         out["epsilon"] = {"rdp": eps["rdp"], "pld": eps["pld"], "best": eps["best"]}
         out["events"] = self.accountant.to_dict()["events"]
-        # Site-level DP: the bound holds for every eligible site, sampled or not; the rounds
-        # each site actually took part in are listed for its own records.
-        out["per_site"] = {
-            site: {"rounds_participated": n, "epsilon": eps["best"]}
+        # Site-level DP: the bound holds for every eligible site, sampled or not. Which
+        # sites took part stays out of this report (site_reports() gives each its own).
+        return out
+
+    def _local_site_figures(self) -> dict[str, dict[str, Any]]:
+        """Each local-DP site's epsilon and events, computed once per completed round (the
+        report and the site reports both need them, and PLD takes a while per site)."""
+        if self._site_figures[0] != len(self.per_round):
+            figures = {
+                site: {
+                    "epsilon": acc.epsilon(self.cfg.delta),
+                    "events": acc.to_dict()["events"],
+                }
+                for site, acc in sorted(self.site_accountants.items())
+            }
+            self._site_figures = (len(self.per_round), figures)
+        return self._site_figures[1]
+
+    def site_reports(self) -> dict[str, dict[str, Any]]:
+        """Per site, its own participation and privacy figures, and nobody else's."""
+        head = {"mode": self.cfg.mode, "delta": self.cfg.delta}
+        if self.cfg.mode == "local":
+            return {
+                site: {"site": site, **head, "unit": "example", **figures}
+                for site, figures in self._local_site_figures().items()
+            }
+        eps = self.accountant.epsilon(self.cfg.delta)["best"]
+        return {
+            site: {
+                "site": site,
+                **head,
+                "unit": "site",
+                "rounds_participated": n,
+                "epsilon": eps,  # the job's bound: it holds for every eligible site
+            }
             for site, n in sorted(self.participation.items())
         }
-        return out
