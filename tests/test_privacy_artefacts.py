@@ -67,13 +67,22 @@ def _keys(value) -> set[str]:
     return set()
 
 
-@pytest.mark.parametrize("mode", ["central", "distributed", "local"])
-def test_dp_artefacts_name_no_participant_and_count_none(tmp_path: Path, mode: str) -> None:
+@pytest.fixture(scope="module", params=["central", "distributed", "local"])
+def run(request, tmp_path_factory) -> tuple[str, Path]:
+    """One small DP run per mode (two rounds, six sites), shared by this module's tests."""
+    mode = request.param
+    tmp_path = tmp_path_factory.mktemp(mode)
+    out = tmp_path / "run"
+    simulate(_job(tmp_path, mode), out=out, base_dir=tmp_path, debug=True)
+    return mode, out
+
+
+def test_dp_artefacts_name_no_participant_and_count_none(run: tuple[str, Path]) -> None:
     """Finding 8 (issue 9): privacy.json, metrics.jsonl, summary.json and TensorBoard of a
     central, a distributed and a local run hold no per-round participant count and no
     per-site participation list; each site's report holds its own participation only."""
-    out = tmp_path / "run"
-    simulate(_job(tmp_path, mode), out=out, base_dir=tmp_path, debug=True)
+    mode, out = run
+    assert (out / "site_reports").is_dir(), mode
     privacy = json.loads((out / "privacy.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
@@ -85,7 +94,7 @@ def test_dp_artefacts_name_no_participant_and_count_none(tmp_path: Path, mode: s
     assert not _keys(summary) & (PARTICIPATION - {"sites"})
     assert summary["sites"] == 6 and not SITE_ID.search(json.dumps(summary))
     events = b"".join(p.read_bytes() for p in (out / "tensorboard").rglob("*") if p.is_file())
-    assert events and b"epsilon" in events or mode == "local"
+    assert events and b"epsilon" in events  # the scalars are there, participation is not
     for tag in (b"replies", b"sites", b"failures", b"site-0"):
         assert tag not in events, tag
     # The operator's audit record keeps it all; each site gets its own figures only.
@@ -94,3 +103,20 @@ def test_dp_artefacts_name_no_participant_and_count_none(tmp_path: Path, mode: s
     for site, report in reports.items():
         assert report["site"] == site
         assert set(SITE_ID.findall(json.dumps(report))) == {site}
+
+
+def test_privacy_json_states_each_modes_neighbouring_relation(run: tuple[str, Path]) -> None:
+    """Finding 9 (issue 9): the relation each guarantee holds for is the one its analysis
+    proves: add/remove of a site for DP-FedAvg with Poisson sampling, zero-out of a site for
+    the distributed discrete Gaussian (Kairouz et al. 2021, Theorem 1), add/remove of one
+    example for DP-SGD with Poisson batches."""
+    mode, out = run
+    stated = json.loads((out / "privacy.json").read_text())["neighbouring"]
+    expected = {
+        "central": "add/remove one site",
+        "distributed": "zero-out: one site's contribution replaced by zero",
+        "local": "add/remove one example",
+    }
+    assert stated.startswith(expected[mode])
+    assert ("Theorem 1" in stated) == (mode == "distributed")
+    assert ("Poisson" in stated) == (mode != "distributed")

@@ -24,6 +24,7 @@ from consortia.client.runtime import SiteData
 from consortia.core.config import AnalyticsQuery, JobConfig
 from consortia.core.errors import ConfigError
 from consortia.core.rng import derive_seed
+from consortia.privacy import neighbouring
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
 from consortia.privacy.analytics import (
     NoiseSpec,
@@ -209,7 +210,8 @@ def run_analytics(
         }
     eps = budget.epsilon(delta)
     record_budget = {
-        "unit": "record (add/remove one record anywhere in the federation)",
+        "unit": "record",
+        "neighbouring": neighbouring.RECORD,
         "epsilon": {k: eps[k] for k in ("rdp", "pld", "best")},
         "epsilon_limit": limit,
         "includes_training": (
@@ -222,6 +224,7 @@ def run_analytics(
         "epsilon": report.get("epsilon")
         if report.get("mode") in ("central", "distributed")
         else None,
+        "neighbouring": report.get("neighbouring"),
         "note": "analytics releases have no site-level bound (one site's records move a count "
         "without limit): the site-level figure covers the trained model only",
     }

@@ -19,6 +19,7 @@ from consortia.core.config import PrivacyConfig
 from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
 from consortia.core.rng import derive_seed
+from consortia.privacy import neighbouring
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent, calibrate
 from consortia.privacy.central import (
     AdaptiveClipping,
@@ -325,6 +326,7 @@ class PrivacyController:
         }
         if cfg.mode == "local":
             out["level"] = "example (each site's own records)"
+            out["neighbouring"] = neighbouring.LOCAL_DP_SGD
             out["mechanism"] = {
                 "name": "DP-SGD (Opacus): per-example clipping + Gaussian noise",
                 "noise_multiplier": cfg.local_noise_multiplier,
@@ -338,6 +340,9 @@ class PrivacyController:
             )
             return out
         out["level"] = "site (one site's whole contribution)"
+        out["neighbouring"] = (
+            neighbouring.CENTRAL if cfg.mode == "central" else neighbouring.DISTRIBUTED
+        )
         out["sampling"] = {
             "kind": "poisson",
             "rate": self.sample_rate,
