@@ -11,6 +11,7 @@ from torch import nn
 from consortia.core.errors import ConfigError
 from consortia.privacy.accountant import PrivacyAccountant
 from consortia.privacy.local import dp_sgd_fit
+from consortia.privacy.rng import SecureRng
 
 
 def _data(n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,3 +139,40 @@ def test_bad_arguments() -> None:
             max_grad_norm=1.0,
             seed=0,
         )
+
+
+def test_dp_sgd_noise_and_batches_come_from_the_secure_generator(monkeypatch) -> None:
+    """Finding 10 (issue 9): DP-SGD's noise and Poisson batches come from our ChaCha20
+    SecureRng, never from torch's Mersenne Twister (torch.normal / torch.rand)."""
+    x, y = _data(100)
+    model = _model()
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch's generator was used for DP randomness")
+
+    monkeypatch.setattr(torch, "normal", forbidden)
+    monkeypatch.setattr(torch, "rand", forbidden)
+    draws: list[tuple[int, float]] = []
+    real_normal = SecureRng.normal
+
+    def spy(self, size, std=1.0):
+        draws.append((size, std))
+        return real_normal(self, size, std)
+
+    monkeypatch.setattr(SecureRng, "normal", spy)
+    result = dp_sgd_fit(
+        model,
+        x,
+        y,
+        epochs=1,
+        batch_size=10,
+        lr=0.1,
+        noise_multiplier=1.5,
+        max_grad_norm=2.0,
+        seed=None,
+    )
+    # One draw per parameter tensor per step, of std z * C, covering every weight.
+    assert len(draws) == result.steps * len(list(model.parameters()))
+    assert {std for _, std in draws} == {3.0}
+    assert sum(size for size, _ in draws[: len(list(model.parameters()))]) == n_params

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -82,3 +83,37 @@ def test_bad_arguments() -> None:
         SecureRng(seed=1).normal(3, std=-1.0)
     with pytest.raises(ConfigError, match="size"):
         SecureRng(seed=1).random(-2)
+
+
+@pytest.mark.parametrize("scale", [Fraction(1, 2), Fraction(3, 2), Fraction(10)])
+def test_exact_discrete_laplace_matches_pmf(scale: Fraction) -> None:
+    """Finding 10 (issue 9): analytics counts need an exact integer sampler. Lap_Z(t) has
+    P(x) = tanh(a/2) exp(-a|x|), a = 1/t; a chi-square test over the bulk and both tails."""
+    rng = SecureRng(seed=11)
+    n = 20_000
+    draws = rng.discrete_laplace_exact(n, scale)
+    assert draws.dtype == np.int64
+    a = 1 / float(scale)
+    top = int(np.ceil(3 * float(scale))) + 1
+    support = np.arange(-top, top + 1)
+    pmf = np.tanh(a / 2) * np.exp(-a * np.abs(support))
+    tail = (1 - pmf.sum()) / 2  # mass beyond each end, split evenly by symmetry
+    observed = [np.sum(draws < -top), *[np.sum(draws == k) for k in support], np.sum(draws > top)]
+    expected = n * np.array([tail, *pmf, tail])
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    assert abs(draws.mean()) < 5 * np.sqrt(2 * np.exp(-a) / (1 - np.exp(-a)) ** 2 / n)
+
+
+def test_exact_bernoulli_exp_and_randbelow() -> None:
+    """The exact pieces CKS 2020 builds on: P(Bernoulli(exp(-g)) = 1) = exp(-g), also for
+    g > 1; randbelow is uniform on [0, n) for an n that is no power of two."""
+    rng = SecureRng(seed=12)
+    for gamma in (Fraction(1, 3), Fraction(5, 2)):
+        hits = sum(rng.bernoulli_exp(gamma) for _ in range(20_000))
+        p = np.exp(-float(gamma))
+        assert abs(hits / 20_000 - p) < 5 * np.sqrt(p * (1 - p) / 20_000)
+    values = [rng.randbelow(6) for _ in range(12_000)]
+    assert set(values) == set(range(6))
+    assert stats.chisquare(np.bincount(values)).pvalue > 1e-3
+    with pytest.raises(ConfigError, match="scale"):
+        rng.discrete_laplace_exact(3, Fraction(0))

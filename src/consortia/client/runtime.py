@@ -68,9 +68,20 @@ def policy_check(app: SiteApp, message: Any, call_next: Handler) -> Any:
 
 
 def privatize_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
-    """Clip (central DP) or clip, round and add this site's noise share (distributed DP)."""
+    """Clip (central DP) or clip, round and add this site's noise share (distributed DP).
+
+    Under DP the reply carries nothing else computed from the site's records: no training
+    metrics (an exact loss on private data, never noised or accounted) and, under central
+    and distributed DP, no example count (DP-FedAvg weighs every site equally, so the
+    count is not needed). Local DP-SGD still sends its count: the server accounts each
+    site's DP-SGD from it, and privacy.json lists it as outside the guarantee.
+    """
     reply = call_next(message)
-    if not isinstance(message, FitIns) or message.privacy is None:
+    if not isinstance(message, FitIns):
+        return reply
+    if message.privacy is None:
+        if message.settings.local_dp:
+            return replace(reply, metrics={})
         return reply
     from consortia.client.stages import privatize
 
@@ -78,9 +89,9 @@ def privatize_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
     p = message.privacy
     delta, clip_bit = privatize(reply.delta, p, app.site_id, message.round, seed)
     seeded = reply.seeded_noise or (seed is not None and p.mode == "distributed")
-    return FitRes(
-        reply.site, reply.round, delta, reply.num_examples, reply.metrics, clip_bit, seeded
-    )
+    # Under central and distributed DP the weights are uniform: the exact example count
+    # and the training metrics would be side channels outside the guarantee.
+    return FitRes(reply.site, reply.round, delta, 0, {}, clip_bit, seeded)
 
 
 DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (policy_check, privatize_update)

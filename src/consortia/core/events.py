@@ -54,6 +54,8 @@ class RoundRecord:
     phases: list[PhaseRecord] = field(default_factory=list)
     # Audit scores, one row per site (audit.jsonl); the metrics row lists the flagged only.
     audit: list[dict[str, Any]] = field(default_factory=list)
+    # Under DP who took part, and how many, stay in the server's store (see public_json).
+    participation_private: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -72,6 +74,29 @@ class RoundRecord:
         if flagged:
             out["flagged_sites"] = flagged
         return out
+
+    def public_json(self) -> dict[str, Any]:
+        """The row for published artefacts (metrics.jsonl, TensorBoard): under DP without
+        the round's participants and their number, which amplification by sampling and the
+        fixed denominator assume stay secret. The store keeps ``to_json()``."""
+        row = self.to_json()
+        return public_row(row) if self.participation_private else row
+
+
+# Keys of a round's row that say who took part in it or how many did.
+PARTICIPATION_KEYS = (
+    "sites",
+    "replies",
+    "failures",
+    "failed_sites",
+    "worst_site",
+    "flagged_sites",
+)
+
+
+def public_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A DP round's row without its participation (see ``RoundRecord.public_json``)."""
+    return {k: v for k, v in row.items() if k not in PARTICIPATION_KEYS}
 
 
 # ---- events ----------------------------------------------------------------------------

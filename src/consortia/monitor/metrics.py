@@ -18,7 +18,8 @@ AUDIT_SCALARS = ("norm_z", "cos_aggregate", "cos_previous", "median_distance_z")
 
 class MetricsFile:
     """metrics.jsonl, one line per round, appended as each round becomes durable. On a
-    resumed run the file is first rewritten from the store's record of completed rounds."""
+    resumed run the file is first rewritten from the history the run publishes (under DP
+    already without participation). Rows are ``RoundRecord.public_json()``."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
@@ -30,7 +31,7 @@ class MetricsFile:
             self.history = list(event.history)
             self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         elif isinstance(event, RoundDone) and self.path is not None:
-            row = event.record.to_json()
+            row = event.record.public_json()
             self.history.append(row)
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -76,7 +77,7 @@ class TensorBoardWriter:
         if isinstance(event, RunStarted):
             self._writer = EventFileWriter(str(Path(event.run_dir) / "tensorboard"))
         elif isinstance(event, RoundDone) and self._writer is not None:
-            row = event.record.to_json()
+            row = event.record.public_json()
             self.scalars(
                 event.record.round,
                 {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "round"},
@@ -86,6 +87,7 @@ class TensorBoardWriter:
                 for site_row in event.record.audit
                 for name in AUDIT_SCALARS
                 if isinstance(site_row.get(name), (int, float))
+                and not event.record.participation_private
             }
             if audit:
                 self.scalars(event.record.round, audit)

@@ -9,6 +9,11 @@ Mechanisms:
 - ``gaussian``: the (Poisson-subsampled) Gaussian mechanism, noise std = z * sensitivity;
   DP-FedAvg rounds (site-level), DP-SGD steps (example-level), Gaussian analytics queries.
 - ``laplace``: Laplace with scale b = z * L1-sensitivity (pure epsilon = 1/z per query).
+- ``discrete_laplace``: the discrete Laplace Lap_Z(z) on an integer query of sensitivity 1
+  (pure epsilon = 1/z per query, like the Laplace; but its privacy loss takes only the
+  values +-1/z, so it composes less well at delta > 0). PLD takes it exactly; dp-accounting's
+  RDP accountant does not, so for RDP it is the (1/(2 z^2))-zCDP that every (1/z)-DP
+  mechanism satisfies (Bun and Steinke 2016, Prop. 3.3): valid, looser than PLD alone.
 - ``zcdp``: a mechanism known only through its zero-concentrated-DP bound rho (RDP of order
   a <= xi + rho * a): the distributed discrete Gaussian. RDP only; PLD does not take it.
 - ``non_private``: a release with no noise (epsilon is infinite from then on).
@@ -27,13 +32,13 @@ from typing import Any, Literal
 
 import dp_accounting
 import numpy as np
-from dp_accounting import pld, rdp
+from dp_accounting import dp_event, pld, rdp
 
 from consortia.core.errors import ConfigError
 
-Mechanism = Literal["gaussian", "laplace", "zcdp", "non_private"]
+Mechanism = Literal["gaussian", "laplace", "discrete_laplace", "zcdp", "non_private"]
 AccountantKind = Literal["rdp", "pld"]
-_MECHANISMS = ("gaussian", "laplace", "zcdp", "non_private")
+_MECHANISMS = ("gaussian", "laplace", "discrete_laplace", "zcdp", "non_private")
 
 # PLD grid: 1e-4 (dp-accounting's default) for small epsilons, coarser in proportion for large
 # ones. The grid is pessimistic, so a coarser one only loosens the bound; a fixed 1e-4 grid
@@ -75,7 +80,7 @@ class PrivacyEvent:
             raise ConfigError(
                 f"privacy event: sample_rate must be in (0, 1], got {self.sample_rate}"
             )
-        if self.mechanism in ("gaussian", "laplace") and not (
+        if self.mechanism in ("gaussian", "laplace", "discrete_laplace") and not (
             math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
         ):
             raise ConfigError(
@@ -95,13 +100,18 @@ class PrivacyEvent:
     def _key(self) -> tuple[Any, ...]:
         return (self.mechanism, self.noise_multiplier, self.sample_rate, self.rho, self.xi)
 
-    def single_dp_event(self) -> dp_accounting.DpEvent:
-        """The dp-accounting event for one repetition."""
+    def single_dp_event(self, for_rdp: bool = False) -> dp_accounting.DpEvent:
+        """The dp-accounting event for one repetition (``for_rdp``: in a form RDP takes)."""
         inner: dp_accounting.DpEvent
+        if for_rdp and self.mechanism == "discrete_laplace":
+            return dp_accounting.ZCDpEvent(rho=0.5 / self.noise_multiplier**2)
         if self.mechanism == "gaussian":
             inner = dp_accounting.GaussianDpEvent(self.noise_multiplier)
         elif self.mechanism == "laplace":
             inner = dp_accounting.LaplaceDpEvent(self.noise_multiplier)
+        elif self.mechanism == "discrete_laplace":
+            # dp-accounting's parameter a is the inverse scale: P(x) ~ exp(-a |x|).
+            inner = dp_event.DiscreteLaplaceDpEvent(1.0 / self.noise_multiplier, 1)
         elif self.mechanism == "zcdp":
             return dp_accounting.ZCDpEvent(rho=self.rho, xi=self.xi)
         else:
@@ -110,9 +120,9 @@ class PrivacyEvent:
             return dp_accounting.PoissonSampledDpEvent(self.sample_rate, inner)
         return inner
 
-    def dp_event(self) -> dp_accounting.DpEvent:
+    def dp_event(self, for_rdp: bool = False) -> dp_accounting.DpEvent:
         """The dp-accounting event for all ``count`` repetitions."""
-        single = self.single_dp_event()
+        single = self.single_dp_event(for_rdp)
         return single if self.count == 1 else dp_accounting.SelfComposedDpEvent(single, self.count)
 
 
@@ -146,7 +156,9 @@ class PrivacyAccountant:
         """An independent accountant with the same events (for 'what if' projections)."""
         return PrivacyAccountant(self.events)
 
-    def dp_event(self, extra: Iterable[PrivacyEvent] = ()) -> dp_accounting.DpEvent:
+    def dp_event(
+        self, extra: Iterable[PrivacyEvent] = (), for_rdp: bool = False
+    ) -> dp_accounting.DpEvent:
         """All recorded events (plus ``extra``) as one dp-accounting composed event."""
         counts: Counter[tuple[Any, ...]] = Counter()
         firsts: dict[tuple[Any, ...], PrivacyEvent] = {}
@@ -155,7 +167,7 @@ class PrivacyAccountant:
             firsts.setdefault(e._key(), e)
         parts = []
         for key, event in firsts.items():
-            single = event.single_dp_event()
+            single = event.single_dp_event(for_rdp)
             n = counts[key]
             parts.append(single if n == 1 else dp_accounting.SelfComposedDpEvent(single, n))
         return dp_accounting.ComposedDpEvent(parts)
@@ -167,10 +179,11 @@ class PrivacyAccountant:
         the smallest available (each is a valid upper bound). With no events, all are 0.
         """
         _check_delta(delta)
-        event = self.dp_event(extra)
+        events = list(extra)
+        rdp_eps = _epsilon_with(self.dp_event(events, for_rdp=True), delta, "rdp")
         result: dict[str, float | None] = {
-            "rdp": _epsilon_with(event, delta, "rdp"),
-            "pld": _epsilon_with(event, delta, "pld"),
+            "rdp": rdp_eps,
+            "pld": _epsilon_with(self.dp_event(events), delta, "pld", rdp_eps),
         }
         available = [v for v in result.values() if v is not None]
         result["best"] = min(available) if available else None
@@ -184,7 +197,9 @@ class PrivacyAccountant:
         _check_delta(delta)
         if kind == "rdp":
             return rdp_epsilon([*self.events, *extra], delta)
-        return _epsilon_with(self.dp_event(extra), delta, kind)
+        events = list(extra)
+        rdp_eps = _epsilon_with(self.dp_event(events, for_rdp=True), delta, "rdp")
+        return _epsilon_with(self.dp_event(events), delta, kind, rdp_eps)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (for ``privacy.json`` and for resuming a job)."""
@@ -210,7 +225,7 @@ def _unit_rdp(key: tuple[Any, ...]) -> tuple[tuple[float, ...], tuple[float, ...
     has no public getter for; ``test_accountant`` checks the result against its own answer.
     """
     acc = rdp.RdpAccountant()
-    acc.compose(_EVENT_BY_KEY[key].single_dp_event())
+    acc.compose(_EVENT_BY_KEY[key].single_dp_event(for_rdp=True))
     return tuple(acc._orders), tuple(float(v) for v in acc._rdp)
 
 
@@ -225,7 +240,7 @@ def rdp_epsilon(events: Iterable[PrivacyEvent], delta: float) -> float | None:
     for e in events:
         key = e._key()
         _EVENT_BY_KEY.setdefault(key, e)
-        if not rdp.RdpAccountant().supports(e.single_dp_event()):
+        if not rdp.RdpAccountant().supports(e.single_dp_event(for_rdp=True)):
             return None
         with _quiet_absl():
             orders, curve = _unit_rdp(key)
@@ -253,10 +268,19 @@ def pld_interval(rdp_epsilon: float) -> float:
     return min(PLD_MAX_INTERVAL, max(PLD_MIN_INTERVAL, rdp_epsilon * 1e-4))
 
 
-def _epsilon_with(event: dp_accounting.DpEvent, delta: float, kind: AccountantKind) -> float | None:
-    """Epsilon of ``event`` at ``delta`` by one accountant, or None if it does not apply."""
+def _epsilon_with(
+    event: dp_accounting.DpEvent,
+    delta: float,
+    kind: AccountantKind,
+    rdp_eps: float | None = None,
+) -> float | None:
+    """Epsilon of ``event`` at ``delta`` by one accountant, or None if it does not apply.
+
+    For PLD, ``rdp_eps`` (the RDP epsilon of the same releases, when the caller has it in
+    RDP's form) sizes the grid; else RDP is asked about ``event`` itself."""
     if kind == "pld":
-        rdp_eps = _epsilon_with(event, delta, "rdp")
+        if rdp_eps is None:
+            rdp_eps = _epsilon_with(event, delta, "rdp")
         if rdp_eps is not None and math.isinf(rdp_eps):
             return math.inf  # a non-private release: no accountant can do better
         if rdp_eps is not None and rdp_eps > PLD_MAX_EPSILON:

@@ -5,9 +5,18 @@ computes a *bounded* local contribution (``local_*``; this is where contribution
 happens, on the site, explicitly: values are clamped to declared bounds, each record falls
 in exactly one bin), the contributions are summed (in the clear here, or by secure
 aggregation), and noise is added once to the sum (``release_sum``), scaled to the sum's
-sensitivity: Laplace with scale Delta_1 / epsilon (pure epsilon-DP), or Gaussian with std
-z * Delta_2. Every release records its event in the given accountant, so analytics spend
-from the same budget as training.
+sensitivity. Every release records its event in the given accountant.
+
+Counts and histograms are integers and are released with an integer mechanism: adding
+float noise at full precision to an integer leaves the low-order bits of the result
+depending on the true value (Mironov 2012). ``laplace(epsilon)`` then means the discrete
+Laplace Lap_Z(1/epsilon), sampled exactly (Canonne, Kamath and Steinke 2020, Algorithm 2)
+and accounted as dp-accounting's ``DiscreteLaplaceDpEvent``: for an integer query of
+sensitivity 1 it is epsilon-DP, the same pure epsilon as the continuous Laplace of that
+scale (Ghosh, Roughgarden and Sundararajan 2009, the geometric mechanism; CKS 2020 Sec. 2).
+``gaussian(z)`` means the discrete Gaussian N_Z(0, z^2), accounted as (1 / (2 z^2))-zCDP
+(CKS 2020, Theorem 4, and Theorem 14 for the histogram's independent coordinates). A mean's
+centred sum is a float and keeps the float Laplace / Gaussian.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -60,12 +70,40 @@ class NoiseSpec:
         return PrivacyEvent(self.mechanism, noise_multiplier=multiplier, label=label)
 
     def sample(self, size: int, *, l1: float, l2: float, rng: SecureRng) -> np.ndarray:
-        """Noise for a sum with L1/L2 sensitivities ``l1``/``l2``."""
+        """Float noise for a sum with L1/L2 sensitivities ``l1``/``l2``."""
         if self.is_noiseless:
             return np.zeros(size)
         if self.mechanism == "laplace":
             return rng.laplace(size, l1 / self.parameter)
         return rng.normal(size, self.parameter * l2)
+
+    def integer_event(self, label: str) -> PrivacyEvent:
+        """The event of one integer release of sensitivity 1 (L1 and L2) with this noise."""
+        if self.is_noiseless:
+            return PrivacyEvent("non_private", label=label)
+        if self.mechanism == "laplace":
+            return PrivacyEvent(
+                "discrete_laplace", noise_multiplier=1.0 / self.parameter, label=label
+            )
+        return PrivacyEvent("zcdp", rho=1.0 / (2.0 * self.parameter**2), label=label)
+
+    def sample_integer(self, size: int, rng: SecureRng) -> np.ndarray:
+        """Integer noise for an integer sum of sensitivity 1: Lap_Z(1/epsilon) or N_Z(0, z^2)."""
+        if self.is_noiseless:
+            return np.zeros(size, dtype=np.int64)
+        if self.mechanism == "laplace":
+            # Fraction of the float 1/epsilon is exact: the sampled scale is the accounted one.
+            return rng.discrete_laplace_exact(size, Fraction(1.0 / self.parameter))
+        return rng.discrete_gaussian(size, self.parameter)
+
+
+def query_events(kind: str, noise: NoiseSpec, label: str) -> list[PrivacyEvent]:
+    """The events one query of ``kind`` records, before it runs (for budget checks)."""
+    if kind == "mean":  # a float centred sum, then an integer count
+        return [noise.event(f"{label}.sum"), noise.integer_event(f"{label}.count")]
+    if kind in ("count", "histogram", "quantiles"):
+        return [noise.integer_event(label)]
+    raise ConfigError(f"analytics: unknown query kind {kind!r}")
 
 
 # ---- site side: bounded local contributions ------------------------------------------------
@@ -73,7 +111,7 @@ class NoiseSpec:
 
 def local_count(values: np.ndarray) -> np.ndarray:
     """Number of records (each record contributes exactly 1)."""
-    return np.array([float(np.asarray(values).shape[0])])
+    return np.array([np.asarray(values).shape[0]], dtype=np.int64)
 
 
 def local_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -81,7 +119,7 @@ def local_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     e = _edges(edges)
     v = np.clip(np.asarray(values, dtype=np.float64), e[0], e[-1])
     counts, _ = np.histogram(v, bins=e)
-    return counts.astype(np.float64)
+    return counts.astype(np.int64)
 
 
 def local_centred_sum(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
@@ -118,25 +156,41 @@ def release_sum(
     return total + noise.sample(total.size, l1=l1_sensitivity, l2=l2_sensitivity, rng=rng)
 
 
+def release_integer_sum(
+    local_results: Sequence[np.ndarray],
+    *,
+    noise: NoiseSpec,
+    rng: SecureRng,
+    accountant: PrivacyAccountant,
+    label: str,
+) -> np.ndarray:
+    """Sum sites' integer counts (one record moves them by 1 in one entry) and add integer
+    noise once; record the event first. The result is an integer array."""
+    if not local_results:
+        raise ConfigError(f"{label}: no site results")
+    arrays = [np.asarray(r) for r in local_results]
+    if len({a.shape for a in arrays}) != 1:
+        raise ConfigError(
+            f"{label}: sites returned different shapes {sorted({a.shape for a in arrays})}"
+        )
+    if not all(np.issubdtype(a.dtype, np.integer) for a in arrays):
+        raise ConfigError(f"{label}: site counts must be integers")
+    total = np.sum([a.astype(np.int64) for a in arrays], axis=0)
+    accountant.record(noise.integer_event(label))
+    return total + noise.sample_integer(total.size, rng)
+
+
 def dp_count(
     site_values: Sequence[np.ndarray],
     *,
     noise: NoiseSpec,
     rng: SecureRng,
     accountant: PrivacyAccountant,
-) -> float:
-    """Noisy total number of records across sites (sensitivity 1)."""
+) -> int:
+    """Noisy total number of records across sites (sensitivity 1), an integer."""
     local = [local_count(v) for v in site_values]
-    return float(
-        release_sum(
-            local,
-            l1_sensitivity=1.0,
-            l2_sensitivity=1.0,
-            noise=noise,
-            rng=rng,
-            accountant=accountant,
-            label="count",
-        )[0]
+    return int(
+        release_integer_sum(local, noise=noise, rng=rng, accountant=accountant, label="count")[0]
     )
 
 
@@ -148,16 +202,10 @@ def dp_histogram(
     rng: SecureRng,
     accountant: PrivacyAccountant,
 ) -> np.ndarray:
-    """Noisy histogram over fixed ``edges`` (one record is in one bin: L1 = L2 = 1)."""
+    """Noisy integer histogram over fixed ``edges`` (one record is in one bin: L1 = L2 = 1)."""
     local = [local_histogram(v, edges) for v in site_values]
-    return release_sum(
-        local,
-        l1_sensitivity=1.0,
-        l2_sensitivity=1.0,
-        noise=noise,
-        rng=rng,
-        accountant=accountant,
-        label="histogram",
+    return release_integer_sum(
+        local, noise=noise, rng=rng, accountant=accountant, label="histogram"
     )
 
 
@@ -213,8 +261,8 @@ def dp_quantiles(
     lo, hi = _bounds(bounds)
     edges = np.linspace(lo, hi, bins + 1)
     counts = np.maximum(
-        dp_histogram(site_values, edges, noise=noise, rng=rng, accountant=accountant), 0.0
-    )
+        dp_histogram(site_values, edges, noise=noise, rng=rng, accountant=accountant), 0
+    ).astype(np.float64)
     cdf = np.concatenate([[0.0], np.cumsum(counts)])
     if cdf[-1] <= 0:
         return np.full(q.shape, (lo + hi) / 2)

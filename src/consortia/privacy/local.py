@@ -1,10 +1,16 @@
 """Local DP-SGD with Opacus: example-level DP for a site's own training.
 
 We use Opacus's pieces directly: ``GradSampleHooks`` (per-example gradients by hooks that
-attach to the user's module *without wrapping it*), ``DPOptimizer`` (per-example clipping to
-``max_grad_norm``, Gaussian noise of std ``noise_multiplier * max_grad_norm``) and
-``DPDataLoader`` (Poisson sampling at rate batch_size / n, as the accountant assumes). We do
-not use ``PrivacyEngine.make_private``: it wraps the model in a ``GradSampleModule`` whose
+attach to the user's module *without wrapping it*) and ``DPOptimizer`` (per-example clipping
+to ``max_grad_norm``, Gaussian noise of std ``noise_multiplier * max_grad_norm``).
+
+Randomness: Opacus draws its noise (and ``DPDataLoader`` its Poisson batches) from a torch
+generator, which is a Mersenne Twister unless ``secure_mode`` finds ``torchcsprng``; that
+package is unmaintained and not installed here. A Mersenne Twister's state can be recovered
+from its outputs, and predictable noise can be subtracted. So both the Poisson batch
+sampling (rate batch_size / n, as the accountant assumes) and the Gaussian noise come from
+our ChaCha20 ``SecureRng``: ``SecureNoiseDPOptimizer`` replaces only Opacus's noise draw.
+We do not use ``PrivacyEngine.make_private``: it wraps the model in a ``GradSampleModule`` whose
 ``state_dict`` keys gain a ``_module.`` prefix (opacus#435), and keeps its own accountant,
 while ours is ``PrivacyAccountant``. Hooks are removed and Opacus's per-parameter attributes
 are deleted after training, so the module is left as the user gave it and can be trained
@@ -18,22 +24,54 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from opacus.data_loader import DPDataLoader
 from opacus.grad_sample import GradSampleHooks
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from consortia.core.errors import ConfigError
 from consortia.privacy.accountant import PrivacyEvent
+from consortia.privacy.rng import SecureRng
 
 # Attributes Opacus sets on parameters and modules during training.
 _PARAM_ATTRS = ("grad_sample", "summed_grad", "_forward_counter", "_processed")
 _MODULE_ATTRS = ("activations", "max_batch_len")
+
+
+class SecureNoiseDPOptimizer(DPOptimizer):
+    """Opacus's DP optimizer with its Gaussian noise drawn from ``SecureRng`` (ChaCha20).
+
+    Only ``add_noise`` changes: the same std (noise_multiplier * max_grad_norm) on the
+    summed clipped per-example gradients, the same bookkeeping flags as Opacus's own.
+    """
+
+    def __init__(self, *args: object, rng: SecureRng, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.secure_rng = rng
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            grad = p.summed_grad
+            if std > 0:
+                draw = self.secure_rng.normal(grad.numel(), std)
+                noise = torch.from_numpy(draw).to(dtype=grad.dtype, device=grad.device)
+                grad = grad + noise.view_as(grad)
+            p.grad = grad.view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+def poisson_batches(n: int, sample_rate: float, steps: int, rng: SecureRng) -> Iterator[np.ndarray]:
+    """Index arrays of ``steps`` Poisson batches: each example in each batch with
+    probability ``sample_rate``, independently, from the secure generator."""
+    for _ in range(steps):
+        yield np.flatnonzero(rng.random(n) < sample_rate)
 
 
 @dataclass(frozen=True)
@@ -72,9 +110,9 @@ def dp_sgd_fit(
 
     ``batch_size`` is the *expected* batch size: batches are Poisson samples at rate
     batch_size / len(x), and there are len(x) // batch_size steps per epoch (as in Opacus).
-    ``seed`` seeds sampling and noise (torch's generator) for tests and debugging; ``None``
-    draws the seed from the operating system. ``loss_fn`` must average over the batch
-    (default: cross-entropy).
+    Batches and noise come from ``SecureRng``: keyed from ``os.urandom`` when ``seed`` is
+    None, else derived from ``seed`` (tests and debugging only). ``loss_fn`` must average
+    over the batch (default: cross-entropy).
     """
     n = int(x.shape[0])
     if n == 0 or int(y.shape[0]) != n:
@@ -88,20 +126,15 @@ def dp_sgd_fit(
     if not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
         raise ConfigError(f"dp_sgd_fit: max_grad_norm must be > 0, got {max_grad_norm}")
     loss_fn = loss_fn or nn.functional.cross_entropy
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    rng = SecureRng() if seed is None else SecureRng(seed)
     sample_rate = batch_size / n
-    loader = DPDataLoader(TensorDataset(x, y), sample_rate=sample_rate, generator=generator)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = DPOptimizer(
+    optimizer = SecureNoiseDPOptimizer(
         torch.optim.SGD(params, lr=lr, momentum=momentum),
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         expected_batch_size=batch_size,
-        generator=generator,
+        rng=rng,
     )
     hooks = GradSampleHooks(model, loss_reduction="mean")
     was_training = model.training
@@ -110,7 +143,8 @@ def dp_sgd_fit(
     try:
         for _ in range(epochs):
             total, seen = 0.0, 0
-            for xb, yb in loader:
+            for idx in poisson_batches(n, sample_rate, n // batch_size, rng):
+                xb, yb = x[torch.from_numpy(idx)], y[torch.from_numpy(idx)]
                 optimizer.zero_grad(set_to_none=True)
                 if xb.shape[0] > 0:
                     loss = loss_fn(model(xb), yb)

@@ -11,8 +11,9 @@ deterministically from it (never use a seed when privacy matters).
 
 Floating-point caveat (Mironov 2012): textbook float Laplace/Gaussian sampling leaves gaps in
 the low-order bits. We draw 53-bit uniforms, which is the standard practice of DP libraries
-that release float results (TensorFlow Privacy, Opacus); the integer (discrete Gaussian)
-sampler below is what distributed DP uses, where the released values are integers.
+that release float results (TensorFlow Privacy, Opacus). Integer releases use integer
+samplers instead: the discrete Gaussian (distributed DP, Gaussian analytics counts) and the
+exact discrete Laplace of Canonne, Kamath and Steinke 2020 (Laplace analytics counts).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from fractions import Fraction
 from typing import Protocol
 
 import numpy as np
@@ -100,6 +102,71 @@ class SecureRng:
         if not 0 < high <= 2**53:
             raise ConfigError(f"integers: high must be in (0, 2**53], got {high}")
         return np.floor(self.random(size) * high).astype(np.int64)
+
+    def randbelow(self, n: int) -> int:
+        """One exactly uniform integer in [0, n), any size of ``n``, by rejection.
+
+        ``integers`` maps 53-bit floats and is slightly biased; the exact samplers below
+        need exact uniforms, as Canonne, Kamath and Steinke (2020) assume.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"randbelow: n must be an int >= 1, got {n!r}")
+        bits = (n - 1).bit_length()
+        nbytes = max(1, (bits + 7) // 8)
+        while True:
+            value = int.from_bytes(self.random_bytes(nbytes), "little") >> (8 * nbytes - bits)
+            if value < n:
+                return value
+
+    def bernoulli(self, p: Fraction) -> bool:
+        """Exact Bernoulli(p) for a rational 0 <= p <= 1."""
+        return self.randbelow(p.denominator) < p.numerator
+
+    def bernoulli_exp(self, gamma: Fraction) -> bool:
+        """Exact Bernoulli(exp(-gamma)) for a rational gamma >= 0 (CKS 2020, Algorithm 1)."""
+        if gamma < 0:
+            raise ConfigError(f"bernoulli_exp: gamma must be >= 0, got {gamma}")
+        while gamma > 1:  # exp(-gamma) = exp(-1)**floor(gamma) * exp(-(gamma - floor(gamma)))
+            if not self.bernoulli_exp(Fraction(1)):
+                return False
+            gamma -= 1
+        k = 1
+        while self.bernoulli(gamma / k):
+            k += 1
+        return k % 2 == 1
+
+    def discrete_laplace_exact(self, size: int, scale: Fraction) -> np.ndarray:
+        """Discrete Laplace Lap_Z(t): P(x) proportional to exp(-|x| / t), t = ``scale``.
+
+        Canonne, Kamath and Steinke 2020, Algorithm 2, exactly: rational arithmetic and exact
+        uniform integers throughout, so no floating-point gap (Mironov 2012) can leak the
+        noise. One value at a time in Python (a few microseconds each): it is for analytics
+        releases of counts and histograms, not for model-sized vectors.
+        """
+        size = _check_size(size)
+        t = Fraction(scale)
+        if t <= 0:
+            raise ConfigError(f"discrete Laplace scale must be > 0, got {scale}")
+        # The algorithm samples Lap_Z(t / s) for integers t, s: the scale's own fraction.
+        out = np.empty(size, dtype=np.int64)
+        for i in range(size):
+            out[i] = self._one_discrete_laplace(t.denominator, t.numerator)
+        return out
+
+    def _one_discrete_laplace(self, s: int, t: int) -> int:
+        """One draw of Lap_Z(t / s) for positive integers s, t (CKS 2020, Algorithm 2)."""
+        while True:
+            u = self.randbelow(t)
+            if not self.bernoulli_exp(Fraction(u, t)):
+                continue
+            v = 0
+            while self.bernoulli_exp(Fraction(1)):
+                v += 1
+            y = (u + t * v) // s
+            negative = self.randbelow(2) == 1
+            if negative and y == 0:
+                continue
+            return -y if negative else y
 
     def normal(self, size: int, std: float = 1.0) -> np.ndarray:
         """Gaussian N(0, std**2) by Box-Muller (two normals per pair of uniforms)."""

@@ -19,6 +19,7 @@ from consortia.core.config import PrivacyConfig
 from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
 from consortia.core.rng import derive_seed
+from consortia.privacy import neighbouring
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent, calibrate
 from consortia.privacy.central import (
     AdaptiveClipping,
@@ -152,6 +153,7 @@ class PrivacyController:
         self.seeded_sites: set[str] = set()
         self.encodings_seen: dict[str, int] = {}
         self.per_round: list[dict[str, Any]] = []
+        self._site_figures: tuple[int, dict[str, dict[str, Any]]] = (-1, {})
         self.stopped: str | None = None
         self.eligible_sites = eligible_sites
         self.dimension = dimension
@@ -322,7 +324,7 @@ class PrivacyController:
                 )
                 metrics["clip_norm"] = self.clip_norm
                 metrics["unclipped_fraction"] = b_hat
-        self.per_round.append({"round": rnd, "sites": len(agg.contributors), **metrics})
+        self.per_round.append({"round": rnd, **metrics})  # never how many took part
         return metrics
 
     def restore(self, history: list[dict[str, Any]]) -> None:
@@ -338,11 +340,7 @@ class PrivacyController:
             if self.adaptive is not None and "clip_norm" in row:
                 self.clip_norm = float(row["clip_norm"])
             self.per_round.append(
-                {
-                    "round": row["round"],
-                    "sites": row["replies"],
-                    **{k: row[k] for k in ("epsilon", "clip_norm") if k in row},
-                }
+                {"round": row["round"], **{k: row[k] for k in ("epsilon", "clip_norm") if k in row}}
             )
 
     # -- the report ----------------------------------------------------------------------
@@ -373,39 +371,74 @@ class PrivacyController:
             "release of that site's update with its own noise share only",
         }
 
+    def noise_source(self) -> str:
+        """Where this job's privacy noise comes from, as privacy.json states it."""
+        server = (
+            "server: SEEDED from the job seed (reproducible; not private: debug/test only)"
+            if self.seeded
+            else "server: ChaCha20 (SecureRng) keyed from os.urandom"
+        )
+        sites = (
+            "sites: each site's own ChaCha20 (SecureRng) keyed from its os.urandom, for "
+            "DP-SGD's Gaussian noise and its Poisson batch sampling (not torch's Mersenne "
+            "Twister)"
+            if self.cfg.mode == "local"
+            else "sites: each site's own ChaCha20 (SecureRng) keyed from its os.urandom"
+        )
+        return f"{server}; {sites}, unless sites_seeded_noise says some drew from a seed"
+
+    def outside_guarantee(self) -> list[str]:
+        """What a DP job still releases that its guarantee does not cover (privacy.json)."""
+        out = [
+            "federated evaluation (evaluation.federated_every > 0): each evaluating site's "
+            "exact held-out example count and metrics reach the server, and their weighted "
+            "mean and spread are published unnoised (federated_* in metrics.jsonl)",
+            "central evaluation: metrics of the model on the server's own test set (no site "
+            "data; the model itself is covered)",
+        ]
+        if self.cfg.mode == "local":
+            out.insert(
+                0,
+                "each site's exact number of training examples reaches the server, which "
+                "accounts the site's DP-SGD from it; not published, but not covered by the "
+                "example-level guarantee",
+            )
+        return out
+
     def report(self) -> dict[str, Any]:
         cfg = self.cfg
         out: dict[str, Any] = {
             "mode": cfg.mode,
             "delta": cfg.delta,
             "accountant_for_budget": cfg.accountant,
-            "noise_source": (
-                "server: SEEDED from the job seed (reproducible; not private: debug/test only)"
-                if self.seeded
-                else "server: ChaCha20 keyed from os.urandom"
-            )
-            + "; sites: their own ChaCha20 keyed from os.urandom, except those listed in "
-            "sites_with_seeded_noise",
-            # Sites that said they drew their noise from a local seed (simulation's
-            # reproducible runs; a deployed site refuses to): their noise protects nothing.
-            "sites_with_seeded_noise": sorted(self.seeded_sites),
+            "noise_source": self.noise_source(),
+            # Whether any site said it drew its noise from a local seed (simulation's
+            # reproducible runs; a deployed site refuses to): such noise protects nothing.
+            # Which sites is in each one's own report: a list here would name participants.
+            "sites_seeded_noise": bool(self.seeded_sites),
             "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
+            "outside_guarantee": self.outside_guarantee(),
             "per_round": self.per_round,
         }
         if cfg.mode == "local":
             out["level"] = "example (each site's own records)"
+            out["neighbouring"] = neighbouring.LOCAL_DP_SGD
             out["mechanism"] = {
                 "name": "DP-SGD (Opacus): per-example clipping + Gaussian noise",
                 "noise_multiplier": cfg.local_noise_multiplier,
                 "max_grad_norm": cfg.local_max_grad_norm,
                 "sampling": "Poisson batches at batch_size / site examples",
             }
-            out["per_site"] = {
-                site: {"epsilon": acc.epsilon(cfg.delta), "events": acc.to_dict()["events"]}
-                for site, acc in sorted(self.site_accountants.items())
-            }
+            # Each site's own figures go to its own report (site_reports()), not here.
+            out["epsilon_max_over_sites"] = max(
+                (r["epsilon"]["best"] or math.inf for r in self._local_site_figures().values()),
+                default=0.0,
+            )
             return out
         out["level"] = "site (one site's whole contribution)"
+        out["neighbouring"] = (
+            neighbouring.CENTRAL if cfg.mode == "central" else neighbouring.DISTRIBUTED
+        )
         out["sampling"] = {
             "kind": "poisson",
             "rate": self.sample_rate,
@@ -451,10 +484,47 @@ class PrivacyController:
                 "against_the_server": self.server_view_report(),
             }
         out["events"] = self.accountant.to_dict()["events"]
-        # Site-level DP: the bound holds for every eligible site, sampled or not; the rounds
-        # each site actually took part in are listed for its own records.
-        out["per_site"] = {
-            site: {"rounds_participated": n, "epsilon": eps["best"]}
+        # Site-level DP: the bound holds for every eligible site, sampled or not. Which
+        # sites took part stays out of this report (site_reports() gives each its own).
+        return out
+
+    def _local_site_figures(self) -> dict[str, dict[str, Any]]:
+        """Each local-DP site's epsilon and events, computed once per completed round (the
+        report and the site reports both need them, and PLD takes a while per site)."""
+        if self._site_figures[0] != len(self.per_round):
+            figures = {
+                site: {
+                    "epsilon": acc.epsilon(self.cfg.delta),
+                    "events": acc.to_dict()["events"],
+                }
+                for site, acc in sorted(self.site_accountants.items())
+            }
+            self._site_figures = (len(self.per_round), figures)
+        return self._site_figures[1]
+
+    def site_reports(self) -> dict[str, dict[str, Any]]:
+        """Per site, its own participation and privacy figures, and nobody else's."""
+        head = {"mode": self.cfg.mode, "delta": self.cfg.delta}
+        if self.cfg.mode == "local":
+            return {
+                site: {
+                    "site": site,
+                    **head,
+                    "unit": "example",
+                    "seeded_noise": site in self.seeded_sites,
+                    **figures,
+                }
+                for site, figures in self._local_site_figures().items()
+            }
+        eps = self.accountant.epsilon(self.cfg.delta)["best"]
+        return {
+            site: {
+                "site": site,
+                **head,
+                "unit": "site",
+                "rounds_participated": n,
+                "seeded_noise": site in self.seeded_sites,
+                "epsilon": eps,  # the job's bound: it holds for every eligible site
+            }
             for site, n in sorted(self.participation.items())
         }
-        return out

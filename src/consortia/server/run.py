@@ -43,6 +43,7 @@ from consortia.core.events import (
     State,
     Subscriber,
     WaitingForSites,
+    public_row,
 )
 from consortia.core.memory import MIB, peak_rss_bytes
 from consortia.core.spec import ModelSpec, model_digest
@@ -392,8 +393,9 @@ class Run:
                     steps = list(edit(steps))
             workflow = Workflow(self.job.spec, steps, settings)
             fleet = self.make_fleet(row.id)
+            shown = history if privacy is None else [public_row(r) for r in history]
             self.bus.publish(
-                RunStarted(cfg.name, rounds, self._state.round, history, str(folder.path))
+                RunStarted(cfg.name, rounds, self._state.round, shown, str(folder.path))
             )
             for message in self.notices:
                 log.warning("%s", message)
@@ -420,6 +422,8 @@ class Run:
                 if self.notices:
                     summary["notices"] = self.notices
                 _add_privacy(summary, folder, privacy, stopped)
+                if privacy is not None:
+                    hide_participation(summary)
                 folder.write_summary(summary)
                 history = [r.metrics for r in store.completed_rounds()]
             finally:
@@ -625,6 +629,18 @@ def site_names(store: ServerStore, state: LoopState) -> list[str]:
     return sorted({p.site for r in range(1, state.round + 1) for p in store.participants(r)})
 
 
+def hide_participation(summary: dict[str, Any]) -> None:
+    """Under DP, summary.json says neither who took part nor how many: failure counts and
+    the sites that failed or were flagged stay in the server's store (consortia.db)."""
+    for key in ("failures", "failing_sites", "audit_flagged"):
+        summary.pop(key, None)
+    if "degraded" in summary:
+        summary["degraded"] = (
+            "some site(s) failed every time they were asked; under DP the published "
+            "summary does not name them or say how many: the server's store does"
+        )
+
+
 def _add_privacy(
     summary: dict[str, Any],
     folder: RunFolder,
@@ -635,6 +651,7 @@ def _add_privacy(
     if privacy is not None:
         report = privacy.report()
         folder.write_privacy(report)
+        folder.write_site_reports(privacy.site_reports())
         summary["privacy"] = privacy_summary(report)
     if stopped is not None:
         summary["stopped"] = stopped
@@ -648,8 +665,7 @@ def privacy_summary(report: dict[str, Any]) -> dict[str, Any]:
         out["noise_multiplier"] = report["mechanism"]["noise_multiplier"]
         out["sample_rate"] = report["sampling"]["rate"]
     else:
-        eps = [s["epsilon"]["best"] for s in report["per_site"].values() if s["epsilon"]["best"]]
-        out["epsilon_max_over_sites"] = max(eps, default=0.0)
+        out["epsilon_max_over_sites"] = report["epsilon_max_over_sites"]
     if report["budget"]["stopped"]:
         out["stopped"] = report["budget"]["stopped"]
     return out

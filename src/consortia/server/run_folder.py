@@ -3,14 +3,17 @@
 Layout: ``job.toml`` (copy), ``state.sqlite`` (the run's store), ``partition.json``
 (simulation: sites' sizes and label histograms), ``metrics.jsonl`` (one object per round),
 ``checkpoints/round_NNNN.safetensors``, ``model.safetensors`` (final global model),
-``tensorboard/``, ``privacy.json`` (DP jobs) and ``summary.json``.
+``tensorboard/``, ``privacy.json`` (DP jobs), ``site_reports/`` (DP jobs: each site's own
+figures, for that site only) and ``summary.json``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,15 @@ class RunFolder:
     def write_privacy(self, report: dict[str, Any]) -> None:
         _write_json(self.path / "privacy.json", report)
 
+    def write_site_reports(self, reports: dict[str, dict[str, Any]]) -> None:
+        """site_reports/<site>.json: each site's own privacy figures, for that site only
+        (the operator hands each its file; they are not for publication). A site id that
+        is not a plain file name is written under its SHA-256 instead."""
+        folder = self.path / "site_reports"
+        folder.mkdir(exist_ok=True)
+        for site, report in reports.items():
+            _write_json(folder / f"{site_report_name(site)}.json", report)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_json(self.path / "summary.json", summary)
 
@@ -120,3 +132,10 @@ def run_summary(
     if error is not None:
         summary["error"] = error
     return summary
+
+
+def site_report_name(site: str) -> str:
+    """The file name (without .json) of a site's report: its id when that is a plain name."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", site):
+        return site
+    return "sha256-" + hashlib.sha256(site.encode()).hexdigest()

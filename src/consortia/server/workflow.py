@@ -74,6 +74,7 @@ class RoundContext:
     fit_replies: int = 0
     worst_site: str | None = None
     audit: list[dict[str, Any]] = field(default_factory=list)
+    participation_private: bool = False  # a DP round: see RoundRecord.public_json
 
     @property
     def model(self) -> np.ndarray:
@@ -133,6 +134,7 @@ class RoundContext:
             self.worst_site,
             list(self.phases),
             self.audit,
+            self.participation_private,
         )
 
 
@@ -186,6 +188,7 @@ class FitStep:
     def run(self, ctx: RoundContext) -> None:
         s, dp, rnd = ctx.settings, self.privacy, ctx.number
         if dp is not None:
+            ctx.participation_private = True
             dp.before_round(rnd)  # raises BudgetExhausted before anything is sent
         chosen = self.strategy.selection.select(ctx.fleet.sites(), rnd, s.seed)
         train = dp.train_settings(self.strategy.train) if dp else self.strategy.train
@@ -236,8 +239,9 @@ class FitStep:
         ctx.values.update(aggregate=aggregate, fit_sink=sink, train_settings=train)
         if self.audit is not None and tee is not None:
             ctx.audit = self.audit.audit(rnd, tee.updates, aggregate)
-        kept = [fit_metrics[site] for site in record.accepted]
-        ctx.metrics.update(weighted_metrics(kept, "train_"))
+        if dp is None:  # under DP an unnoised training metric is never published
+            kept = [fit_metrics[site] for site in record.accepted]
+            ctx.metrics.update(weighted_metrics(kept, "train_"))
 
 
 def _refuse_late(record: PhaseRecord, refused: list[Failure], min_replies: int, rnd: int) -> None:
