@@ -32,6 +32,7 @@ from consortia.core.spec import ModelSpec, model_digest
 from consortia.data import label_histograms, make_partition
 from consortia.fleet.base import Fleet, MakeSite
 from consortia.monitor.metrics import AuditFile, MetricsFile, TensorBoardWriter
+from consortia.security.signing import file_digest, read_signature
 from consortia.server.build import (
     loop_settings,
     privacy_from_config,
@@ -159,10 +160,33 @@ def preflight(trainer: Trainer, weights: np.ndarray, data: Dataset) -> None:
         ) from None
 
 
+def site_policies(cfg: JobConfig, ids: Sequence[str]) -> dict[str, SitePolicy]:
+    """Each virtual site's policy: its own ``[simulation.site_policies.ID]`` if given,
+    else the shared ``[simulation.site_policy]``, else none."""
+    assert cfg.simulation is not None
+    sim = cfg.simulation
+    unknown = sorted(set(sim.site_policies) - set(ids))
+    if unknown:
+        raise ConfigError(
+            f"simulation.site_policies: no site named {unknown[0]!r} (sites are "
+            f"{ids[0]} .. {ids[-1]})"
+        )
+    if sim.site_policy is None and not sim.site_policies:
+        return {}
+    from consortia.client.policy import SitePolicy
+
+    out = {}
+    for site in ids:
+        chosen = sim.site_policies.get(site, sim.site_policy)
+        if chosen is not None:
+            out[site] = SitePolicy.from_config(chosen)
+    return out
+
+
 def _site_factory(
     trainer: Trainer,
     sites: dict[str, SiteData],
-    policy: SitePolicy | None,
+    policies: dict[str, SitePolicy],
     noise_seed: int | None = None,
 ) -> MakeSite:
     """``noise_seed`` (reproducible runs only): each site derives its own seed from it and
@@ -170,6 +194,7 @@ def _site_factory(
 
     def make(site_id: str) -> SiteApp:
         seed = None if noise_seed is None else derive_seed(noise_seed, "site-noise", site_id)
+        policy = policies.get(site_id)
         return Site(site_id, trainer, sites[site_id], policy, noise_seed=seed)
 
     return make
@@ -221,6 +246,7 @@ def simulate(
         updates["seed"] = seed
     cfg, base, text = _load(job, base_dir, updates)
     assert cfg.simulation is not None
+    job_path = Path(job) if isinstance(job, (str, Path)) else None
     if resume and out is None:
         raise ConfigError("resume: name the run folder to continue (out=...)")
 
@@ -228,12 +254,7 @@ def simulate(
     data = load_dataset(cfg.task, base)
     ids, site_data, hist = build_sites(cfg, data)
     seeded = debug or (cfg.privacy is not None and cfg.privacy.seeded_noise)
-    policy = None
-    sp = cfg.simulation.site_policy
-    if sp is not None:
-        from consortia.client.policy import SitePolicy
-
-        policy = SitePolicy(sp.max_epsilon, sp.delta, sp.require_privacy)
+    policies = site_policies(cfg, ids)
 
     attack = cfg.simulation.attack
     malicious: list[str] = []
@@ -256,7 +277,7 @@ def simulate(
     fleet_name = "debug" if debug else cfg.simulation.fleet
     factory = FLEETS.get(fleet_name)
     custom = make_site or app_hook(cfg.task, base, "site")
-    make = custom or _site_factory(trainer, site_data, policy, cfg.seed if seeded else None)
+    make = custom or _site_factory(trainer, site_data, policies, cfg.seed if seeded else None)
     # The pool forks here: before any progress-bar thread exists (the bar starts with the
     # run), and before the initial model exists, so that no worker holds a copy of it.
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
@@ -279,6 +300,8 @@ def simulate(
             workflow=app_hook(cfg.task, base, "workflow"),
             root=load_root_data(cfg, base),
             release_initial=True,
+            file_sha256=None if job_path is None else file_digest(job_path),
+            signature=None if job_path is None else read_signature(job_path),
         )
         del weights  # the run takes the initial model from `prepared` and lets it go
         bar = None

@@ -6,7 +6,8 @@ consortia client --server HOST:PORT --site NAME --pki SITE_DIR --app FILE_OR_MOD
 data) or any ``consortia.SiteApp``; nothing else of the site leaves this machine. The
 client dials out (no inbound port), reconnects on its own with backoff, and exits with
 status 0 when the server says the job is over (``--keep-alive``: it stays for the next
-job), on Ctrl-C or on SIGTERM.
+job), on Ctrl-C or on SIGTERM; with status 4 when its policy (``--policy``) refuses the
+job the server declares.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from types import FrameType
 from typing import Any
 
 from consortia.core.errors import ConfigError
+
+# `consortia client` exits with this when the site's policy refused the server's job.
+REFUSED_EXIT_STATUS = 4
 
 
 def load_site(ref: str, site_name: str) -> Any:
@@ -100,10 +104,10 @@ def check_identity(site_dir: Path, site_name: str) -> None:
 def load_policy(path: Path) -> Any:
     """A site policy file: the same keys as a job's [simulation.site_policy]."""
     from consortia.client.policy import SitePolicy
-    from consortia.core.config import SitePolicyConfig, parse_model
+    from consortia.core.config import parse_model
+    from consortia.core.policy_config import SitePolicyConfig
 
-    cfg = parse_model(SitePolicyConfig, path)
-    return SitePolicy(cfg.max_epsilon, cfg.delta, cfg.require_privacy)
+    return SitePolicy.from_config(parse_model(SitePolicyConfig, path))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -117,8 +121,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--policy",
         type=Path,
-        help="this site's policy (TOML: max_epsilon, delta, require_privacy); "
-        "rounds that break it are refused whatever the server says",
+        help="this site's policy (TOML: accepted job digests or signers, allowed "
+        "strategies and aggregators, max_epsilon, min_sites_per_round, data-use agreement, "
+        "...; see docs/deployment.md): jobs and rounds that break it are refused, whatever "
+        "the server says",
     )
     p.add_argument("--insecure", action="store_true", help="no TLS (local experiments only)")
     p.add_argument("--server-name", help="name to check the server's certificate against")
@@ -156,8 +162,6 @@ def run(args: argparse.Namespace) -> int:
 
     console = setup_output(args.verbose)  # before gRPC loads
 
-    from consortia.fleet.grpc import run_site
-
     # Connection state and round progress come from the connector's log at INFO.
     logging.getLogger("consortia.client").setLevel(logging.INFO)
     if not args.insecure:
@@ -188,7 +192,26 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     console.print(f"[bold]site {args.site}[/]: serving {args.app} to {args.server}")
-    ended = run_site(
+    from consortia.fleet.grpc.client import SiteRefusedJob
+
+    try:
+        ended = _serve(args, site, stop)
+    except SiteRefusedJob as exc:
+        console.print(f"site {args.site} refused the job and left: {exc}", markup=False)
+        return REFUSED_EXIT_STATUS
+    if ended is not None:
+        console.print(
+            f"job {ended.job_id} is over ({ended.status}); site {args.site} exits", markup=False
+        )
+    else:
+        console.print(f"site {args.site} stopped", markup=False)
+    return 0
+
+
+def _serve(args: argparse.Namespace, site: Any, stop: threading.Event) -> Any:
+    from consortia.fleet.grpc import run_site
+
+    return run_site(
         args.server,
         site,
         None if args.insecure else args.pki,
@@ -200,10 +223,3 @@ def run(args: argparse.Namespace) -> int:
         server_name=args.server_name,
         keep_alive=args.keep_alive,
     )
-    if ended is not None:
-        console.print(
-            f"job {ended.job_id} is over ({ended.status}); site {args.site} exits", markup=False
-        )
-    else:
-        console.print(f"site {args.site} stopped", markup=False)
-    return 0

@@ -5,12 +5,15 @@ consortia keys add-site DIR NAME           a site's key + certificate in DIR/sit
 consortia keys revoke DIR NAME             put the site's certificates on the revocation list
 consortia keys revoke DIR --serial HEX     revoke one certificate by its serial
 consortia keys list DIR                    every certificate the CA issued, with its status
+consortia keys new-signer NAME [--dir DIR]  a job signer key pair: NAME.key, NAME.pub
+consortia keys sign-job JOB --key NAME.key  sign a job file: JOB.sig next to it
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from consortia.security.pki import CRL_FILE, add_site, init_pki, issued, revoke_site
@@ -41,6 +44,24 @@ def _revoke(args: argparse.Namespace) -> int:
         f"{CRL_FILE} to the server's PKI folder if it is not this one: a running server "
         "reads it and refuses the certificate from its next connection"
     )
+    return 0
+
+
+def _new_signer(args: argparse.Namespace) -> int:
+    from consortia.security.signing import new_signer
+
+    key, pub = new_signer(args.dir, args.name)
+    print(f"job signer {args.name!r}: private key {key} (keep it secret), public key {pub}")
+    line = pub.read_text().strip()
+    print(f'sites that trust it add to their policy: accepted_job_signers = ["{line}"]')
+    return 0
+
+
+def _sign_job(args: argparse.Namespace) -> int:
+    from consortia.security.signing import file_digest, sign_job
+
+    out = sign_job(args.job, args.key)
+    print(f"signed {args.job} (sha256 {file_digest(args.job)}): {out}")
     return 0
 
 
@@ -93,3 +114,12 @@ def register(subparsers: Any) -> None:
     ls = sub.add_parser("list", help="every certificate the CA issued, with its status")
     ls.add_argument("dir", help="the CA's PKI folder")
     ls.set_defaults(func=_list)
+
+    ns = sub.add_parser("new-signer", help="make a job signer key pair (Ed25519)")
+    ns.add_argument("name", help="the signer's name: NAME.key and NAME.pub are written")
+    ns.add_argument("--dir", type=Path, default=Path("."), help="folder to write them to")
+    ns.set_defaults(func=_new_signer)
+    sj = sub.add_parser("sign-job", help="sign a job file with a job signer key")
+    sj.add_argument("job", type=Path, help="the job file; JOB.sig is written next to it")
+    sj.add_argument("--key", type=Path, required=True, help="the signer's NAME.key")
+    sj.set_defaults(func=_sign_job)

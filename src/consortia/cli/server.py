@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             heartbeat_s=args.heartbeat,
             max_sites=args.max_sites,
+            wait_for_manifest=True,  # the run declares the job's manifest right after
         )
         tls = "INSECURE, no TLS" if args.insecure else "mutual TLS"
         console.print(f"[bold]job {job_id}[/]: listening on {fleet.address} ({tls})")

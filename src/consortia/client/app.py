@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from consortia.core.join import JoinIns, JoinRes
+from consortia.core.manifest import JobManifest, parse_manifest
 from consortia.core.messages import InvalidMessageError, kind_of
 
 Handler = Callable[[Any], Any]
@@ -29,12 +31,20 @@ class SiteApp:
     def __init__(self, site_id: str, middleware: Sequence[Middleware] = ()) -> None:
         self.site_id = site_id
         self.middleware: list[Middleware] = list(middleware)
+        # The job this site joined, as the server declared it (see ``on_join``).
+        self.manifest: JobManifest | None = None
 
     def handler(self, kind: str) -> Handler:
         fn = getattr(self, f"on_{kind}", None)
         if not callable(fn):
             raise InvalidMessageError(f"site {self.site_id} has no handler for {kind!r} messages")
         return fn
+
+    def on_join(self, ins: JoinIns) -> JoinRes:
+        """Keep the job's manifest: the site's policy (middleware, before this handler)
+        has accepted it, and checks each round against it."""
+        self.manifest = parse_manifest(ins.manifest) if ins.manifest else None
+        return JoinRes(self.site_id, 0)
 
     def handle(self, message: Any) -> Any:
         """Run ``message`` through the middleware chain (first = outermost) to its handler."""

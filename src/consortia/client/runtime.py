@@ -9,6 +9,7 @@ after it, on the way out.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ import numpy as np
 
 from consortia.client.app import Handler, Middleware, SiteApp
 from consortia.client.trainers.base import Trainer
+from consortia.core.join import JoinIns
+from consortia.core.manifest import parse_manifest
 from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from consortia.core.rng import derive_seed
 
@@ -58,12 +61,20 @@ def _update(trainer: Trainer, local: np.ndarray, weights: np.ndarray) -> np.ndar
 
 
 def policy_check(app: SiteApp, message: Any, call_next: Handler) -> Any:
-    """Refuse a round the site's own policy forbids, before any of its data is touched."""
+    """Refuse a job (at join) or a round the site's own policy forbids, before any of its
+    data is touched."""
     policy = getattr(app, "policy", None)
-    if policy is not None and isinstance(message, FitIns):
+    if policy is None:
+        return call_next(message)
+    today = dt.date.today()
+    if isinstance(message, JoinIns):
+        manifest = parse_manifest(message.manifest) if message.manifest else None
+        policy.check_join(app.site_id, manifest, today)
+    elif isinstance(message, FitIns):
         data = getattr(app, "data", None)
         n = data.num_train if data is not None else 0
-        policy.check_fit(app.site_id, message, n, message.weights.size)
+        manifest = getattr(app, "manifest", None)
+        policy.check_fit(app.site_id, message, n, message.weights.size, manifest, today)
     return call_next(message)
 
 

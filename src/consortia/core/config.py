@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from consortia.core.errors import ConfigError
+from consortia.core.policy_config import SitePolicyConfig
 from consortia.core.registry import (
     AGGREGATORS,
     FLEETS,
@@ -196,12 +197,6 @@ class AnalyticsConfig(_Strict):
     queries: list[AnalyticsQuery] = Field(min_length=1)
 
 
-class SitePolicyConfig(_Strict):
-    max_epsilon: float | None = Field(None, gt=0)
-    delta: float = Field(1e-5, gt=0, lt=1)
-    require_privacy: bool = False
-
-
 class StrategyConfig(_Strict):
     preset: PresetName = "fedavg"
     sites_per_round: int | None = Field(None, ge=1)
@@ -279,6 +274,10 @@ class SimulationConfig(_Strict):
     local_eval_fraction: float = Field(0.0, ge=0, lt=1)
     partition: PartitionConfig = PartitionConfig()
     site_policy: SitePolicyConfig | None = None
+    site_policies: dict[str, SitePolicyConfig] = Field(
+        default_factory=dict,
+        description="per-site policies (by site id) that replace site_policy for those sites",
+    )
     attack: AttackConfig | None = None
 
 

@@ -109,6 +109,9 @@ class FitIns:
     settings: TrainSettings
     seed: int
     privacy: ClientPrivacy | None = None
+    # How many sites this round asks (0: not said). A number, never who: a site's policy
+    # may refuse a round with fewer sites than it requires.
+    sites: int = 0
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,8 @@ def _check_fit_request(ins: FitIns) -> None:
     """What a site checks of the server's instructions before it trains on them."""
     if ins.seed < 0:
         raise InvalidMessageError(f"seed must be non-negative, got {ins.seed}")
+    if ins.sites < 0:
+        raise InvalidMessageError(f"sites must be non-negative, got {ins.sites}")
     if ins.weights.ndim != 1 or ins.weights.dtype.kind != "f":
         raise InvalidMessageError(f"the model must be a 1-D float vector, got {ins.weights.dtype}")
     s = ins.settings

@@ -9,11 +9,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from consortia.core.manifest import is_policy_refusal
 from consortia.core.messages import Failure, Outcome, Reply
+
+if TYPE_CHECKING:
+    from consortia.core.manifest import JobManifest
 
 __all__ = ["Failure", "Fleet", "Outcome", "Reply", "SiteHandler", "Timing"]
 
@@ -87,6 +91,26 @@ class Fleet(ABC):
         """Peak resident bytes of each process this fleet runs sites in, besides the
         server's own (none for fleets that have no such processes)."""
         return []
+
+    def admit(self, manifest: JobManifest, deadline_s: float) -> dict[str, str]:
+        """Put the job's manifest to every site before the first round; return {site:
+        reason} for each site whose own policy refuses to join. The run driver never asks
+        those sites again. A site that fails to answer for another reason stays: its
+        rounds will fail or succeed on their own. A fleet whose sites hear the manifest
+        as they connect (gRPC: in the Welcome) overrides this."""
+        from consortia.core.join import JoinIns
+
+        message = JoinIns(0, manifest.to_json())
+        requests = [(site, message) for site in self.sites()]
+        return {
+            o.site: o.reason
+            for o in self.send(requests, Timing(deadline_s))
+            if isinstance(o, Failure) and is_policy_refusal(o.reason)
+        }
+
+    def join_refusals(self) -> dict[str, str]:
+        """Sites that refused to join outside ``admit`` (over gRPC: at their welcome)."""
+        return {}
 
     def end_job(self, status: str) -> None:  # noqa: B027 - optional hook
         """Tell the sites that the job is over (a deployment's clients then exit)."""

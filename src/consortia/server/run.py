@@ -45,11 +45,15 @@ from consortia.core.events import (
     WaitingForSites,
     public_row,
 )
+from consortia.core.manifest import JobManifest, is_policy_refusal, printable
 from consortia.core.memory import MIB, peak_rss_bytes
 from consortia.core.spec import ModelSpec, model_digest
+from consortia.fleet.admitted import AdmittedFleet
 from consortia.fleet.base import Fleet
+from consortia.security.signing import file_digest, read_signature
 from consortia.server.audit import Auditor, flagged_sites
 from consortia.server.build import loop_settings, privacy_from_config, strategy_from_config
+from consortia.server.manifest import job_manifest
 from consortia.server.run_folder import RunFolder, run_summary
 from consortia.server.store import (
     STORE_FILE,
@@ -95,6 +99,10 @@ class PreparedJob:
     # them, so that a large model is not kept twice for the whole run. ``simulate`` sets it
     # for the job it prepares itself; a prepared job that is run again keeps its model.
     release_initial: bool = False
+    # SHA-256 of the job file's bytes (what a job signer signs) and its signature, from
+    # ``JOB.sig`` next to it, if signed: both go into the job's manifest.
+    file_sha256: str | None = None
+    signature: str | None = None
 
     @property
     def digest(self) -> str:
@@ -132,7 +140,17 @@ def prepare_job(path: str | Path) -> PreparedJob:
     workflow = app_hook(cfg.task, base, "workflow")
     root = load_root_data(cfg, base)
     return PreparedJob(
-        text, cfg, trainer, spec, weights, central, path, workflow=workflow, root=root
+        text,
+        cfg,
+        trainer,
+        spec,
+        weights,
+        central,
+        path,
+        workflow=workflow,
+        root=root,
+        file_sha256=file_digest(path),
+        signature=read_signature(path),
     )
 
 
@@ -394,6 +412,7 @@ class Run:
             workflow = Workflow(self.job.spec, steps, settings)
             fleet = self.make_fleet(row.id)
             shown = history if privacy is None else [public_row(r) for r in history]
+            fleet = self._admit(fleet, job_manifest(self.job, row.id, rounds))
             self.bus.publish(
                 RunStarted(cfg.name, rounds, self._state.round, shown, str(folder.path))
             )
@@ -417,6 +436,10 @@ class Run:
                 summary = self._summary(folder, store, state, rounds, status, error, t_start)
                 self._flag_failing_sites(summary, store, state)
                 self._flag_audited_sites(summary, store, state)
+                summary["policy_refusals"] = policy_refusals(
+                    fleet.join_refusals() if fleet is not None else {},
+                    [store.participants(r) for r in range(1, state.round + 1)],
+                )
                 summary["resumed_from_round"] = resumed_from
                 summary["peak_memory"] = peak_memory(workers)
                 if self.notices:
@@ -431,6 +454,17 @@ class Run:
                 folder.unlock()
                 self.bus.publish(RunFinished(summary))
         return RunResult(self._state, summary, history)
+
+    def _admit(self, fleet: Fleet, manifest: JobManifest) -> Fleet:
+        """Put the job's manifest to the sites; leave out those whose policy refuses it."""
+        refused = fleet.admit(manifest, self.job.config.strategy.deadline_s)
+        if not refused:
+            return fleet
+        for site, reason in sorted(refused.items()):
+            message = f"site {site} refused to join: {printable(reason)}"
+            log.warning("%s", message)
+            self.bus.publish(Notice(message))
+        return AdmittedFleet(fleet, refused)
 
     def _wait(self, fleet: Fleet) -> list[str]:
         n = self.min_sites
@@ -622,6 +656,24 @@ def failing_sites(rounds: Sequence[Sequence[Participant]]) -> dict[str, dict[str
     for site, info in out.items():
         info["asked"] = asked[site]
     return out
+
+
+def policy_refusals(
+    join: dict[str, str], rounds: Sequence[Sequence[Participant]]
+) -> dict[str, Any]:
+    """Sites' policy refusals: who refused to join (and why), and per site how many
+    rounds it refused, recognised by the refusal prefix of the reasons sites gave."""
+    per_site: dict[str, int] = {}
+    for participants in rounds:
+        for p in participants:
+            if p.outcome == "failed" and p.reason and is_policy_refusal(p.reason):
+                per_site[p.site] = per_site.get(p.site, 0) + 1
+    return {
+        "joins_refused": len(join),
+        "rounds_refused": sum(per_site.values()),
+        "join": {site: printable(reason, 300) for site, reason in sorted(join.items())},
+        "rounds": dict(sorted(per_site.items())),
+    }
 
 
 def site_names(store: ServerStore, state: LoopState) -> list[str]:

@@ -196,7 +196,14 @@ class FitStep:
         requests = [
             (
                 site,
-                FitIns(rnd, ctx.model, train, derive_seed(s.seed, "fit", rnd, site), instructions),
+                FitIns(
+                    rnd,
+                    ctx.model,
+                    train,
+                    derive_seed(s.seed, "fit", rnd, site),
+                    instructions,
+                    sites=len(chosen),
+                ),
             )
             for site in chosen
         ]

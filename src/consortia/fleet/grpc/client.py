@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 
 from consortia.core.errors import ConsortiaError
+from consortia.core.join import JoinIns
+from consortia.core.manifest import MAX_MANIFEST_CHARS, POLICY_REFUSAL_PREFIX
 from consortia.core.messages import InvalidMessageError, decode, encode, kind_named
 from consortia.fleet.base import SiteHandler
 from consortia.fleet.grpc import codec
@@ -34,11 +36,17 @@ log = logging.getLogger("consortia.client")
 _POLL_S = 0.1  # how quickly the sender notices stop, cancellation and silence
 _PERMANENT = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 _END = object()
+_REFUSAL_LINGER_S = 2.0  # how long a refusing site waits for the server to hang up
 _CONNECT = f"/{pb.DESCRIPTOR.services_by_name['Federation'].full_name}/Connect"
 
 
 class SiteConnectionError(ConsortiaError):
     """The server refused this site for good, or every allowed attempt failed."""
+
+
+class SiteRefusedJob(ConsortiaError):
+    """This site's policy refused the job the server declared; the site told the server
+    why and left. The message names the rule."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class _Connection:
         self.job_id: str | None = None
         self.error: str | None = None  # why the connection failed, for the final message
         self.job_end: JobEnded | None = None
+        self.refused: str | None = None  # this site's policy refused the job: why
 
     def watch(self) -> None:
         """Watchdog thread: cancel the call on stop or when the server goes silent. It is a
@@ -108,6 +117,9 @@ class _Connection:
                 continue
             if item is _END:
                 return
+            if isinstance(item, pb.SiteMessage):  # a refusal: the last thing we send
+                yield item
+                continue
             assert isinstance(item, tuple)
             reply, arrays = item
             rid = reply.binding.request_id
@@ -231,8 +243,14 @@ def _worker(work: queue.Queue[_Work | None], site: SiteHandler) -> None:
             body, arrays = codec.payload_to_pb(payload, conn.chunk_bytes)
             reply = pb.Reply(binding=b, payload=body)
         except Exception as exc:  # the site's own code failed: tell the server why, keep serving
-            log.exception("%s: the site's code failed", label)
-            reply, arrays = codec.error_reply(b, f"{type(exc).__name__}: {exc}"), []
+            text = str(exc)
+            if text.startswith(POLICY_REFUSAL_PREFIX):  # as is: the server recognises it
+                log.warning("%s: %s", label, text)
+                reason = text
+            else:
+                log.exception("%s: the site's code failed", label)
+                reason = f"{type(exc).__name__}: {exc}"
+            reply, arrays = codec.error_reply(b, reason), []
         if not conn.ended.is_set():
             conn.out.put((reply, arrays))
             log.info("%s: reply sent", label)
@@ -318,6 +336,8 @@ def run_site(
             welcomed = _serve_once(
                 server_address, site, site_dir, conn, work, max_model_bytes, server_name
             )
+            if conn.refused is not None:
+                raise SiteRefusedJob(conn.refused)
             if conn.job_end is not None:
                 ended = conn.job_end
                 log.info("job %s is over (%s)", ended.job_id, ended.status)
@@ -347,6 +367,42 @@ def run_site(
         work.put(None)
     log.info("site %s stopped", site.site_id)
     return ended
+
+
+def _join(site: SiteHandler, manifest: str) -> str | None:
+    """Put the welcome's job manifest to the site's app (its policy middleware decides,
+    as in simulation); why it refuses, or None when it joins. A manifest it cannot read
+    is refused too: a site does not join a job it cannot check."""
+    if len(manifest) > MAX_MANIFEST_CHARS:
+        return (
+            f"{POLICY_REFUSAL_PREFIX}manifest: the server's job manifest of {len(manifest)} "
+            f"characters is over the limit of {MAX_MANIFEST_CHARS}"
+        )
+    try:
+        site.handle(JoinIns(0, manifest))
+    except Exception as exc:  # the policy's refusal, or a manifest that does not parse
+        text = str(exc)
+        if text.startswith(POLICY_REFUSAL_PREFIX):
+            return text
+        return (
+            f"{POLICY_REFUSAL_PREFIX}manifest: cannot check the job ({type(exc).__name__}: {text})"
+        )
+    return None
+
+
+def _leave(conn: _Connection, reason: str) -> None:
+    """Tell the server why this site does not join, then hang up."""
+    log.error("%s", reason)
+    conn.refused = reason
+    conn.out.put(pb.SiteMessage(refusal=pb.Refusal(reason=reason[: codec.MAX_REASON_CHARS])))
+    conn.out.put(_END)
+    # The server closes the stream once it has read the refusal; if it does not, the
+    # site leaves anyway, shortly after.
+    call = conn.call
+    if call is not None:
+        timer = threading.Timer(_REFUSAL_LINGER_S, call.cancel)
+        timer.daemon = True
+        timer.start()
 
 
 def _explain(details: str) -> str:
@@ -402,13 +458,16 @@ def _serve_once(
                     conn.dead_after_s = 3 * max(conn.heartbeat_s, w.heartbeat_interval_s)
                     welcomed = True
                     log.info("connected to %s as %s (job %s)", address, w.site_name, w.job_id)
-                elif welcomed:
+                    refusal = _join(site, w.manifest)
+                    if refusal is not None:
+                        _leave(conn, refusal)  # then read on until the server hangs up
+                elif welcomed and conn.refused is None:
                     receiver.on_message(msg)
-            if not conn.stop.is_set() and conn.job_end is None:
+            if not conn.stop.is_set() and conn.job_end is None and conn.refused is None:
                 log.warning("the server at %s closed the connection", address)
         except grpc.RpcError as exc:
-            if conn.job_end is not None:
-                return True  # we cancelled the call ourselves once the job ended
+            if conn.job_end is not None or conn.refused is not None:
+                return True  # we cancelled the call ourselves (job over, or we refused it)
             code = exc.code() if hasattr(exc, "code") else None
             details = exc.details() if hasattr(exc, "details") else str(exc)
             if code in _PERMANENT:

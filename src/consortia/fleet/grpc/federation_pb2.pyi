@@ -141,18 +141,26 @@ class Hello(_message.Message):
     def __init__(self, site_name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("job_id", "protocol_version", "max_chunk_bytes", "heartbeat_interval_s", "site_name")
+    __slots__ = ("job_id", "protocol_version", "max_chunk_bytes", "heartbeat_interval_s", "site_name", "manifest")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     protocol_version: int
     max_chunk_bytes: int
     heartbeat_interval_s: float
     site_name: str
-    def __init__(self, job_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., site_name: _Optional[str] = ...) -> None: ...
+    manifest: str
+    def __init__(self, job_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., site_name: _Optional[str] = ..., manifest: _Optional[str] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sequence",)
@@ -161,16 +169,18 @@ class Heartbeat(_message.Message):
     def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
 class SiteMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "reply", "chunk")
+    __slots__ = ("hello", "heartbeat", "reply", "chunk", "refusal")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     reply: Reply
     chunk: Chunk
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    refusal: Refusal
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("welcome", "heartbeat", "request", "chunk", "cancel", "job_end")

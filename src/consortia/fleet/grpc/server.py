@@ -24,6 +24,7 @@ import grpc
 from cryptography import x509
 
 from consortia.core.errors import ConsortiaError
+from consortia.core.manifest import MAX_MANIFEST_CHARS, JobManifest, printable
 from consortia.core.messages import InvalidMessageError, kind_of
 from consortia.fleet.base import Failure, Fleet, Outcome, Timing, grace_failure
 from consortia.fleet.grpc import codec
@@ -106,6 +107,7 @@ class GrpcFleet(Fleet):
         dead_after_s: float | None = None,
         max_sites: int = DEFAULT_MAX_SITES,
         stalled_send_s: float = STALLED_SEND_S,
+        wait_for_manifest: bool = False,
     ) -> None:
         if not insecure and pki_dir is None:
             raise ConsortiaError("GrpcFleet needs pki_dir (TLS always) unless insecure=True")
@@ -127,6 +129,14 @@ class GrpcFleet(Fleet):
         self._latest_round = 0
         self.refusals: deque[tuple[str, str]] = deque(maxlen=1000)
         self.refusal_count = 0
+        # The job's manifest for each Welcome (``admit``). With ``wait_for_manifest`` a
+        # site that connects before the run driver declared it waits for it, so no site
+        # is ever welcomed to a job without its declaration.
+        self.manifest = ""
+        self._manifest_ready = threading.Event()
+        if not wait_for_manifest:
+            self._manifest_ready.set()
+        self._join_refusals: dict[str, str] = {}
         max_msg = chunk_bytes + codec.MESSAGE_OVERHEAD_BYTES
         options = [
             ("grpc.max_receive_message_length", max_msg),
@@ -272,6 +282,32 @@ class GrpcFleet(Fleet):
                 sessions = list(self._sessions.values())
             for s in sessions:
                 s.check()
+
+    def admit(self, manifest: JobManifest, deadline_s: float) -> dict[str, str]:
+        """Declare the job's manifest: every Welcome from now on carries it, and each site
+        answers it as it connects (a refusing site says why and leaves: see
+        ``site_refused_job``), so nothing is refused here."""
+        text = manifest.to_json()
+        if len(text) > MAX_MANIFEST_CHARS:
+            raise ConsortiaError(f"the job's manifest is over {MAX_MANIFEST_CHARS} characters")
+        with self._cond:
+            self.manifest = text
+        self._manifest_ready.set()
+        return {}
+
+    def join_refusals(self) -> dict[str, str]:
+        with self._cond:
+            return dict(self._join_refusals)
+
+    def site_refused_job(self, site: str, reason: str) -> None:
+        """A site's policy refused the job at its welcome: log it (escaped: the text is
+        the site's) and keep it for the summary; the session closes."""
+        shown = printable(reason, codec.MAX_REASON_CHARS)
+        log.warning("site %s refused to join job %s: %s", site, self.job_id, shown)
+        with self._cond:
+            if site not in self._join_refusals and len(self._join_refusals) >= 10_000:
+                return  # bounded: a site cannot grow the server's memory by refusing
+            self._join_refusals[site] = shown
 
     def end_job(self, status: str) -> None:
         """Every connected site hears that the job is over before the streams close."""
@@ -466,6 +502,9 @@ class _Servicer:
             fleet.refuse(peer, f"connection refused: {exc}")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             raise  # not reached: abort raises
+        if not fleet._manifest_ready.wait(_HELLO_TIMEOUT_S):
+            reason = "the job is not ready yet; try again"
+            context.abort(grpc.StatusCode.UNAVAILABLE, reason)
         # The site's receive limit, but never tiny chunks: those would only burn server CPU.
         their_max = max(codec.MIN_CHUNK_BYTES, hello.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES)
         session = Session(fleet, site, min(fleet.chunk_bytes, their_max), serial)
@@ -481,5 +520,6 @@ class _Servicer:
             max_chunk_bytes=fleet.chunk_bytes,
             heartbeat_interval_s=fleet.heartbeat_s,
             site_name=site,
+            manifest=fleet.manifest,
         )
         return session.outgoing(welcome)

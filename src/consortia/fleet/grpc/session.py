@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from consortia.core.manifest import printable
 from consortia.core.messages import InvalidMessageError, MessageKind, decode, encode
 from consortia.fleet.base import Failure, Outcome, Reply
 from consortia.fleet.grpc import codec
@@ -42,6 +43,8 @@ class SessionHost(Protocol):
     def is_revoked(self, serial: int) -> bool: ...
 
     def session_closed(self, session: Session, reason: str) -> None: ...
+
+    def site_refused_job(self, site: str, reason: str) -> None: ...
 
 
 # A reply's arrays may be at most this many times the request's, when its kind does not
@@ -244,6 +247,9 @@ class Session:
                 return
             if kind == "reply":
                 self._on_reply(msg.reply)
+            elif kind == "refusal":
+                self.fleet.site_refused_job(self.site, msg.refusal.reason)
+                self.close("refused to join the job (its policy)")
             elif kind == "chunk":
                 self._on_chunk(codec.chunk_from_pb(msg.chunk))
             else:
@@ -282,7 +288,9 @@ class Session:
         body = reply.WhichOneof("body")
         try:
             if body == "error":
-                if p.resolve(Failure(self.site, f"site reported: {reply.error.reason[:500]}")):
+                if p.resolve(
+                    Failure(self.site, f"site reported: {printable(reply.error.reason, 500)}")
+                ):
                     self.fleet.record_closed(p.request_id, "answered")
                 return
             if body != "payload":
