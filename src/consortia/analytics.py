@@ -24,8 +24,7 @@ from consortia.client.runtime import SiteData
 from consortia.core.config import AnalyticsQuery, JobConfig
 from consortia.core.errors import ConfigError
 from consortia.core.rng import derive_seed
-from consortia.privacy import neighbouring
-from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
+from consortia.privacy.accountant import PrivacyAccountant
 from consortia.privacy.analytics import (
     NoiseSpec,
     dp_count,
@@ -34,6 +33,8 @@ from consortia.privacy.analytics import (
     dp_quantiles,
     query_events,
 )
+from consortia.privacy.budget import BudgetGuard
+from consortia.privacy.mechanisms.analytics import RecordBudget
 from consortia.privacy.rng import SecureRng
 from consortia.simulation import build_sites
 from consortia.task import load_dataset, load_job_with_app
@@ -100,55 +101,6 @@ def _answer(
     return dict(zip([str(p) for p in q.quantiles], np.asarray(values).tolist(), strict=True))
 
 
-@dataclass
-class RecordBudget:
-    """What one record has spent: the queries, plus, after a local-DP run, what DP-SGD
-    spent on its site's examples.
-
-    The privacy unit of analytics is one record, and after local DP-SGD an example is a
-    record: a record held by site s has lost what s's training spent and every query since.
-    The worst site is what the guarantee must cover, so epsilon is the maximum over the
-    sites' training accountants of (that site's training + the queries). Site-level events
-    (central or distributed training) are never composed here: a count has sensitivity 1
-    per record but none bounded per site, so neither unit's events belong in the other's.
-    """
-
-    queries: PrivacyAccountant
-    training: dict[str, PrivacyAccountant] = field(default_factory=dict)
-
-    def epsilon(self, delta: float, extra: list[PrivacyEvent] | None = None) -> dict[str, Any]:
-        """Epsilon per accountant (``best`` the smaller) for the worst record, and its site."""
-        events = [*self.queries.events, *(extra or [])]
-        if not self.training:
-            return {**PrivacyAccountant(events).epsilon(delta), "worst_site": None}
-        worst: dict[str, Any] = {"best": -math.inf}
-        seen: dict[tuple[Any, ...], dict[str, float | None]] = {}
-        for site, acc in sorted(self.training.items()):
-            key = tuple((*e._key(), e.count) for e in acc.events)
-            if key not in seen:  # sites with the same training cost are computed once
-                seen[key] = PrivacyAccountant(acc.events).epsilon(delta, events)
-            eps = seen[key]
-            best = math.inf if eps["best"] is None else eps["best"]
-            if best > worst["best"]:
-                worst = {**eps, "best": best, "worst_site": site}
-        return worst
-
-
-def _read_training(folder: Path) -> tuple[dict[str, Any], dict[str, PrivacyAccountant]]:
-    """A training run's privacy.json (or {}), and, after a local-DP run, each site's
-    example-level accountant from its site report (record-level: analytics adds to them)."""
-    path = folder / "privacy.json"
-    if not path.exists():
-        return {}, {}
-    report = json.loads(path.read_text())
-    training: dict[str, PrivacyAccountant] = {}
-    if report.get("mode") == "local":  # each site's own report holds its DP-SGD events
-        for site_file in sorted((folder / "site_reports").glob("*.json")):
-            rec = json.loads(site_file.read_text())
-            training[str(rec.get("site", site_file.stem))] = PrivacyAccountant.from_dict(rec)
-    return report, training
-
-
 def run_analytics(
     job: str | Path | JobConfig,
     *,
@@ -177,25 +129,23 @@ def run_analytics(
     folder.mkdir(parents=True, exist_ok=True)
     # What was already spent: a training run's privacy.json (local DP: per-site example-level
     # spend) and an earlier analytics run's own record. Spending only ever accumulates.
-    report, training = _read_training(folder)
+    budget = RecordBudget.restore(folder)
+    queries, report = budget.queries, budget.training_report
     own_file = folder / "analytics.json"
-    queries = PrivacyAccountant()
-    if own_file.exists():
-        queries = PrivacyAccountant.from_dict(_record_events(json.loads(own_file.read_text())))
-    budget = RecordBudget(queries, training)
+    guard = BudgetGuard(limit, delta, "best", "analytics") if limit is not None else None
 
     ids, sites, _ = build_sites(cfg, load_dataset(cfg.task, base))
     results: dict[str, dict[str, Any]] = {}
     refused: list[str] = []
     for q in an.queries:
         site_values = [_site_column(sites[s], q.column) for s in ids]
-        if limit is not None:
-            spent = budget.epsilon(delta)["best"]
-            projected = budget.epsilon(delta, query_events(q.kind, _noise(q), q.name))["best"]
-            if projected > limit:
+        if guard is not None:
+            decision = budget.check(guard, query_events(q.kind, _noise(q), q.name))
+            if not decision.allowed:
                 why = (
-                    f"refused: the record-level epsilon would reach {projected:.4g} at delta "
-                    f"{delta:g}, over the limit of {limit:g} (spent: {spent:.4g})"
+                    f"refused: the record-level epsilon would reach "
+                    f"{decision.projected_epsilon:.4g} at delta {delta:g}, over the limit of "
+                    f"{guard.limit:g} (spent: {decision.spent_epsilon:.4g})"
                 )
                 refused.append(f"{q.name}: {why}")
                 results[q.name] = {"kind": q.kind, "refused": why}
@@ -208,26 +158,8 @@ def run_analytics(
             "value": value,
             "epsilon_after": budget.epsilon(delta)["best"],
         }
-    eps = budget.epsilon(delta)
-    record_budget = {
-        "unit": "record",
-        "neighbouring": neighbouring.RECORD,
-        "epsilon": {k: eps[k] for k in ("rdp", "pld", "best")},
-        "epsilon_limit": limit,
-        "includes_training": (
-            f"local DP-SGD of every site; worst: {eps['worst_site']}" if training else None
-        ),
-        "events": queries.to_dict()["events"],
-    }
-    site_budget = {
-        "unit": "site (one site's whole contribution)",
-        "epsilon": report.get("epsilon")
-        if report.get("mode") in ("central", "distributed")
-        else None,
-        "neighbouring": report.get("neighbouring"),
-        "note": "analytics releases have no site-level bound (one site's records move a count "
-        "without limit): the site-level figure covers the trained model only",
-    }
+    record_budget = budget.report_section(delta, limit)
+    site_budget = budget.site_section()
     record = {
         "delta": delta,
         "budgets": {"record": record_budget, "site": site_budget},
@@ -241,14 +173,6 @@ def run_analytics(
         }
         (folder / "privacy.json").write_text(json.dumps(report, indent=1) + "\n")
     return AnalyticsResult(results, record_budget["epsilon"], delta, folder, refused)
-
-
-def _record_events(saved: dict[str, Any]) -> dict[str, Any]:
-    """The query events of an earlier analytics.json."""
-    try:
-        return {"events": saved["budgets"]["record"]["events"]}
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"analytics.json holds no record-level budget: {exc}") from exc
 
 
 def finite(x: float | None) -> str:

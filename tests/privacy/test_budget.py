@@ -8,11 +8,7 @@ import pytest
 
 from consortia.core.errors import ConfigError
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
-from consortia.privacy.budget import (
-    PrivacyBudgetExceeded,
-    SitePrivacyPolicy,
-    check_budget,
-)
+from consortia.privacy.budget import BudgetGuard, check_budget, epsilon_of
 
 # Laplace with noise_multiplier 1 is pure epsilon = 1 per round; at any delta the PLD
 # epsilon of k rounds is below k (exact composition), RDP's is <= k too.
@@ -44,16 +40,16 @@ def test_projection_is_exact_for_pure_dp_single_round() -> None:
 
 
 def test_site_policy_refuses_with_clear_message() -> None:
-    policy = SitePrivacyPolicy("hospital-a", max_epsilon=2.0, delta=1e-5)
+    guard = BudgetGuard(2.0, 1e-5, who="site 'hospital-a'")
     acc = PrivacyAccountant([PrivacyEvent("laplace", 1.0, count=2)])
-    with pytest.raises(PrivacyBudgetExceeded) as info:
-        policy.enforce(acc, [ROUND])
-    msg = str(info.value)
+    decision = guard.check(acc, [ROUND])
+    assert not decision.allowed
+    msg = decision.message
     assert "hospital-a" in msg and "refuses" in msg and "limit 2" in msg
-    assert info.value.decision.projected_epsilon > 2.0
-    assert f"{info.value.decision.projected_epsilon:.4g}" in msg
+    assert decision.projected_epsilon > 2.0
+    assert f"{decision.projected_epsilon:.4g}" in msg
     small = PrivacyEvent("gaussian", noise_multiplier=50.0)
-    assert policy.enforce(PrivacyAccountant([PrivacyEvent("laplace", 1.0)]), [small]).allowed
+    assert guard.check(PrivacyAccountant([PrivacyEvent("laplace", 1.0)]), [small]).allowed
 
 
 def test_non_private_release_is_always_refused() -> None:
@@ -67,4 +63,18 @@ def test_bad_limits() -> None:
     with pytest.raises(ConfigError, match="limit"):
         check_budget(PrivacyAccountant(), [], limit=0.0, delta=1e-5)
     with pytest.raises(ConfigError, match="site 'x'"):
-        SitePrivacyPolicy("x", max_epsilon=-1.0)
+        BudgetGuard(-1.0, 1e-5, who="site 'x'")
+
+
+def test_one_definition_of_epsilon_per_accountant() -> None:
+    """The guard's epsilon is the accountant's own figure for the kind it names: RDP for a
+    site's policy, the job's accountant for its limit, best for analytics."""
+    acc = PrivacyAccountant([PrivacyEvent("gaussian", 1.1, 0.1, 50)])
+    figures = acc.epsilon(1e-5)
+    for kind in ("rdp", "pld", "best"):
+        assert epsilon_of(acc, 1e-5, kind) == figures[kind]
+    assert figures["best"] == min(figures["rdp"], figures["pld"])
+    guard = BudgetGuard(figures["rdp"], 1e-5, "rdp")
+    assert guard.check(acc, []).allowed
+    assert not guard.check(acc, [ROUND]).allowed
+    assert math.isinf(epsilon_of(acc, 1e-5, "pld", [PrivacyEvent("non_private")]))

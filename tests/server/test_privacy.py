@@ -9,6 +9,7 @@ import pytest
 
 from consortia.core.config import PrivacyConfig, parse_job
 from consortia.core.errors import ConfigError
+from consortia.privacy.mechanisms import Distributed
 from consortia.server.privacy import PrivacyController
 
 
@@ -30,8 +31,8 @@ def _controller(eligible: int, **privacy: object) -> PrivacyController:
 def test_default_min_sites_keeps_failed_rounds_under_one_in_a_thousand(eligible, rate):
     """Finding 11: floor(0.8 qN) failed about 13% of rounds at qN = 10."""
     ctl = _controller(eligible, sample_rate=rate)
-    assert ctl.mechanism is not None
-    m = ctl.mechanism.min_sites
+    assert isinstance(ctl.mechanism, Distributed)
+    m = ctl.mechanism.ddg.min_sites
     assert _tail(m, eligible, rate) < 1e-3 <= _tail(m + 1, eligible, rate)
     assert ctl.failed_round_rate == pytest.approx(_tail(m, eligible, rate), rel=1e-9)
     assert not ctl.notices
@@ -54,7 +55,7 @@ def test_an_explicit_min_sites_that_fails_often_is_reported():
 
 def test_when_even_one_site_is_unreliable_the_default_is_one_and_reported():
     ctl = _controller(5, sample_rate=0.5)  # nobody sampled with probability 1/32
-    assert ctl.mechanism is not None and ctl.mechanism.min_sites == 1
+    assert isinstance(ctl.mechanism, Distributed) and ctl.mechanism.ddg.min_sites == 1
     assert ctl.failed_round_rate == pytest.approx(0.5**5)
     assert ctl.notices and "3.12%" in ctl.notices[0]
 
@@ -71,8 +72,9 @@ def test_distributed_target_epsilon_is_met_by_the_accounting_of_its_rounds():
         seed=0,
         seeded=False,
     )
-    mech = ctl.mechanism
-    assert mech is not None and mech.noise_multiplier == ctl.noise_multiplier
+    assert isinstance(ctl.mechanism, Distributed)
+    mech = ctl.mechanism.ddg
+    assert mech.noise_multiplier == ctl.noise_multiplier
     # Every released round, whatever its number of contributors, checked by dp-accounting
     # itself: all at min_sites (the fewest a round is released with), then all at 20.
     for n in (mech.min_sites, 20):

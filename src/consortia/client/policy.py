@@ -23,8 +23,9 @@ from consortia.core.errors import ConfigError, ConsortiaError
 from consortia.core.manifest import POLICY_REFUSAL_PREFIX, JobManifest, canonical_json
 from consortia.core.messages import FitIns
 from consortia.core.policy_config import SitePolicyConfig
-from consortia.privacy.accountant import PrivacyEvent, rdp_epsilon
-from consortia.privacy.distributed import DistributedDiscreteGaussian
+from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
+from consortia.privacy.budget import BudgetGuard
+from consortia.privacy.mechanisms import round_mode, site_events
 from consortia.security.signing import signed_by
 
 
@@ -38,22 +39,7 @@ class PolicyRefusal(ConsortiaError):
 
 def projected_events(ins: FitIns, num_examples: int, dimension: int) -> list[PrivacyEvent]:
     """Privacy events of rounds 1..ins.round as this site can compute them itself."""
-    events: list[PrivacyEvent] = []
-    p, s, r = ins.privacy, ins.settings, ins.round
-    if p is not None and p.mode == "central":
-        events.append(PrivacyEvent("gaussian", p.noise_multiplier, p.sample_rate, r))
-    elif p is not None and p.mode == "distributed":
-        mech = DistributedDiscreteGaussian(
-            p.clip_norm, p.scale, p.bits, p.noise_multiplier, p.min_sites, dimension
-        )
-        events.append(mech.privacy_event(p.min_sites, count=r))
-    if s.local_dp and num_examples > 0:
-        batch = min(s.batch_size, num_examples)
-        steps = s.local_epochs * (num_examples // batch)
-        events.append(
-            PrivacyEvent("gaussian", s.dp_noise_multiplier, batch / num_examples, r * steps)
-        )
-    return events
+    return site_events(ins.privacy, ins.settings, num_examples, ins.round, dimension)
 
 
 @dataclass(frozen=True)
@@ -68,9 +54,7 @@ class DataUseAgreement:
 
 def round_privacy_mode(ins: FitIns) -> str | None:
     """The privacy a round's instructions carry: central/distributed, local or none."""
-    if ins.privacy is not None:
-        return ins.privacy.mode
-    return "local" if ins.settings.local_dp else None
+    return round_mode(ins.privacy, ins.settings)
 
 
 @dataclass(frozen=True)
@@ -202,10 +186,12 @@ class SitePolicy:
             )
         if self.max_epsilon is None:
             return
+        # RDP: a few milliseconds, every round (see consortia.privacy.budget).
+        guard = BudgetGuard(self.max_epsilon, self.delta, "rdp", f"site {site_id}")
         events = projected_events(ins, num_examples, dimension)
-        eps = rdp_epsilon(events, self.delta) if events else math.inf
-        if eps is None or eps > self.max_epsilon:
-            shown = "unbounded" if eps is None or math.isinf(eps) else f"{eps:.4g}"
+        eps = guard.epsilon(PrivacyAccountant(), events) if events else math.inf
+        if not guard.decide(0.0, eps).allowed:
+            shown = "unbounded" if math.isinf(eps) else f"{eps:.4g}"
             raise PolicyRefusal(
                 "max_epsilon",
                 f"{who}: its epsilon would reach {shown}, over its limit of "

@@ -90,19 +90,13 @@ def privatize_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
     reply = call_next(message)
     if not isinstance(message, FitIns):
         return reply
-    if message.privacy is None:
-        if message.settings.local_dp:
-            return replace(reply, metrics={})
-        return reply
-    from consortia.client.stages import privatize
+    from consortia.privacy.mechanisms import round_mechanism
 
+    mechanism = round_mechanism(message.privacy, message.settings)
+    if mechanism is None:
+        return reply
     seed = getattr(app, "noise_seed", None)
-    p = message.privacy
-    delta, clip_bit = privatize(reply.delta, p, app.site_id, message.round, seed)
-    seeded = reply.seeded_noise or (seed is not None and p.mode == "distributed")
-    # Under central and distributed DP the weights are uniform: the exact example count
-    # and the training metrics would be side channels outside the guarantee.
-    return FitRes(reply.site, reply.round, delta, 0, {}, clip_bit, seeded)
+    return mechanism.privatize(reply, message.privacy, app.site_id, message.round, seed)
 
 
 DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (policy_check, privatize_update)

@@ -4,8 +4,10 @@
 - ``central``: DP-FedAvg server noise and adaptive clipping.
 - ``distributed``: distributed discrete Gaussian for secure aggregation's integer ring.
 - ``accountant``: privacy events, epsilon by dp-accounting (RDP and PLD), calibration.
-- ``budget``: job limit and site policy guards. ``sampling``: Poisson sampling of sites.
+- ``budget``: the one budget guard (job limit, site policy, analytics).
+- ``sampling``: Poisson sampling of sites.
 - ``analytics``: DP counts, histograms, means, quantiles.
+- ``mechanisms``: one object per privacy mode; the one place a mode string is read.
 - ``local``: DP-SGD with Opacus (imports torch; loaded on first use of ``dp_sgd_fit``).
 """
 
@@ -27,12 +29,7 @@ from consortia.privacy.analytics import (
     dp_quantiles,
     release_sum,
 )
-from consortia.privacy.budget import (
-    BudgetDecision,
-    PrivacyBudgetExceeded,
-    SitePrivacyPolicy,
-    check_budget,
-)
+from consortia.privacy.budget import BudgetDecision, BudgetGuard, check_budget, epsilon_of
 from consortia.privacy.central import (
     AdaptiveClipping,
     ClippedUpdate,
@@ -50,15 +47,14 @@ from consortia.privacy.sampling import poisson_sample
 __all__ = [
     "AdaptiveClipping",
     "BudgetDecision",
+    "BudgetGuard",
     "ClippedUpdate",
     "DPFitResult",
     "DistributedDiscreteGaussian",
     "NoiseSpec",
     "PrivacyAccountant",
-    "PrivacyBudgetExceeded",
     "PrivacyEvent",
     "SecureRng",
-    "SitePrivacyPolicy",
     "UniformSource",
     "add_gaussian_noise",
     "calibrate",
@@ -71,6 +67,7 @@ __all__ = [
     "dp_quantiles",
     "dp_sgd_fit",
     "epsilon_for",
+    "epsilon_of",
     "l2_clip",
     "modular_sum",
     "noise_stddev",

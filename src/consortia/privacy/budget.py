@@ -1,9 +1,13 @@
-"""Budget guards: stop before a release would take epsilon past a limit.
+"""The budget guard: stop before a release would take epsilon past a limit.
 
-Two independent guards, one decision type. The server checks the job's limit before each
-round (and records the stop); each site checks its own policy before taking part, using
-its own accountant, whatever the server says. Both ask the same question: "if the next event
-were added, what would epsilon be?", and both refuse *before* spending.
+One guard, one definition of epsilon (``epsilon_of``: epsilon at the guard's delta, from
+the accountant the guard names; ``best`` is the smaller of RDP and PLD where both apply, and
+an event no accountant can express counts as unbounded). Three users, each with the
+accountant it has always used, so that no figure moves: the server checks the job's
+``privacy.epsilon_limit`` before each round with the job's ``privacy.accountant``; a site
+checks its policy's ``max_epsilon`` with RDP (a few milliseconds, every round, on the
+site's own projection of the round's declared parameters); analytics checks its
+record-level ``epsilon_limit`` with ``best``. All refuse *before* spending.
 """
 
 from __future__ import annotations
@@ -11,17 +15,26 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
-from consortia.core.errors import ConfigError, ConsortiaError
+from consortia.core.errors import ConfigError
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
 
+EpsilonKind = Literal["rdp", "pld", "best"]
 
-class PrivacyBudgetExceeded(ConsortiaError):
-    """A release was refused because it would take epsilon past a limit."""
 
-    def __init__(self, decision: BudgetDecision) -> None:
-        super().__init__(decision.message)
-        self.decision = decision
+def epsilon_of(
+    accountant: PrivacyAccountant,
+    delta: float,
+    kind: EpsilonKind,
+    extra: Iterable[PrivacyEvent] = (),
+) -> float:
+    """Epsilon at ``delta`` of ``accountant``'s events plus ``extra`` (inf: unbounded)."""
+    if kind == "best":
+        value = accountant.epsilon(delta, extra)["best"]
+    else:
+        value = accountant.epsilon_by(kind, delta, extra)
+    return math.inf if value is None else value
 
 
 @dataclass(frozen=True)
@@ -29,7 +42,7 @@ class BudgetDecision:
     """Whether the next release may go ahead, and the numbers behind the answer."""
 
     allowed: bool
-    who: str  # "job" or the site's id
+    who: str  # "job", a site, or "analytics"
     spent_epsilon: float
     projected_epsilon: float
     limit: float
@@ -45,9 +58,34 @@ class BudgetDecision:
         )
 
 
-def _best(acc: PrivacyAccountant, delta: float, extra: Iterable[PrivacyEvent] = ()) -> float:
-    value = acc.epsilon(delta, extra)["best"]
-    return math.inf if value is None else value
+@dataclass(frozen=True)
+class BudgetGuard:
+    """A limit on epsilon at ``delta``, by the ``accountant`` named (see the module)."""
+
+    limit: float
+    delta: float
+    accountant: EpsilonKind = "best"
+    who: str = "job"
+
+    def __post_init__(self) -> None:
+        if not (self.limit > 0 and not math.isnan(self.limit)):
+            raise ConfigError(f"epsilon limit for {self.who} must be > 0, got {self.limit!r}")
+
+    def epsilon(self, accountant: PrivacyAccountant, extra: Iterable[PrivacyEvent] = ()) -> float:
+        return epsilon_of(accountant, self.delta, self.accountant, extra)
+
+    def decide(self, spent: float, projected: float) -> BudgetDecision:
+        """The decision for figures computed elsewhere (analytics' worst record)."""
+        return BudgetDecision(
+            projected <= self.limit, self.who, spent, projected, self.limit, self.delta
+        )
+
+    def check(
+        self, accountant: PrivacyAccountant, next_events: Iterable[PrivacyEvent]
+    ) -> BudgetDecision:
+        """Would adding ``next_events`` keep epsilon at or below the limit?"""
+        events = list(next_events)
+        return self.decide(self.epsilon(accountant), self.epsilon(accountant, events))
 
 
 def check_budget(
@@ -57,49 +95,8 @@ def check_budget(
     limit: float,
     delta: float,
     who: str = "job",
+    kind: EpsilonKind = "best",
 ) -> BudgetDecision:
-    """Would adding ``next_events`` keep epsilon (best accountant) at or below ``limit``?"""
-    if not (limit > 0 and not math.isnan(limit)):
-        raise ConfigError(f"epsilon limit for {who} must be > 0, got {limit!r}")
-    events = list(next_events)
-    spent = _best(accountant, delta)
-    projected = _best(accountant, delta, events)
-    return BudgetDecision(projected <= limit, who, spent, projected, limit, delta)
-
-
-@dataclass(frozen=True)
-class SitePrivacyPolicy:
-    """A site's own rule: never let its epsilon (at ``delta``) go past ``max_epsilon``."""
-
-    site_id: str
-    max_epsilon: float
-    delta: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if not (self.max_epsilon > 0 and not math.isnan(self.max_epsilon)):
-            raise ConfigError(
-                f"site {self.site_id!r}: max_epsilon must be > 0, got {self.max_epsilon!r}"
-            )
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"site {self.site_id!r}: delta must be in (0, 1), got {self.delta}")
-
-    def check(
-        self, accountant: PrivacyAccountant, next_events: Iterable[PrivacyEvent]
-    ) -> BudgetDecision:
-        """Decide on the next round with the site's own record of what it has spent."""
-        return check_budget(
-            accountant,
-            next_events,
-            limit=self.max_epsilon,
-            delta=self.delta,
-            who=f"site {self.site_id!r}",
-        )
-
-    def enforce(
-        self, accountant: PrivacyAccountant, next_events: Iterable[PrivacyEvent]
-    ) -> BudgetDecision:
-        """Like :meth:`check` but raise :class:`PrivacyBudgetExceeded` on refusal."""
-        decision = self.check(accountant, next_events)
-        if not decision.allowed:
-            raise PrivacyBudgetExceeded(decision)
-        return decision
+    """Would adding ``next_events`` keep epsilon (``kind``, best by default) at or below
+    ``limit``?"""
+    return BudgetGuard(limit, delta, kind, who).check(accountant, next_events)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from consortia.core.config import JobConfig, aggregator_from_config
 from consortia.core.errors import ConfigError
 from consortia.core.messages import TrainSettings
+from consortia.privacy.mechanisms import mechanism_class
 from consortia.server.workflow import LoopSettings
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.presets import Strategy, make_strategy
@@ -86,19 +87,7 @@ def privacy_from_config(
     site's encoded update from the server yet."""
     if job.privacy is None:
         return None
-    p = job.privacy
-    if deployed and p.mode == "distributed" and not p.allow_without_secure_aggregation:
-        raise ConfigError(
-            "privacy.allow_without_secure_aggregation: without secure aggregation the "
-            "server sees each site's encoded update, which carries only that site's share of "
-            "the noise (multiplier z/sqrt(min_sites) against the server); set it to true to "
-            "run distributed DP with that weaker guarantee, stated in privacy.json"
-        )
-    if job.privacy.mode == "local" and job.privacy.epsilon_limit is not None:
-        raise ConfigError(
-            "privacy.epsilon_limit: local DP is example-level and spent per site; "
-            "set each site's policy (max_epsilon) instead"
-        )
+    mechanism_class(job.privacy.mode).check_job(job.privacy, deployed=deployed)
     from consortia.server.privacy import PrivacyController
 
     return PrivacyController(
