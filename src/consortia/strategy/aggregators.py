@@ -269,7 +269,7 @@ def coordinate_median(
 class FitSink:
     """A round's fit replies streamed into the strategy's aggregator, weighted by examples.
 
-    The privacy wrappers (server/privacy.py) have the same shape and wrap the aggregator
+    The privacy wrappers (privacy/mechanisms/) have the same shape and wrap the aggregator
     instead of replacing it: clip before it and noise after it (central), or hand it the decoded sum
     of encoded updates (distributed), so the aggregator the job names is always the one
     that runs.
