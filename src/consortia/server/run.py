@@ -584,7 +584,7 @@ class Run:
             failed_in_a_row = 0
             self._state = new_state
             del new_state
-            self._send_receipts(fleet, entries)
+            self._send_receipts(fleet, entries or [])
             self.bus.publish(RoundDone(record, self._state, rounds))
         return None, None
 
