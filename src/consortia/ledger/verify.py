@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +28,11 @@ from consortia.ledger.sign import (
     site_signature_ok,
     update_message,
 )
+
+# Site signatures cost ~0.1 ms each (an Ed25519 or P-256 verification); above this many,
+# they are checked in parallel, one process per CPU.
+PARALLEL_FROM = 4000
+SiteCheck = tuple[int, SiteIdentity, str, bytes]  # index, key, signature, signed message
 
 ReadFile = Callable[[str], bytes | None]  # a run-folder-relative path -> its bytes, or None
 ModelDigest = Callable[[bytes], str]  # a checkpoint file's bytes -> its model digest
@@ -114,6 +122,27 @@ def _payload(e: Entry) -> dict[str, Any] | Problem:
     return data
 
 
+def _bad_sites(checks: Sequence[SiteCheck]) -> list[int]:
+    return [i for i, who, sig, msg in checks if not site_signature_ok(who, sig, msg)]
+
+
+def first_bad_site(
+    checks: Sequence[SiteCheck], workers: int | None = None, parallel_from: int = PARALLEL_FROM
+) -> int | None:
+    """The lowest index whose site signature does not verify; in parallel when many."""
+    workers = workers or os.cpu_count() or 1
+    if len(checks) < parallel_from or workers < 2:
+        bad = _bad_sites(checks)
+    else:
+        size = -(-len(checks) // workers)
+        chunks = [checks[i : i + size] for i in range(0, len(checks), size)]
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+        with ProcessPoolExecutor(len(chunks), mp_context=ctx) as pool:
+            bad = [i for part in pool.map(_bad_sites, chunks) for i in part]
+    return min(bad, default=None)
+
+
 def _contents(
     entries: Sequence[Entry],
     job: str,
@@ -122,6 +151,23 @@ def _contents(
     model_digest: ModelDigest | None,
 ) -> Problem | None:
     """Site signatures (against the site's latest join) and checkpoint files."""
+    checks: list[SiteCheck] = []
+    problem = _collect(entries, job, report, read_file, model_digest, checks)
+    bad = first_bad_site(checks)
+    if bad is not None and (problem is None or bad < problem.index):
+        site = json.loads(entries[bad].payload).get("site")
+        return Problem(bad, entries[bad].kind, f"site {site!r}'s signature does not verify")
+    return problem
+
+
+def _collect(
+    entries: Sequence[Entry],
+    job: str,
+    report: VerifyReport,
+    read_file: ReadFile | None,
+    model_digest: ModelDigest | None,
+    checks: list[SiteCheck],
+) -> Problem | None:
     identities: dict[str, SiteIdentity] = {}
     for e in entries:
         report.kinds[e.kind] = report.kinds.get(e.kind, 0) + 1
@@ -145,8 +191,7 @@ def _contents(
                     continue
                 message = update_message(job, int(data["round"]), str(data["update_sha256"]))
                 report.site_signatures += 1
-                if not site_signature_ok(identity, str(data["signature"]), message):
-                    return Problem(e.index, e.kind, f"site {site!r}'s signature does not verify")
+                checks.append((e.index, identity, str(data["signature"]), message))
             elif read_file is not None:
                 problem = _checkpoint(e, data, read_file, model_digest)
                 report.checkpoints += 1
