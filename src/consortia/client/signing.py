@@ -41,7 +41,7 @@ def sign_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
     for old in sorted(signed)[:-_KEEP_ROUNDS]:
         del signed[old]
     return dataclasses.replace(
-        reply, signature=signer.sign(update_message(message.job, message.round, digest))
+        reply, signature=signer.sign(update_message(message.job or "", message.round, digest))
     )
 
 

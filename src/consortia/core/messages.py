@@ -113,7 +113,7 @@ class FitIns:
     seed: int
     privacy: ClientPrivacy | None = None
     # The job's id: part of what the site signs, so a signature is for one job only.
-    job: str = ""
+    job: str | None = None
 
 
 @dataclass(frozen=True)
@@ -330,7 +330,7 @@ def _check_fit_request(ins: FitIns) -> None:
     """What a site checks of the server's instructions before it trains on them."""
     if ins.seed < 0:
         raise InvalidMessageError(f"seed must be non-negative, got {ins.seed}")
-    if len(ins.job) > MAX_JOB_CHARS:
+    if ins.job is not None and len(ins.job) > MAX_JOB_CHARS:
         raise InvalidMessageError(f"job id longer than {MAX_JOB_CHARS} characters")
     if ins.weights.ndim != 1 or ins.weights.dtype.kind != "f":
         raise InvalidMessageError(f"the model must be a 1-D float vector, got {ins.weights.dtype}")

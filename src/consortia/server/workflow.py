@@ -205,7 +205,7 @@ class FitStep:
                     train,
                     derive_seed(s.seed, "fit", rnd, site),
                     instructions,
-                    s.job_id,
+                    s.job_id or None,
                 ),
             )
             for site in chosen
