@@ -158,29 +158,6 @@ def refuse_seeded_noise(site: object, name: str) -> None:
         )
 
 
-def _attach_ledger(site: Any, args: argparse.Namespace) -> None:
-    """Sign every update with the certificate's own key (what the server authenticated)
-    and keep the server's receipts (docs/ledger.md)."""
-    from cryptography import x509
-
-    from consortia.client.app import SiteApp
-    from consortia.client.signing import attach
-    from consortia.ledger.receipts import ReceiptBook
-    from consortia.ledger.sign import SiteSigner
-    from consortia.security.pki import site_paths
-
-    if not isinstance(site, SiteApp):
-        raise ConfigError(f"--app must return a SiteApp (it returned {type(site).__name__})")
-    signer = None
-    receipts = args.receipts
-    if not args.insecure:
-        paths = site_paths(args.pki)
-        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
-        signer = SiteSigner.load(paths.key, f"{cert.serial_number:x}")
-        receipts = receipts or paths.directory / "receipts.jsonl"
-    attach(site, signer, None if receipts is None else ReceiptBook(receipts))
-
-
 def run(args: argparse.Namespace) -> int:
     from consortia.cli.output import setup_output
 
@@ -209,7 +186,6 @@ def run(args: argparse.Namespace) -> int:
         if policy_check not in site.middleware:  # a custom app is held to the policy too
             site.middleware.insert(0, policy_check)
         console.print(f"site policy from {args.policy}: {site.policy}", markup=False)
-    _attach_ledger(site, args)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -230,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         server_name=args.server_name,
         keep_alive=args.keep_alive,
+        receipts=args.receipts,
     )
     if ended is not None:
         console.print(

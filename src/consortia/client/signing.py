@@ -114,3 +114,26 @@ def with_ledger(make: MakeSite, run_dir: Path, signers: dict[str, SiteSigner]) -
         return attach(app, signers.get(site_id), book)
 
     return make_signed
+
+
+# ---- deployment: the certificate's own key --------------------------------------------
+
+
+def attach_deployed(site: Any, pki_dir: Path | None, receipts: Path | None) -> None:
+    """A deployed site signs with its certificate's P-256 key (what the server
+    authenticated) and keeps its receipts in ``receipts``, by default ``receipts.jsonl``
+    in its PKI folder. Without a PKI folder (``--insecure``) it has no key to sign with.
+    A site object that is not a SiteApp (no middleware) is left as it is."""
+    if not isinstance(site, SiteApp):
+        return
+    signer = None
+    if pki_dir is not None:
+        from cryptography import x509
+
+        from consortia.security.pki import site_paths
+
+        paths = site_paths(pki_dir)
+        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+        signer = SiteSigner.load(paths.key, f"{cert.serial_number:x}")
+        receipts = receipts or paths.directory / "receipts.jsonl"
+    attach(site, signer, None if receipts is None else ReceiptBook(receipts))

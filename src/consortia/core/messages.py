@@ -133,7 +133,7 @@ class FitRes:
     seeded_noise: bool = False
     # base64 of the site's signature over (job, round, digest of ``delta``): the ledger
     # keeps it as the site's own word for what it sent (consortia.ledger.sign).
-    signature: str = ""
+    signature: str | None = None
 
 
 @dataclass(frozen=True)
@@ -319,7 +319,7 @@ def _check_fit(reply: FitRes, request: FitIns) -> None:
     _check_update(reply.delta, request.weights.shape[0], np.dtype(request.weights.dtype), bits)
     if reply.clip_bit is not None and reply.clip_bit not in (-0.5, 0.5):
         raise InvalidMessageError(f"clip bit must be -0.5 or 0.5, got {reply.clip_bit!r}")
-    sig = reply.signature
+    sig = reply.signature or ""
     if len(sig) > MAX_SIGNATURE_CHARS or not _BASE64.issuperset(sig):
         raise InvalidMessageError(
             f"signature must be base64 of at most {MAX_SIGNATURE_CHARS} characters"

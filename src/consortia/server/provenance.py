@@ -94,13 +94,13 @@ class Provenance:
         if identity is None:
             identity = UNSIGNED
         elif not site_signature_ok(
-            identity, res.signature, update_message(self.job_id, round_, digest)
+            identity, res.signature or "", update_message(self.job_id, round_, digest)
         ):
             self._refused[site] = digest
             what = "has no signature" if not res.signature else "signature does not verify"
             raise InvalidMessageError(f"the update's {what} (site key {identity.key_type})")
         self._updates[site] = _Update(
-            digest, res.signature, identity, int(res.delta.nbytes), res.num_examples
+            digest, res.signature or "", identity, int(res.delta.nbytes), res.num_examples
         )
 
     def aggregate(self, vector: np.ndarray) -> None:
