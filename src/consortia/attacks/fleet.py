@@ -20,6 +20,7 @@ from consortia.core.messages import FitRes, Outcome, Reply
 from consortia.core.rng import generator
 from consortia.core.robustness_config import AttackConfig
 from consortia.fleet.base import Fleet, Timing
+from consortia.ledger.sign import SiteSigner, update_digest, update_message
 
 
 def choose_malicious(sites: Sequence[str], attack: AttackConfig) -> list[str]:
@@ -30,8 +31,19 @@ def choose_malicious(sites: Sequence[str], attack: AttackConfig) -> list[str]:
 
 
 class AttackFleet(Fleet):
-    def __init__(self, inner: Fleet, malicious: Sequence[str], attack: AttackConfig) -> None:
+    """``signers``: the attackers' own site keys. An attacker is an enrolled site, so it
+    signs what it sends; without re-signing, the ledger would refuse every forged update
+    and the attack would test the signature check instead of the defences."""
+
+    def __init__(
+        self,
+        inner: Fleet,
+        malicious: Sequence[str],
+        attack: AttackConfig,
+        signers: dict[str, SiteSigner] | None = None,
+    ) -> None:
         self.inner = inner
+        self.signers = signers or {}
         self.malicious = set(malicious)
         self.attack = attack
 
@@ -63,13 +75,21 @@ class AttackFleet(Fleet):
             return
         honest = [fits[s].delta for s in fits if s not in self.malicious]
         sent = self._attack({s: fits[s] for s in bad}, honest, fits[bad[0]].round, len(fits))
+        jobs = {site: getattr(ins, "job", None) for site, ins in requests}
         for o in outcomes:
             if isinstance(o, Reply) and o.site in sent:
                 msg = o.message
                 delta = sent[o.site].astype(msg.delta.dtype)
-                yield Reply(o.site, dataclasses.replace(msg, delta=delta))
+                yield Reply(o.site, self._signed(msg, delta, jobs.get(o.site)))
             else:
                 yield o
+
+    def _signed(self, msg: FitRes, delta: np.ndarray, job: str | None) -> FitRes:
+        signer = self.signers.get(msg.site)
+        signature = msg.signature
+        if signature is not None and signer is not None:
+            signature = signer.sign(update_message(job or "", msg.round, update_digest(delta)))
+        return dataclasses.replace(msg, delta=delta, signature=signature)
 
     def _attack(
         self, own: dict[str, FitRes], honest: list[np.ndarray], round_: int, n: int

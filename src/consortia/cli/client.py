@@ -126,6 +126,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "...; see docs/deployment.md): jobs and rounds that break it are refused, whatever "
         "the server says",
     )
+    p.add_argument(
+        "--receipts",
+        type=Path,
+        help="file of the server's signed receipts for this site's updates "
+        "(default: receipts.jsonl in the --pki folder); check a run with "
+        "`consortia audit verify --site FILE RUN_DIR`",
+    )
     p.add_argument("--insecure", action="store_true", help="no TLS (local experiments only)")
     p.add_argument("--server-name", help="name to check the server's certificate against")
     p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval (s)")
@@ -222,4 +229,5 @@ def _serve(args: argparse.Namespace, site: Any, stop: threading.Event) -> Any:
         max_attempts=args.max_attempts,
         server_name=args.server_name,
         keep_alive=args.keep_alive,
+        receipts=args.receipts,
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from consortia.client.signing import attach_deployed
 from consortia.core.errors import ConsortiaError
 from consortia.core.join import JoinIns
 from consortia.core.manifest import MAX_MANIFEST_CHARS, POLICY_REFUSAL_PREFIX
@@ -305,6 +306,7 @@ def run_site(
     max_attempts: int | None = None,
     server_name: str | None = None,
     keep_alive: bool = False,
+    receipts: Path | None = None,
 ) -> JobEnded | None:
     """Serve ``site`` to the server at ``server_address`` until the job ends, ``stop`` is
     set or Ctrl-C; returns how the job ended (None if it was not the server that ended it).
@@ -315,6 +317,8 @@ def run_site(
     ``SiteConnectionError``. ``server_name`` overrides the name the server's certificate
     is checked against (when dialling an address its certificate does not list).
     ``keep_alive`` keeps the site connected after a job ends, for the server's next job.
+    The site signs each update with its certificate's key and keeps the server's receipts
+    in ``receipts`` (default: ``receipts.jsonl`` in ``pki_dir``; docs/ledger.md).
     """
     if pki_dir is None and not insecure:
         raise ConsortiaError("run_site needs the site's pki_dir (TLS always) unless insecure=True")
@@ -323,6 +327,7 @@ def run_site(
     if insecure:
         log.warning("INSECURE connection to %s: no TLS; for local experiments only", server_address)
     site_dir = None if insecure else Path(str(pki_dir))
+    attach_deployed(site, site_dir, receipts)
     stop = stop or threading.Event()
     work: queue.Queue[_Work | None] = queue.Queue()
     worker = threading.Thread(target=_worker, args=(work, site), name="site-worker", daemon=True)

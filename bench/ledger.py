@@ -1,0 +1,223 @@
+"""The ledger's cost: round time with and without it on the digits example, and how fast
+``audit verify`` checks a 100,000-entry ledger. Prints its figures.
+
+    python bench/ledger.py [--rounds 6] [--repeats 3] [--entries 100000]
+
+Round time: the digits example (examples/digits: 100 sites, 10 per round, pool fleet) runs
+``--repeats`` times with the ledger and as often without, alternating, in this one
+process; a round's time is from RoundStarted to RoundDone (fit, aggregation, the commit
+with its ledger entries, the receipts), the first round of each run (worker start-up) left
+out. On a shared machine the A/B medians carry the machine's noise, so the server's own
+ledger work is also timed directly (site signature checks, entries, appends, receipts)
+and the sites' share (digest and signature of one update) measured on its own.
+
+Verification: a synthetic ledger of the given size written by the real append path (one
+job, 100 sites with Ed25519 keys, rounds of 100 signed updates), then ``verify_entries``
+on it, timed as a whole and per pass (hashes and links with the server's signature, then
+the site signatures).
+
+Targets: under 2% round-time overhead; at least 20,000 entries verified per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DIGITS_JOB = REPO / "examples" / "digits" / "job.toml"
+
+
+class _RoundClock:
+    """RoundStarted -> RoundDone, per round."""
+
+    def __init__(self) -> None:
+        self.started: dict[int, float] = {}
+        self.seconds: dict[int, float] = {}
+
+    def __call__(self, event: Any) -> None:
+        from consortia.core.events import RoundDone, RoundStarted
+
+        if isinstance(event, RoundStarted):
+            self.started[event.round] = time.perf_counter()
+        elif isinstance(event, RoundDone):
+            rnd = event.record.round
+            self.seconds[rnd] = time.perf_counter() - self.started[rnd]
+
+
+def _instrument(spent: dict[str, float]) -> None:
+    """Time the server's ledger work where it happens (same process as the run)."""
+    from consortia.ledger import chain
+    from consortia.server import provenance, run, store
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                spent[label] += time.perf_counter() - t0
+
+        setattr(owner, name, wrapper)
+
+    timed(provenance.Provenance, "check_update", "check site signatures")
+    timed(provenance.Provenance, "aggregate", "entries")
+    timed(provenance.Provenance, "round_items", "entries")
+    timed(provenance.Provenance, "closed", "entries")
+    timed(chain, "append", "sign and append")
+    store.ledger_chain = chain  # the store calls chain.append through this name
+    timed(run.Run, "_send_receipts", "receipts")
+
+
+def round_overhead(rounds: int, repeats: int) -> None:
+    from consortia.simulation import simulate
+
+    spent: dict[str, float] = defaultdict(float)
+    _instrument(spent)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    ledger_rounds = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(repeats):
+            for ledger in (False, True):
+                clock = _RoundClock()
+                out = Path(tmp) / f"r{rep}-{int(ledger)}"
+                simulate(DIGITS_JOB, rounds=rounds, out=out, listeners=[clock], ledger=ledger)
+                kept = [s for r, s in sorted(clock.seconds.items()) if r > 1]
+                times[ledger] += kept
+                ledger_rounds += len(clock.seconds) if ledger else 0
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    print(f"digits example, {rounds} rounds x {repeats} runs per mode, rounds 2.. kept")
+    print(f"  round time, median: without ledger {off:.3f} s, with ledger {on:.3f} s")
+    print(f"  A/B overhead: {100 * (on / off - 1):+.2f}% (machine noise included)")
+    server = sum(spent.values()) / ledger_rounds
+    for label, s in sorted(spent.items()):
+        print(f"    server: {label:24s} {1000 * s / ledger_rounds:8.3f} ms per round")
+    site = _site_share()
+    per_round = server + site  # the sites sign in parallel: one site's share is on the path
+    print(f"  site: digest + sign one update   {1000 * site:8.3f} ms (each site, in parallel)")
+    print(
+        f"  ledger work per round {1000 * per_round:.2f} ms = {100 * per_round / off:.2f}% "
+        f"of the median round (target < 2%: {'met' if per_round / off < 0.02 else 'NOT met'})"
+    )
+
+
+def _site_share() -> float:
+    import numpy as np
+
+    from consortia.ledger.sign import SiteSigner, update_digest, update_message
+
+    signer = SiteSigner.generate()
+    update = np.random.default_rng(0).standard_normal(64 * 128 + 128 + 128 * 10 + 10)
+    update = update.astype(np.float32)
+    n = 200
+    t0 = time.perf_counter()
+    for r in range(n):
+        signer.sign(update_message("job", r, update_digest(update)))
+    return (time.perf_counter() - t0) / n
+
+
+def synthetic_ledger(n: int, sites: int = 100) -> list[Any]:
+    """``n`` entries through the real append path: job, joins, rounds of signed updates."""
+    from consortia.ledger import kinds as K
+    from consortia.ledger.chain import SCHEMA, append, read_entries
+    from consortia.ledger.sign import LedgerKey, SiteSigner, update_message
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key = LedgerKey.create(Path(tmp))
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    for stmt in SCHEMA:
+        db.execute(stmt)
+    signers = [SiteSigner.generate() for _ in range(sites)]
+    names = [f"site-{i:04d}" for i in range(sites)]
+    items: list[tuple[str, dict[str, Any]]] = [
+        (K.JOB_CREATED, {"job_id": "bench", "ledger_public_key": key.public}),
+        *[
+            (K.SITE_JOINED, {"site": s, **g.identity.to_json(), "policy_sha256": None, "dua": None})
+            for s, g in zip(names, signers, strict=True)
+        ],
+    ]
+    rnd = 0
+    while len(items) < n:
+        rnd += 1
+        items.append((K.ROUND_OPENED, {"round": rnd, "sites_asked": sites}))
+        for s, g in zip(names, signers, strict=True):
+            digest = os.urandom(32).hex()
+            items.append(
+                (
+                    K.UPDATE_RECEIVED,
+                    {
+                        "round": rnd,
+                        "site": s,
+                        "update_sha256": digest,
+                        "signature": g.sign(update_message("bench", rnd, digest)),
+                        "bytes": 39760,
+                        "examples": 17,
+                        "validation": "accepted",
+                        "audit_flags": [],
+                    },
+                )
+            )
+        items.append((K.ROUND_CLOSED, {"round": rnd, "model_digest": os.urandom(32).hex()}))
+    db.execute("BEGIN")
+    append(db, key.sign, items[:n])
+    db.execute("COMMIT")
+    return read_entries(db)
+
+
+def verify_speed(n: int) -> None:
+    from consortia.ledger import verify
+
+    t0 = time.perf_counter()
+    entries = synthetic_ledger(n)
+    built = time.perf_counter() - t0
+    report = verify.verify_entries(entries)
+    assert report.ok, report.problem
+    t0 = time.perf_counter()
+    pub = entries[0].data()["ledger_public_key"]
+    assert verify._chain(entries, pub) is None
+    chain_s = time.perf_counter() - t0
+    updates = report.kinds.get("update_received", 0)
+    rate = report.entries / report.seconds
+    print(
+        f"audit verify on {report.entries} entries ({updates} signed updates; built {built:.1f} s)"
+    )
+    print(
+        f"  all checks: {report.seconds:.2f} s = {rate:,.0f} entries/s "
+        f"(target >= 20,000: {'met' if rate >= 20000 else 'NOT met'})"
+    )
+    print(
+        f"  hashes, links and the server's signature: {chain_s:.2f} s = "
+        f"{report.entries / chain_s:,.0f} entries/s"
+    )
+    site_s = max(report.seconds - chain_s, 1e-9)
+    print(f"  site signatures (Ed25519): {site_s:.2f} s = {updates / site_s:,.0f} signatures/s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--entries", type=int, default=100_000)
+    ap.add_argument("--skip-rounds", action="store_true", help="only the verification figure")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    if not args.skip_rounds:
+        round_overhead(args.rounds, args.repeats)
+    verify_speed(args.entries)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

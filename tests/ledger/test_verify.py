@@ -1,0 +1,70 @@
+"""verify_entries on hand-made ledgers: site signatures (serial and parallel), unsigned
+updates, and a payload that lies about its site's key."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from consortia.ledger import kinds as K
+from consortia.ledger.chain import SCHEMA, append, read_entries
+from consortia.ledger.sign import LedgerKey, SiteSigner, update_message
+from consortia.ledger.verify import first_bad_site, verify_entries
+
+
+def _ledger(tmp: Path, updates: list[tuple[str, SiteSigner | None, str]]) -> list[Any]:
+    """job_created, one site_joined per signer, then one update each (site, signer, sig)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    key = LedgerKey.create(tmp)
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    for stmt in SCHEMA:
+        db.execute(stmt)
+    items: list[tuple[str, dict[str, Any]]] = [
+        (K.JOB_CREATED, {"job_id": "j", "ledger_public_key": key.public})
+    ]
+    seen: set[str] = set()
+    for i, (site, signer, sig) in enumerate(updates):
+        if site not in seen:
+            seen.add(site)
+            who = signer.identity.to_json() if signer else {"key_type": "none", "public_key": ""}
+            items.append((K.SITE_JOINED, {"site": site, "certificate_serial": None, **who}))
+        digest = f"{i:064x}"
+        if sig == "good" and signer is not None:
+            sig = signer.sign(update_message("j", 1, digest))
+        items.append(
+            (
+                K.UPDATE_RECEIVED,
+                {"round": 1, "site": site, "update_sha256": digest, "signature": sig},
+            )
+        )
+    append(db, key.sign, items)
+    return read_entries(db)
+
+
+def test_each_update_is_checked_against_its_sites_key(tmp_path: Path) -> None:
+    a, b = SiteSigner.generate(), SiteSigner.generate()
+    good = _ledger(tmp_path / "1", [("a", a, "good"), ("b", b, "good"), ("a", a, "good")])
+    report = verify_entries(good)
+    assert report.ok and report.site_signatures == 3
+    forged = b.sign(update_message("j", 1, f"{1:064x}"))  # b's signature, a's name
+    bad = _ledger(tmp_path / "2", [("b", b, "good"), ("a", a, forged), ("a", a, "good")])
+    report = verify_entries(bad)
+    assert report.problem is not None and report.problem.kind == K.UPDATE_RECEIVED
+    assert "'a'" in report.problem.what and bad[report.problem.index].data()["site"] == "a"
+
+
+def test_unsigned_updates_of_an_insecure_run_are_counted_not_failed(tmp_path: Path) -> None:
+    report = verify_entries(_ledger(tmp_path, [("a", None, ""), ("a", None, "")]))
+    assert report.ok and report.unsigned_updates == 2 and report.site_signatures == 0
+
+
+def test_the_parallel_check_finds_the_same_first_bad_signature(tmp_path: Path) -> None:
+    s = SiteSigner.generate()
+    ok = [(i, s.identity, s.sign(b"m%d" % i), b"m%d" % i) for i in range(40)]
+    bad = list(ok)
+    for i in (29, 17):
+        bad[i] = (i, s.identity, ok[i][2], b"other")
+    assert first_bad_site(ok, workers=2, parallel_from=1) is None
+    assert first_bad_site(bad, workers=2, parallel_from=1) == 17
+    assert first_bad_site(bad, workers=1) == 17
