@@ -21,6 +21,7 @@ from consortia.attacks import AttackFleet, choose_malicious
 from consortia.attacks.sites import backdoor_metric, poison_sites, trigger_for
 from consortia.client.app import SiteApp
 from consortia.client.runtime import Site, SiteData
+from consortia.client.signing import SiteSigner, save_simulation_keys, simulation_keys, with_ledger
 from consortia.client.trainers.base import Trainer
 from consortia.core.config import JobConfig
 from consortia.core.dataset import Dataset
@@ -40,7 +41,7 @@ from consortia.server.build import (
     strategy_from_config,
 )
 from consortia.server.run import PreparedJob, Run, RunOptions, privacy_summary
-from consortia.server.run_folder import default_run_dir
+from consortia.server.run_folder import RunFolder, default_run_dir
 from consortia.server.workflow import Step
 from consortia.strategy.aggregators import Aggregator
 from consortia.strategy.presets import Strategy
@@ -230,6 +231,7 @@ def simulate(
     listeners: Sequence[Subscriber] = (),
     make_site: MakeSite | None = None,
     steps: Callable[[list[Step]], list[Step]] | None = None,
+    ledger: bool = True,
 ) -> SimulationResult:
     """Run a simulated federation; returns the final model and per-round metrics.
 
@@ -237,6 +239,7 @@ def simulate(
     ``strategy`` or ``aggregator`` replace the job's; ``listeners`` subscribe to the run's
     events; ``make_site(site_id)`` builds each site's app instead of the built-in ``Site``;
     ``steps`` edits the list of round steps. ``resume=True`` continues the run in ``out``.
+    ``ledger=False`` keeps no signed ledger (docs/ledger.md; only to measure its cost).
     On a failed round the last good model is still written and RoundFailedError raised.
     """
     updates: dict[str, Any] = {}
@@ -278,6 +281,11 @@ def simulate(
     factory = FLEETS.get(fleet_name)
     custom = make_site or app_hook(cfg.task, base, "site")
     make = custom or _site_factory(trainer, site_data, policies, cfg.seed if seeded else None)
+    run_dir = Path(out) if out is not None else default_run_dir()
+    signers: dict[str, SiteSigner] = {}
+    if ledger:  # before the pool forks: each worker's sites take their keys with them
+        signers = simulation_keys(run_dir, ids, resume)
+        make = with_ledger(make, run_dir, signers)
     # The pool forks here: before any progress-bar thread exists (the bar starts with the
     # run), and before the initial model exists, so that no worker holds a copy of it.
     fleet: Fleet = factory(ids, make, cfg.simulation.workers)  # type: ignore[operator]
@@ -317,8 +325,13 @@ def simulate(
         ]
         if bar is not None:
             subscribers.append(bar)
+
+        def on_open(folder: RunFolder) -> None:
+            folder.write_partition(ids, hist)
+            save_simulation_keys(folder.path, signers)
+
         options = RunOptions(
-            out=Path(out) if out is not None else default_run_dir(),
+            out=run_dir,
             resume=resume,
             rounds=rounds,
             round_retries=0,
@@ -326,6 +339,7 @@ def simulate(
             eligible_sites=len(ids),
             seeded=seeded,
             min_sites=1,
+            ledger=ledger,
         )
         run = Run(
             prepared,
@@ -338,7 +352,8 @@ def simulate(
             summary_extra=lambda store, state: (
                 {"sites": len(ids)} | ({"malicious_sites": malicious} if attack is not None else {})
             ),
-            on_open=lambda folder: folder.write_partition(ids, hist),
+            on_open=on_open,
+            site_identity=lambda site: signers[site].identity if site in signers else None,
             # The partition is what sites train on only when they are the built-in Site.
             notices=[] if custom else partition_notices(ids, site_data),
         )

@@ -126,6 +126,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "...; see docs/deployment.md): jobs and rounds that break it are refused, whatever "
         "the server says",
     )
+    p.add_argument(
+        "--receipts",
+        type=Path,
+        help="file of the server's signed receipts for this site's updates "
+        "(default: receipts.jsonl in the --pki folder); check a run with "
+        "`consortia audit verify --site FILE RUN_DIR`",
+    )
     p.add_argument("--insecure", action="store_true", help="no TLS (local experiments only)")
     p.add_argument("--server-name", help="name to check the server's certificate against")
     p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval (s)")
@@ -157,6 +164,29 @@ def refuse_seeded_noise(site: object, name: str) -> None:
         )
 
 
+def _attach_ledger(site: Any, args: argparse.Namespace) -> None:
+    """Sign every update with the certificate's own key (what the server authenticated)
+    and keep the server's receipts (docs/ledger.md)."""
+    from cryptography import x509
+
+    from consortia.client.app import SiteApp
+    from consortia.client.signing import attach
+    from consortia.ledger.receipts import ReceiptBook
+    from consortia.ledger.sign import SiteSigner
+    from consortia.security.pki import site_paths
+
+    if not isinstance(site, SiteApp):
+        raise ConfigError(f"--app must return a SiteApp (it returned {type(site).__name__})")
+    signer = None
+    receipts = args.receipts
+    if not args.insecure:
+        paths = site_paths(args.pki)
+        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+        signer = SiteSigner.load(paths.key, f"{cert.serial_number:x}")
+        receipts = receipts or paths.directory / "receipts.jsonl"
+    attach(site, signer, None if receipts is None else ReceiptBook(receipts))
+
+
 def run(args: argparse.Namespace) -> int:
     from consortia.cli.output import setup_output
 
@@ -183,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         if policy_check not in site.middleware:  # a custom app is held to the policy too
             site.middleware.insert(0, policy_check)
         console.print(f"site policy from {args.policy}: {site.policy}", markup=False)
+    _attach_ledger(site, args)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -48,7 +48,17 @@ class SiteApp:
 
     def handle(self, message: Any) -> Any:
         """Run ``message`` through the middleware chain (first = outermost) to its handler."""
-        call = self.handler(kind_of(message).name)
+        kind = kind_of(message).name
+        try:
+            call = self.handler(kind)
+        except InvalidMessageError as exc:
+            # A middleware stage may answer a kind no handler knows (the ledger's receipts);
+            # otherwise the message ends here, with this error.
+            error = exc
+
+            def call(message: Any) -> Any:
+                raise error
+
         for mw in reversed(self.middleware):
             call = _bind(mw, self, call)
         return call(message)

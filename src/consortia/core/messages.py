@@ -50,6 +50,9 @@ __all__ = [
 MAX_METRICS = 256
 MAX_NAME_CHARS = 128
 MAX_EXAMPLES = 2**53  # beyond this a float weight cannot represent the count exactly
+MAX_SIGNATURE_CHARS = 128  # base64 of a DER ECDSA P-256 signature (<= 72 bytes) fits
+MAX_JOB_CHARS = 256
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class FitIns:
     # How many sites this round asks (0: not said). A number, never who: a site's policy
     # may refuse a round with fewer sites than it requires.
     sites: int = 0
+    # The job's id: part of what the site signs, so a signature is for one job only.
+    job: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,9 @@ class FitRes:
     # The site drew its DP noise from a seed (simulation's reproducible runs), not from its
     # CSPRNG: privacy.json names such sites, since their noise gives no protection.
     seeded_noise: bool = False
+    # base64 of the site's signature over (job, round, digest of ``delta``): the ledger
+    # keeps it as the site's own word for what it sent (consortia.ledger.sign).
+    signature: str = ""
 
 
 @dataclass(frozen=True)
@@ -314,6 +322,11 @@ def _check_fit(reply: FitRes, request: FitIns) -> None:
     _check_update(reply.delta, request.weights.shape[0], np.dtype(request.weights.dtype), bits)
     if reply.clip_bit is not None and reply.clip_bit not in (-0.5, 0.5):
         raise InvalidMessageError(f"clip bit must be -0.5 or 0.5, got {reply.clip_bit!r}")
+    sig = reply.signature
+    if len(sig) > MAX_SIGNATURE_CHARS or not _BASE64.issuperset(sig):
+        raise InvalidMessageError(
+            f"signature must be base64 of at most {MAX_SIGNATURE_CHARS} characters"
+        )
 
 
 def _check_fit_request(ins: FitIns) -> None:
@@ -322,6 +335,8 @@ def _check_fit_request(ins: FitIns) -> None:
         raise InvalidMessageError(f"seed must be non-negative, got {ins.seed}")
     if ins.sites < 0:
         raise InvalidMessageError(f"sites must be non-negative, got {ins.sites}")
+    if len(ins.job) > MAX_JOB_CHARS:
+        raise InvalidMessageError(f"job id longer than {MAX_JOB_CHARS} characters")
     if ins.weights.ndim != 1 or ins.weights.dtype.kind != "f":
         raise InvalidMessageError(f"the model must be a 1-D float vector, got {ins.weights.dtype}")
     s = ins.settings

@@ -49,11 +49,15 @@ from consortia.core.manifest import JobManifest, is_policy_refusal, printable
 from consortia.core.memory import MIB, peak_rss_bytes
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.fleet.admitted import AdmittedFleet
-from consortia.fleet.base import Fleet
+from consortia.fleet.base import Failure, Fleet, Timing
+from consortia.ledger import kinds as K
+from consortia.ledger.chain import Entry, LedgerError
+from consortia.ledger.sign import KEY_FILE, PUBLIC_FILE, LedgerKey
 from consortia.security.signing import file_digest, read_signature
 from consortia.server.audit import Auditor, flagged_sites
 from consortia.server.build import loop_settings, privacy_from_config, strategy_from_config
 from consortia.server.manifest import job_manifest
+from consortia.server.provenance import IdentityOf, Provenance, checkpoint_payload
 from consortia.server.run_folder import RunFolder, run_summary
 from consortia.server.store import (
     STORE_FILE,
@@ -165,6 +169,8 @@ class RunOptions:
     mode: str = "deployment"
     eligible_sites: int | None = None  # DP's N; simulation knows it, a deployment states it
     seeded: bool = False  # debug/test runs: DP noise and sampling from the job seed
+    ledger: bool = True  # the signed ledger (docs/ledger.md); off only to measure its cost
+    receipt_deadline_s: float = 30.0
 
 
 @dataclass
@@ -217,6 +223,7 @@ class Run:
         summary_extra: Callable[[ServerStore, LoopState], dict[str, Any]] | None = None,
         on_open: Callable[[RunFolder], None] | None = None,
         notices: Sequence[str] = (),
+        site_identity: IdentityOf | None = None,
     ) -> None:
         self.job = job
         self.options = options
@@ -228,6 +235,11 @@ class Run:
         self.summary_extra = summary_extra
         self.on_open = on_open
         self.notices = list(notices)
+        # Each site's key, to check its update signatures: given (simulation's run keys)
+        # or the fleet's (the certificate a gRPC site authenticated with).
+        self.site_identity = site_identity
+        self._prov: Provenance | None = None
+        self._fleet: Fleet | None = None
         self.min_sites = options.min_sites or cfg.strategy.min_sites
         if self.min_sites < 1:
             raise ConfigError(f"--min-sites must be at least 1, got {self.min_sites}")
@@ -297,7 +309,8 @@ class Run:
                 opt_sha,
                 "running",
             )
-            store.create_job(row)
+            ledger = self._new_ledger(store, folder, row, sha, opt_sha, model_digest(spec, weights))
+            store.create_job(row, ledger)
             folder.write_job(job.text, job.text_name)
             if self.on_open is not None:
                 self.on_open(folder)
@@ -337,8 +350,85 @@ class Run:
             store.set_job(rounds=rounds)
         if state.round < rounds:
             store.set_job(status="running")
+        self._resume_ledger(store, folder, row, state.round)
         log.info("resuming job %s after round %d of %d", row.id, state.round, rounds)
         return state, row, rounds
+
+    # ---- the ledger -----------------------------------------------------------------------
+
+    def _identity(self, site: str) -> Any:
+        if self.site_identity is not None:
+            return self.site_identity(site)
+        lookup = getattr(self._fleet, "site_identity", None)
+        return lookup(site) if lookup is not None else None
+
+    def _new_ledger(
+        self,
+        store: ServerStore,
+        folder: RunFolder,
+        row: JobRow,
+        sha: str,
+        opt_sha: str | None,
+        digest: str,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The job's ledger key (made now, for this job only) and its first entries."""
+        if not self.options.ledger:
+            return []
+        for stale in (KEY_FILE, PUBLIC_FILE):  # left by a creation that never committed
+            (folder.path / stale).unlink(missing_ok=True)
+        key = LedgerKey.create(folder.path)
+        store.ledger_sign = key.sign
+        self._prov = Provenance(key, row.id, self._identity)
+        rel = row.initial_checkpoint
+        return self._prov.job_created(
+            self.job.config,
+            job_sha256=row.job_digest,
+            spec_digest=row.spec_digest,
+            rounds=row.rounds,
+            mode=self.options.mode,
+            checkpoint=checkpoint_payload(0, rel, sha, _opt_rel(rel), opt_sha, digest),
+        )
+
+    def _resume_ledger(
+        self, store: ServerStore, folder: RunFolder, row: JobRow, after: int
+    ) -> None:
+        """A resumed job continues its own chain, signed by its own key."""
+        entries = store.ledger()
+        if not (folder.path / KEY_FILE).exists() or not self.options.ledger:
+            if entries:
+                raise LedgerError(
+                    f"{folder.path / KEY_FILE} is missing: this job's ledger cannot be continued"
+                    if self.options.ledger
+                    else "this job keeps a ledger; it cannot be resumed without it"
+                )
+            return  # a job started without a ledger stays without one
+        key = LedgerKey.load(folder.path)
+        if not entries or entries[0].data().get("ledger_public_key") != key.public:
+            raise LedgerError(
+                f"{folder.path / KEY_FILE} is not the key this job's ledger began with"
+            )
+        store.ledger_sign = key.sign
+        self._prov = Provenance(key, row.id, self._identity)
+        self._prov.load(entries)
+        store.append([(K.JOB_RESUMED, {"after_round": after})])
+
+    def _send_receipts(self, fleet: Fleet, entries: Sequence[Entry]) -> None:
+        """Each recorded update's entry back to its site (best effort: a site that misses
+        its receipt still has its own signature, and the run goes on)."""
+        if self._prov is None:
+            return
+        requests = self._prov.receipts(entries)
+        if not requests:
+            return
+        try:
+            for out in fleet.send(requests, Timing(self.options.receipt_deadline_s)):
+                if isinstance(out, Failure):
+                    log.warning("receipt for site %s not delivered: %s", out.site, out.reason)
+                elif not getattr(out.message, "stored", False):
+                    reason = str(getattr(out.message, "reason", ""))[:200]
+                    log.warning("site %s did not keep its receipt: %s", out.site, reason)
+        except Exception as exc:  # receipts never stop a run
+            log.warning("receipts of this round not delivered: %s", exc)
 
     def _privacy(self, store: ServerStore) -> PrivacyController | None:
         """The job's DP wrapper, with what earlier rounds of this job already spent."""
@@ -386,7 +476,9 @@ class Run:
             cfg = self.job.config
             privacy = self._privacy(store)
             n_sites = self.options.eligible_sites or self.min_sites
-            settings = replace(loop_settings(cfg, n_sites), rounds=rounds, seed=cfg.seed)
+            settings = replace(
+                loop_settings(cfg, n_sites), rounds=rounds, seed=cfg.seed, job_id=row.id
+            )
             root = None
             if self.job.root is not None and getattr(self.strategy.aggregator, "root_data", None):
                 if self.job.trainer is None:
@@ -405,12 +497,13 @@ class Run:
                 privacy=privacy,
                 root=root,
                 audit=auditor,
+                provenance=self._prov,
             )
             for edit in (self.job.workflow, self.edit_steps):
                 if edit is not None:
                     steps = list(edit(steps))
             workflow = Workflow(self.job.spec, steps, settings)
-            fleet = self.make_fleet(row.id)
+            fleet = self._fleet = self.make_fleet(row.id)
             shown = history if privacy is None else [public_row(r) for r in history]
             fleet = self._admit(fleet, job_manifest(self.job, row.id, rounds))
             self.bus.publish(
@@ -431,7 +524,13 @@ class Run:
                     fleet.end_job(status)
                     fleet.close()
                 if status != "interrupted":
-                    store.set_job(status=status)
+                    state = self._state
+                    done = (
+                        []
+                        if self._prov is None
+                        else [(K.JOB_FINISHED, {"status": status, "rounds_completed": state.round})]
+                    )
+                    store.set_job(status=status, ledger=done)
                 state = self._state
                 summary = self._summary(folder, store, state, rounds, status, error, t_start)
                 self._flag_failing_sites(summary, store, state)
@@ -510,7 +609,7 @@ class Run:
                 continue
             del ctxs  # the round's context holds its aggregate and the old model
             try:
-                self._commit(folder, store, record, new_state)
+                entries = self._commit(folder, store, record, new_state)
             except (OSError, sqlite3.OperationalError) as exc:
                 # A full disk, no file descriptors left, the store unwritable: the round is
                 # lost (nothing of it was recorded), never the run or the process.
@@ -523,6 +622,7 @@ class Run:
             failed_in_a_row = 0
             self._state = new_state
             del new_state
+            self._send_receipts(fleet, entries or [])
             self.bus.publish(RoundDone(record, self._state, rounds))
         return None, None
 
@@ -533,14 +633,22 @@ class Run:
 
         ``attempt`` holds the round's context or record (either has its phases), if any."""
         phases = attempt[0].phases if attempt else []
+        ledger = []
+        if self._prov is not None:
+            audit = getattr(attempt[0], "audit", []) if attempt else []
+            ledger = self._prov.round_items(rnd, phases, audit)
+            ledger.append((K.ROUND_FAILED, {"round": rnd, "reason": reason[:1000]}))
         with contextlib.suppress(OSError, StoreError):  # the failure may be the disk itself
-            store.record_failed_attempt(rnd, reason, participants(phases))
+            store.record_failed_attempt(rnd, reason, participants(phases), ledger)
         retrying = in_a_row <= self.options.round_retries
         self.bus.publish(RoundFailed(rnd, reason, in_a_row, retrying))
         return retrying
 
-    def _commit(self, folder: RunFolder, store: ServerStore, record: Any, state: LoopState) -> None:
-        """Checkpoint files first (fsynced), then the round's row naming their digests."""
+    def _commit(
+        self, folder: RunFolder, store: ServerStore, record: Any, state: LoopState
+    ) -> list[Entry]:
+        """Checkpoint files first (fsynced), then the round's row naming their digests, with
+        its ledger entries in the same transaction."""
         spec = self.job.spec
         rel = f"checkpoints/round_{state.round:04d}.safetensors"
         digest = model_digest(spec, state.weights)
@@ -550,7 +658,12 @@ class Run:
         row = RoundRow(
             state.round, record.seconds, record.to_json(), rel, model_sha, opt_sha, digest
         )
-        store.commit_round(row, participants(record.phases))
+        ledger = []
+        if self._prov is not None:
+            cp = checkpoint_payload(state.round, rel, model_sha, _opt_rel(rel), opt_sha, digest)
+            ledger = self._prov.round_items(state.round, record.phases, record.audit)
+            ledger += self._prov.closed(state.round, digest, record.metrics, cp)
+        return store.commit_round(row, participants(record.phases), ledger)
 
     def _flag_audited_sites(
         self, summary: dict[str, Any], store: ServerStore, state: LoopState
@@ -622,6 +735,10 @@ class Run:
             mode=self.options.mode,
             **extra,
         )
+
+
+def _opt_rel(rel: str) -> str:
+    return rel.replace(".safetensors", ".optimizer.safetensors")
 
 
 def peak_memory(workers: Sequence[int]) -> dict[str, Any]:

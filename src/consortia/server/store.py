@@ -27,6 +27,8 @@ from safetensors.numpy import save as st_save
 from consortia.core.errors import ConsortiaError, ModelFileError
 from consortia.core.serialize import model_chunks, model_from_bytes
 from consortia.core.spec import ModelSpec
+from consortia.ledger import chain as ledger_chain
+from consortia.ledger.chain import Entry
 
 SCHEMA_VERSION = 1
 STORE_FILE = "state.sqlite"
@@ -69,6 +71,9 @@ CREATE TABLE IF NOT EXISTS participants (
     PRIMARY KEY (round, site, phase)
 );
 """
+
+# (kind, payload) items appended to the ledger inside a state change's own transaction
+LedgerItems = Sequence[tuple[str, Mapping[str, Any]]]
 
 
 class StoreError(ConsortiaError):
@@ -114,6 +119,8 @@ class ServerStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # Set by the run driver when the job keeps a ledger: signs each appended entry.
+        self.ledger_sign: ledger_chain.Sign | None = None
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -124,6 +131,8 @@ class ServerStore:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self._db.execute(stmt)
+                for stmt in ledger_chain.SCHEMA:  # triggers hold ';': one by one
+                    self._db.execute(stmt)
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -167,7 +176,7 @@ class ServerStore:
         ).fetchone()
         return None if row is None else JobRow(*row)
 
-    def create_job(self, job: JobRow) -> None:
+    def create_job(self, job: JobRow, ledger: LedgerItems = ()) -> list[Entry]:
         now = time.time()
         with self._transaction() as db:
             if db.execute("SELECT COUNT(*) FROM job").fetchone()[0]:
@@ -188,9 +197,13 @@ class ServerStore:
                     now,
                 ),
             )
+            return self._append(db, ledger)
 
-    def set_job(self, *, status: str | None = None, rounds: int | None = None) -> None:
+    def set_job(
+        self, *, status: str | None = None, rounds: int | None = None, ledger: LedgerItems = ()
+    ) -> None:
         with self._transaction() as db:
+            self._append(db, ledger)
             if status is not None:
                 db.execute("UPDATE job SET status = ?, updated = ?", (status, time.time()))
             if rounds is not None:
@@ -198,8 +211,11 @@ class ServerStore:
 
     # ---- rounds --------------------------------------------------------------------------
 
-    def commit_round(self, row: RoundRow, participants: Sequence[Participant]) -> None:
-        """Record a completed round and its participants in ONE transaction.
+    def commit_round(
+        self, row: RoundRow, participants: Sequence[Participant], ledger: LedgerItems = ()
+    ) -> list[Entry]:
+        """Record a completed round, its participants and its ledger entries in ONE
+        transaction; return the entries as appended.
 
         The caller has already written (and fsynced) the checkpoint files named here, so
         a committed round always has its checkpoint on disk.
@@ -236,9 +252,14 @@ class ServerStore:
             )
             self._insert_participants(db, row.number, participants)
             db.execute("UPDATE job SET updated = ?", (time.time(),))
+            return self._append(db, ledger)
 
     def record_failed_attempt(
-        self, number: int, error: str, participants: Sequence[Participant]
+        self,
+        number: int,
+        error: str,
+        participants: Sequence[Participant],
+        ledger: LedgerItems = (),
     ) -> None:
         """A round that did not complete (too few replies): kept for the record; the round
         is tried again and a later success replaces this row."""
@@ -252,6 +273,24 @@ class ServerStore:
                 (number, attempts, error[:2000], time.time()),
             )
             self._insert_participants(db, number, participants)
+            self._append(db, ledger)
+
+    # ---- ledger --------------------------------------------------------------------------
+
+    def _append(self, db: sqlite3.Connection, items: LedgerItems) -> list[Entry]:
+        if not items:
+            return []
+        if self.ledger_sign is None:
+            raise StoreError("ledger entries to append, but no ledger key was given")
+        return ledger_chain.append(db, self.ledger_sign, items)
+
+    def append(self, items: LedgerItems) -> list[Entry]:
+        """Entries that describe no other state change (a resumed job)."""
+        with self._transaction() as db:
+            return self._append(db, items)
+
+    def ledger(self) -> list[Entry]:
+        return ledger_chain.read_entries(self._db)
 
     @staticmethod
     def _attempts(db: sqlite3.Connection, number: int) -> int:

@@ -34,6 +34,7 @@ from consortia.strategy.selection import UniformSelection
 
 if TYPE_CHECKING:
     from consortia.server.privacy import PrivacyController
+    from consortia.server.provenance import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class LoopSettings:
     evaluate_deadline_s: float = 600.0
     min_evaluate_replies: int = 1
     grace_s: float | None = 3.0
+    job_id: str = ""  # sent with each fit request: the sites sign it with their update
 
 
 @dataclass
@@ -180,6 +182,7 @@ class FitStep:
     strategy: Strategy
     privacy: PrivacyController | None = None
     audit: Auditor | None = None
+    provenance: Provenance | None = None  # the ledger's recorder: checks site signatures
     name: str = "fit"
     # The median weight (claimed examples) of the last completed fit: the reference for
     # the next round's weight cap (strategy/validation.py says why not this round's).
@@ -190,6 +193,9 @@ class FitStep:
         if dp is not None:
             ctx.participation_private = True
             dp.before_round(rnd)  # raises BudgetExhausted before anything is sent
+        prov = self.provenance
+        if prov is not None:
+            prov.begin_round()
         chosen = self.strategy.selection.select(ctx.fleet.sites(), rnd, s.seed)
         train = dp.train_settings(self.strategy.train) if dp else self.strategy.train
         instructions = dp.client_privacy() if dp else None
@@ -202,6 +208,7 @@ class FitStep:
                     train,
                     derive_seed(s.seed, "fit", rnd, site),
                     instructions,
+                    job=s.job_id,
                     sites=len(chosen),
                 ),
             )
@@ -222,6 +229,8 @@ class FitStep:
         fit_metrics: dict[str, tuple[int, dict[str, float]]] = {}
 
         def accept(site: str, res: FitRes) -> None:
+            if prov is not None:
+                prov.check_update(site, res, rnd)  # a bad signature: refused, never summed
             checked.add(res)
             fit_metrics[site] = (res.num_examples, res.metrics)
 
@@ -239,6 +248,8 @@ class FitStep:
             aggregate, ctx.aggregator_state = sink.result()
         except RoundFailedError as exc:
             raise RoundFailedError(f"round {rnd}: {exc}") from None
+        if prov is not None:
+            prov.aggregate(aggregate)
         if checked.claimed:
             self._median_weight = float(np.median(checked.claimed))
         if checked.capped:
@@ -362,10 +373,14 @@ def standard_steps(
     privacy: PrivacyController | None = None,
     root: tuple[Trainer, tuple[Any, Any]] | None = None,
     audit: Auditor | None = None,
+    provenance: Provenance | None = None,
 ) -> list[Step]:
     """FedAvg's round, as the job asks: fit, server update, then the evaluations it has;
     with ``root`` (a trainer and the root data set: FLTrust) the root update first."""
-    steps: list[Step] = [FitStep(strategy, privacy, audit), ServerUpdateStep(strategy, privacy)]
+    steps: list[Step] = [
+        FitStep(strategy, privacy, audit, provenance),
+        ServerUpdateStep(strategy, privacy),
+    ]
     if root is not None:
         steps.insert(0, RootUpdateStep(root[0], root[1], strategy.train))
     if central_eval is not None and settings.central_every > 0:

@@ -31,6 +31,8 @@ from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.credentials import server_credentials
 from consortia.fleet.grpc.session import Pending, Session
+from consortia.ledger.chain import LedgerError
+from consortia.ledger.sign import SiteIdentity, identity_from_certificate
 from consortia.security.pki import PkiError, RevocationWatcher, check_site_name
 
 log = logging.getLogger("consortia.fleet.grpc")
@@ -151,6 +153,8 @@ class GrpcFleet(Fleet):
             ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT_S * 1000)),
             ("grpc.max_allowed_incoming_connections", connection_cap(max_sites)),
         ]
+        # Each connected site's certificate key: what its update signatures must verify with
+        self._identities: dict[str, SiteIdentity] = {}
         self._streams: dict[int, int] = {}  # certificate serial -> streams open
         self._streams_lock = threading.Lock()
         # One worker drains each site's outgoing stream; a few spare ones refuse extras.
@@ -420,7 +424,18 @@ class GrpcFleet(Fleet):
             raise PkiError(
                 f"site claims to be {hello.site_name!r} but its certificate says {name!r}"
             )
+        try:
+            identity = identity_from_certificate(pems[0])
+        except LedgerError as exc:
+            raise PkiError(f"site {name!r}: {exc}") from None
+        with self._cond:
+            self._identities[name] = identity
         return name, serial
+
+    def site_identity(self, site: str) -> SiteIdentity | None:
+        """The key of the certificate ``site`` last authenticated with (None: insecure)."""
+        with self._cond:
+            return self._identities.get(site)
 
 
 class _Arrivals:

@@ -1,0 +1,116 @@
+"""Site middleware for the ledger: sign each update on its way out, keep the receipts.
+
+``attach(app, signer, book)`` works on any SiteApp (the built-in Site or a user's own),
+in simulation and behind ``consortia client`` alike: the signature travels in the
+FitRes, the receipt arrives as its own message kind after the round is committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from consortia.client.app import Handler, SiteApp
+from consortia.core.messages import FitIns, FitRes
+from consortia.ledger.chain import LedgerError
+from consortia.ledger.receipts import ReceiptBook, ReceiptIns, ReceiptRes, check_receipt
+from consortia.ledger.sign import SiteSigner, update_digest, update_message
+
+log = logging.getLogger(__name__)
+
+MakeSite = Callable[[str], Any]
+
+# Digests this site signed, per round, kept to check the receipt against; a few rounds
+# are enough (a receipt comes right after its round commits).
+_KEEP_ROUNDS = 8
+
+
+def sign_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
+    """Sign (job, round, digest of the update) with the site's key; the outermost stage,
+    so that it signs exactly what leaves the site (after clipping, noise, encoding)."""
+    reply = call_next(message)
+    signer: SiteSigner | None = getattr(app, "ledger_signer", None)
+    if signer is None or not isinstance(message, FitIns) or not isinstance(reply, FitRes):
+        return reply
+    digest = update_digest(reply.delta)
+    signed: dict[int, str] = app.__dict__.setdefault("ledger_signed", {})
+    signed[message.round] = digest
+    for old in sorted(signed)[:-_KEEP_ROUNDS]:
+        del signed[old]
+    return dataclasses.replace(
+        reply, signature=signer.sign(update_message(message.job, message.round, digest))
+    )
+
+
+def keep_receipts(app: SiteApp, message: Any, call_next: Handler) -> Any:
+    """Check and store the server's receipt for one of this site's updates."""
+    if not isinstance(message, ReceiptIns):
+        return call_next(message)
+    book: ReceiptBook | None = getattr(app, "receipt_book", None)
+    if book is None:
+        return ReceiptRes(app.site_id, message.round, False, "this site keeps no receipts")
+    signed = getattr(app, "ledger_signed", {}).get(message.round)
+    try:
+        check_receipt(message, app.site_id, signed)
+        book.add(message)
+    except (LedgerError, OSError) as exc:
+        log.warning("site %s: receipt for round %d refused: %s", app.site_id, message.round, exc)
+        return ReceiptRes(app.site_id, message.round, False, str(exc)[:2000])
+    return ReceiptRes(app.site_id, message.round, True)
+
+
+def attach(app: SiteApp, signer: SiteSigner | None, book: ReceiptBook | None) -> SiteApp:
+    """Give ``app`` a signing key and a receipt file, and the two middleware stages."""
+    app.ledger_signer = signer  # type: ignore[attr-defined]
+    app.receipt_book = book  # type: ignore[attr-defined]
+    for stage in (sign_update, keep_receipts):
+        if stage not in app.middleware:
+            app.middleware.insert(0, stage)
+    return app
+
+
+# ---- simulation: one Ed25519 key per virtual site, made for the run ------------------
+
+SITES_FOLDER = "sites"
+
+
+def site_file(run_dir: Path, site: str, suffix: str) -> Path:
+    """``sites/<site><suffix>`` in the run folder, the name made safe for a file system."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in site).lstrip(".") or "_"
+    return run_dir / SITES_FOLDER / f"{safe}{suffix}"
+
+
+def simulation_keys(run_dir: Path, site_ids: Sequence[str], resume: bool) -> dict[str, SiteSigner]:
+    """A resumed run's site keys from its folder; a new run's made in memory (written by
+    ``save_simulation_keys`` once the job exists, so a refused run overwrites nothing)."""
+    if not resume:
+        return {s: SiteSigner.generate() for s in site_ids}
+    out = {}
+    for s in site_ids:
+        path = site_file(run_dir, s, ".key")
+        out[s] = SiteSigner.load(path) if path.is_file() else SiteSigner.generate()
+    return out
+
+
+def save_simulation_keys(run_dir: Path, signers: dict[str, SiteSigner]) -> None:
+    (run_dir / SITES_FOLDER).mkdir(exist_ok=True)
+    for site, signer in signers.items():
+        path = site_file(run_dir, site, ".key")
+        if not path.exists():
+            signer.save(path)
+
+
+def with_ledger(make: MakeSite, run_dir: Path, signers: dict[str, SiteSigner]) -> MakeSite:
+    """Each virtual site signs with its run key and keeps receipts in ``sites/``."""
+
+    def make_signed(site_id: str) -> Any:
+        app = make(site_id)
+        if not isinstance(app, SiteApp):
+            return app  # a bare handler without middleware: its updates go unsigned
+        book = ReceiptBook(site_file(run_dir, site_id, ".receipts.jsonl"))
+        return attach(app, signers.get(site_id), book)
+
+    return make_signed

@@ -1,0 +1,271 @@
+"""Keys and signatures: the server's Ed25519 ledger key, and the sites' update signatures.
+
+The server signs every entry's hash with an Ed25519 key made when the job is created
+(``ledger.key``, mode 0600, in the run folder; ``ledger.pub`` next to it and the public
+key in entry 0). A site signs ``(job, round, digest of its update)``: in a deployment
+with its certificate's ECDSA P-256 key, so that the server checks it against the very
+certificate the TLS handshake authenticated (no second key to enrol or lose); in
+simulation each virtual site gets an Ed25519 key made for the run (there is no
+certificate to bind a key to, and Ed25519 signs faster).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from consortia.core.spec import byte_view
+from consortia.ledger.chain import LedgerError, canonical_json
+
+KEY_FILE = "ledger.key"
+PUBLIC_FILE = "ledger.pub"
+ED25519 = "ed25519"
+ECDSA_P256 = "ecdsa-p256-sha256"
+KEY_TYPES = (ED25519, ECDSA_P256)
+MAX_SIGNATURE_CHARS = 128  # base64 of a DER ECDSA P-256 signature (<= 72 bytes) fits
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise LedgerError(f"{what} is not base64") from None
+
+
+def _write_private(path: Path, key: PrivateKey) -> None:
+    """Mode 0600 from the first byte, never overwriting (O_EXCL)."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_private(path: Path) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise LedgerError(f"{path} is missing: the key that signs this ledger") from None
+    except (ValueError, TypeError) as exc:
+        raise LedgerError(f"{path}: not a private key ({exc})") from None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and not isinstance(key.curve, ec.SECP256R1):
+        raise LedgerError(f"{path}: an EC key must be on P-256, got {key.curve.name}")
+    if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
+        raise LedgerError(f"{path}: Ed25519 or ECDSA P-256 keys only")
+    return key
+
+
+# ---- the server's ledger key ---------------------------------------------------------
+
+
+class LedgerKey:
+    """The Ed25519 key that signs every entry of one job's ledger."""
+
+    def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
+        self._key = key
+        self.public = b64(
+            key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
+
+    @staticmethod
+    def create(folder: Path) -> LedgerKey:
+        """A new key: private in ``ledger.key`` (0600), public in ``ledger.pub``."""
+        key = ed25519.Ed25519PrivateKey.generate()
+        _write_private(folder / KEY_FILE, key)
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (folder / PUBLIC_FILE).write_bytes(pub)
+        return LedgerKey(key)
+
+    @staticmethod
+    def load(folder: Path) -> LedgerKey:
+        key = _read_private(folder / KEY_FILE)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise LedgerError(f"{folder / KEY_FILE}: the ledger key is an Ed25519 key")
+        return LedgerKey(key)
+
+    def sign(self, digest: bytes) -> str:
+        return b64(self._key.sign(digest))
+
+
+def read_public_file(folder: Path) -> str | None:
+    """The raw public key (base64) in ``ledger.pub``, None if there is no such file."""
+    path = folder / PUBLIC_FILE
+    if not path.is_file():
+        return None
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except ValueError as exc:
+        raise LedgerError(f"{path}: not a public key ({exc})") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise LedgerError(f"{path}: not an Ed25519 public key")
+    return b64(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+@functools.lru_cache(maxsize=64)
+def _server_key(public: str) -> ed25519.Ed25519PublicKey:
+    raw = unb64(public, "the ledger's public key")
+    try:
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise LedgerError("the ledger's public key is not an Ed25519 key") from None
+
+
+def server_signature_ok(public: str, digest_hex: str, signature: str) -> bool:
+    """Whether ``signature`` (base64) is the ledger key's over the hash ``digest_hex``."""
+    try:
+        _server_key(public).verify(unb64(signature, "signature"), bytes.fromhex(digest_hex))
+    except (InvalidSignature, LedgerError, ValueError):
+        return False
+    return True
+
+
+# ---- what a site signs ---------------------------------------------------------------
+
+
+def update_digest(vector: np.ndarray) -> str:
+    """SHA-256 of an update as sent: its dtype and length, then its bytes (little-endian).
+
+    The header makes the same bytes under another dtype a different update."""
+    arr = np.ascontiguousarray(vector)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    h = hashlib.sha256(f"{arr.dtype.str.lstrip('<|=')}:{arr.size}:".encode())
+    h.update(byte_view(arr))
+    return h.hexdigest()
+
+
+def update_message(job: str, round_: int, digest: str) -> bytes:
+    """The bytes a site signs: canonical JSON of the job id, the round and the digest."""
+    return canonical_json({"job": job, "round": round_, "update_sha256": digest}).encode()
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    """How to check a site's signatures: its key type and public key (base64 DER
+    SubjectPublicKeyInfo), and, in a deployment, its certificate's serial (hex)."""
+
+    key_type: str
+    public_key: str
+    certificate_serial: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key_type": self.key_type,
+            "public_key": self.public_key,
+            "certificate_serial": self.certificate_serial,
+        }
+
+
+class SiteSigner:
+    """A site's signing key: its certificate's P-256 key, or a run's Ed25519 key."""
+
+    def __init__(self, key: PrivateKey, certificate_serial: str | None = None) -> None:
+        self._key = key
+        self.key_type = ED25519 if isinstance(key, ed25519.Ed25519PrivateKey) else ECDSA_P256
+        der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.identity = SiteIdentity(self.key_type, b64(der), certificate_serial)
+
+    @staticmethod
+    def generate() -> SiteSigner:
+        return SiteSigner(ed25519.Ed25519PrivateKey.generate())
+
+    @staticmethod
+    def load(path: Path, certificate_serial: str | None = None) -> SiteSigner:
+        return SiteSigner(_read_private(path), certificate_serial)
+
+    def save(self, path: Path) -> None:
+        _write_private(path, self._key)
+
+    def sign(self, message: bytes) -> str:
+        if isinstance(self._key, ed25519.Ed25519PrivateKey):
+            return b64(self._key.sign(message))
+        return b64(self._key.sign(message, ec.ECDSA(hashes.SHA256())))
+
+    # Pickled into pool workers as the key's PEM (cryptography keys do not pickle).
+    def __getstate__(self) -> dict[str, Any]:
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return {"pem": pem, "serial": self.identity.certificate_serial}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        key = serialization.load_pem_private_key(state["pem"], password=None)
+        assert isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey))
+        self.__init__(key, state["serial"])  # type: ignore[misc]
+
+
+@functools.lru_cache(maxsize=4096)
+def _site_key(key_type: str, public_key: str) -> Any:
+    try:
+        key = serialization.load_der_public_key(unb64(public_key, "a site's public key"))
+    except ValueError:
+        raise LedgerError("a site's public key is not a DER public key") from None
+    if key_type == ED25519 and isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if (
+        key_type == ECDSA_P256
+        and isinstance(key, ec.EllipticCurvePublicKey)
+        and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return key
+    raise LedgerError(f"a site's public key is not a {key_type} key")
+
+
+def site_signature_ok(identity: SiteIdentity, signature: str, message: bytes) -> bool:
+    """Whether ``signature`` (base64) is the site's over ``message``."""
+    if not signature or len(signature) > MAX_SIGNATURE_CHARS:
+        return False
+    try:
+        key = _site_key(identity.key_type, identity.public_key)
+        raw = unb64(signature, "signature")
+        if identity.key_type == ED25519:
+            key.verify(raw, message)
+        else:
+            key.verify(raw, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, LedgerError, ValueError):
+        return False
+    return True
+
+
+def identity_from_certificate(pem: bytes) -> SiteIdentity:
+    """A deployed site's identity: its certificate's P-256 public key and serial."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(pem)
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise LedgerError("a site certificate's key must be ECDSA P-256 (as enrolled)")
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return SiteIdentity(ECDSA_P256, b64(der), f"{cert.serial_number:x}")
