@@ -19,7 +19,7 @@ from consortia.core.config import PrivacyConfig
 from consortia.core.errors import BudgetExhausted, ConfigError, RoundFailedError
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
 from consortia.core.rng import derive_seed
-from consortia.privacy import neighbouring
+from consortia.privacy import adversary, neighbouring
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent, calibrate
 from consortia.privacy.central import (
     AdaptiveClipping,
@@ -418,6 +418,7 @@ class PrivacyController:
             "sites_seeded_noise": bool(self.seeded_sites),
             "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
             "outside_guarantee": self.outside_guarantee(),
+            "threat_model": adversary.threat_model(cfg.mode),
             "per_round": self.per_round,
         }
         if cfg.mode == "local":
