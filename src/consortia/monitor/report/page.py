@@ -23,8 +23,8 @@ h1 { font-size: 1.6em; margin-bottom: .2em; }
 h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 1.8em; }
 table { border-collapse: collapse; margin: .4em 0; }
 th, td { text-align: left; vertical-align: top; padding: .2em .8em .2em 0;
-         border-bottom: 1px solid #eee; overflow-wrap: anywhere; }
-th { font-weight: 600; color: #444; white-space: nowrap; }
+         border-bottom: 1px solid #eee; overflow-wrap: break-word; }
+th { font-weight: 600; color: #444; }
 .note { color: #555; font-style: italic; }
 .ok { color: #176317; font-weight: 600; }
 .fail { color: #a11; font-weight: 700; }
