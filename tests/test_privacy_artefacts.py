@@ -120,3 +120,20 @@ def test_privacy_json_states_each_modes_neighbouring_relation(run: tuple[str, Pa
     assert stated.startswith(expected[mode])
     assert ("Theorem 1" in stated) == (mode == "distributed")
     assert ("Poisson" in stated) == (mode != "distributed")
+
+
+def test_privacy_json_states_against_whom_each_mode_holds(run: tuple[str, Path]) -> None:
+    """The compliance report quotes privacy.json's threat model: central DP does not hold
+    against the server that adds the noise; local DP does; distributed DP without secure
+    aggregation holds against the server only at its weaker figure."""
+    mode, out = run
+    threat = json.loads((out / "privacy.json").read_text())["threat_model"]
+    assert threat["holds_against"] and all(isinstance(s, str) for s in threat["holds_against"])
+    against_server = [s for s in threat["holds_against"] if s.startswith("the server")]
+    not_against = " ".join(threat["does_not_hold_against"])
+    if mode == "central":
+        assert not against_server and not_against.startswith("the server")
+    elif mode == "distributed":
+        assert "against_the_server" in against_server[0] and "collude" in not_against
+    else:
+        assert against_server and not threat["does_not_hold_against"]

@@ -21,6 +21,7 @@ import numpy as np
 from consortia.core.config import JobConfig
 from consortia.core.events import PhaseRecord
 from consortia.core.messages import FitRes, InvalidMessageError
+from consortia.core.version import consortia_version
 from consortia.ledger import kinds as K
 from consortia.ledger.chain import Entry
 from consortia.ledger.receipts import ReceiptIns
@@ -136,6 +137,8 @@ class Provenance:
                         # what the server sees (privacy.json says so).
                         "secure_aggregation": False,
                         "ledger_public_key": self.key.public,
+                        # Which consortia ran the job: the compliance report's code version.
+                        "consortia_version": consortia_version(),
                     }
                 ),
             ),
