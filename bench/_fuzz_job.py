@@ -96,6 +96,8 @@ class Pki:
 class RoundFuzzer(Protocol):
     def round(self, index: int, address: str, stream: SiteStream, received: Received) -> None: ...
 
+    def answer(self, received: Received, data: bytes) -> None: ...
+
 
 class Proc:
     """A ``consortia`` sub-command in its own process, its output in a file."""
@@ -152,7 +154,8 @@ class JobRun:
     final_digest: str | None
     rounds_completed: int
     seconds: float
-    hostile_resolved: int  # rounds where a hostile reply, not mallory's decline, closed its request
+    # rounds where a hostile reply, not mallory's decline, closed mallory's request
+    hostile_resolved: set[int]
 
     @property
     def crashed(self) -> bool:
@@ -205,12 +208,12 @@ def store_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     return {"meta": meta, "job": job, "rounds": rounds, "participants": participants}
 
 
-def _raw_reasons(path: Path) -> list[str | None]:
-    """Why mallory failed each round, as recorded (``store_rows`` hides it)."""
+def _raw_reasons(path: Path) -> dict[int, str | None]:
+    """Why mallory failed each round, by round, as recorded (``store_rows`` hides it)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT reason FROM participants WHERE site = ?", (HOSTILE,))
-        return [r for (r,) in rows]
+        rows = db.execute("SELECT round, reason FROM participants WHERE site = ?", (HOSTILE,))
+        return {int(n): r for n, r in rows}
     finally:
         db.close()
 
@@ -232,10 +235,12 @@ def _serve_mallory(
             if stream.job_end.is_set() or server.popen.poll() is not None:
                 return
             continue
+        decline = _decline(received)
         if fuzzer is not None:
             fuzzer.round(index, address, stream, received)
+            fuzzer.answer(received, decline)
         index += 1
-        stream.send(_decline(received))
+        stream.send(decline)
 
 
 def run_job(out: Path, pki: Pki, rounds: int, fuzzer: RoundFuzzer | None) -> JobRun:
@@ -287,5 +292,5 @@ def run_job(out: Path, pki: Pki, rounds: int, fuzzer: RoundFuzzer | None) -> Job
         done[-1][7] if len(done) == rounds else None,
         len(done),
         seconds,
-        sum(DECLINE not in (r or "") for r in reasons),
+        {n for n, r in reasons.items() if DECLINE not in (r or "")},
     )

@@ -86,6 +86,7 @@ class Fuzzer:
         self.sent: Counter[str] = Counter()
         self.mutations: Counter[str] = Counter()
         self.stream_sent: list[bytes] = []  # everything sent on mallory's live stream
+        self.answers: dict[int, int] = {}  # stream_sent position of mallory's answer -> round
         self.frames: list[bytes] | None = None  # real frames of round 1, mutated later
         self.streams: dict[str, StreamTally] = {}
         self.raw = RawTally()
@@ -202,8 +203,19 @@ class Fuzzer:
 
     # ---- figures -------------------------------------------------------------------------
 
-    def expected_stream_refusals(self) -> int:
-        return expected_refusals(self.stream_sent)
+    def answer(self, received: Received, data: bytes) -> None:
+        """Note mallory's own answer to ``received``, about to go out on its stream after
+        this round's hostile messages: whether the server takes or refuses it decides which
+        chunks it drops quietly next (see ``expected_refusals``)."""
+        self.answers[len(self.stream_sent)] = int(received.binding.round)
+        self.stream_sent.append(data)
+
+    def expected_stream_refusals(self, closed_by_hostile: set[int]) -> int:
+        """Refusals the server should log on mallory's stream, given the rounds whose
+        request a hostile reply closed before mallory's answer (that answer is then refused
+        as a second reply; every other answer is taken)."""
+        accepted = {i for i, r in self.answers.items() if r not in closed_by_hostile}
+        return expected_refusals(self.stream_sent, accepted)
 
     def connection_refusals(self) -> dict[str, int]:
         out = {name: t.refused for name, t in sorted(self.streams.items())}

@@ -7,13 +7,20 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from consortia.core.messages import FitIns, TrainSettings, kind_of
+from consortia.fleet.grpc import GrpcFleet, codec
+from consortia.fleet.grpc import federation_pb2 as pb
+from consortia.fleet.grpc.session import Pending, Session
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _chaos_fuzz  # noqa: E402  (bench/_chaos_fuzz.py)
 from _fuzz_plan import SHARES  # noqa: E402
+from _hostile import expected_refusals  # noqa: E402
 
 
 def test_quick_fuzz_leaves_the_server_up_its_store_unchanged_and_the_sites_finished(
@@ -38,3 +45,41 @@ def test_quick_fuzz_leaves_the_server_up_its_store_unchanged_and_the_sites_finis
     assert sum(f["connection_refusals"].values()) == sum(
         n for k, n in f["sent_by_peer"].items() if not k.startswith("site stream")
     )
+
+
+def _refusals_by_a_live_session(sent: list[bytes]) -> int:
+    """What a real session refuses of ``sent`` while request 1 (round 1 fit) is open."""
+    fleet = GrpcFleet("127.0.0.1:0", job_id="job-1", insecure=True, chunk_bytes=1024)
+    try:
+        session = Session(fleet, "s", chunk_bytes=1024)
+        fit = FitIns(1, np.zeros(6, np.float32), TrainSettings(), 0)
+        session.submit(Pending(1, "s", fit, kind_of(fit)))
+        for data in sent:
+            session.on_message(codec.decode_site_message(data))
+        session.close("end of test")
+        return fleet.refusal_count
+    finally:
+        fleet.close()
+
+
+def test_the_refusal_model_follows_the_server_after_the_sites_own_answer() -> None:
+    """The fuzz benchmark's model of mallory's stream counts as the server refuses when
+    mallory's own answer comes after hostile messages: an answer that a hostile reply
+    pre-empted is refused, and the chunks of that request that follow (the next round's
+    mutations of its real frames) are dropped quietly with it; an answer the server takes
+    leaves the following chunks refused."""
+    binding = pb.Binding(job_id="job-1", round=1, kind="fit", request_id=1)
+    hostile = pb.SiteMessage(reply=pb.Reply(binding=binding)).SerializeToString()  # no body
+    stray = pb.SiteMessage(reply=pb.Reply(binding=pb.Binding(job_id="job-1", request_id=5)))
+    answer = pb.SiteMessage(reply=codec.error_reply(binding, "declines")).SerializeToString()
+    chunk = codec.chunk_frame(1, 0, b"\x00" * 24)
+
+    pre_empted = [hostile, stray.SerializeToString(), answer, chunk]
+    assert _refusals_by_a_live_session(pre_empted) == 3  # the chunk goes with the answer
+    assert expected_refusals(pre_empted) == 3
+
+    taken = [stray.SerializeToString(), answer, chunk]
+    assert _refusals_by_a_live_session(taken) == 2  # the chunk is not arriving: refused
+    assert expected_refusals(taken, accepted={1}) == 2
+    with pytest.raises(ValueError, match="not a reply"):
+        expected_refusals(taken, accepted={2})
