@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _chaos_app import make_site  # noqa: E402
+from consortia.client.signing import attach_deployed  # noqa: E402
 from consortia.core.messages import decode, encode  # noqa: E402
 from consortia.fleet.grpc import codec  # noqa: E402
 from consortia.fleet.grpc import federation_pb2 as pb  # noqa: E402
@@ -122,6 +123,9 @@ class _LoadSite:
     def __init__(self, name: str, site_dir: Path, address: str, stats: SwarmStats) -> None:
         self.name = name
         self.site = make_site(name)
+        # As `consortia client` does: sign each update with the certificate's key (the
+        # server refuses unsigned ones) and keep the server's receipts.
+        attach_deployed(self.site, site_dir, None)
         self.credentials = site_credentials(site_dir)
         self.address = address
         self.stats = stats

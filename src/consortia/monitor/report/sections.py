@@ -160,10 +160,10 @@ def privacy_section(files: RunFiles, dp: bool) -> dict[str, Any]:
 def secure_aggregation_section(files: RunFiles) -> dict[str, Any]:
     created = (of_kind(files.entries, K.JOB_CREATED) or [{}])[0]
     used = created.get("secure_aggregation") is True
-    mode = (files.privacy or {}).get("mode")
+    guarantees = (files.privacy or {}).get("guarantees") or {}
     if used:
         statement = "used: the job declared secure aggregation"
-    elif mode == "distributed":
+    elif "against_the_server" in guarantees:  # privacy.json's own word: distributed DP
         statement = (
             "not used: the server received each site's encoded, noised update (see the "
             "privacy guarantee's against_the_server)"
