@@ -137,3 +137,20 @@ def test_privacy_json_states_against_whom_each_mode_holds(run: tuple[str, Path])
         assert "against_the_server" in against_server[0] and "collude" in not_against
     else:
         assert against_server and not threat["does_not_hold_against"]
+
+
+def test_under_dp_the_summary_keeps_join_refusals_but_no_round_refusals_per_site() -> None:
+    """A site that refused a round was sampled for it: under DP summary.json must not
+    publish per-site (or total) round refusals. Refusals to join come before sampling."""
+    from consortia.server.run import hide_participation, policy_refusals
+
+    summary = {
+        "policy_refusals": policy_refusals({"site-0003": "site policy: expired"}, []),
+        "failures": 2,
+    }
+    summary["policy_refusals"]["rounds"] = {"site-0001": 2}
+    summary["policy_refusals"]["rounds_refused"] = 2
+    hide_participation(summary)
+    assert summary == {
+        "policy_refusals": {"joins_refused": 1, "join": {"site-0003": "site policy: expired"}}
+    }

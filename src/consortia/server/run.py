@@ -803,6 +803,13 @@ def hide_participation(summary: dict[str, Any]) -> None:
     the sites that failed or were flagged stay in the server's store (consortia.db)."""
     for key in ("failures", "failing_sites", "audit_flagged"):
         summary.pop(key, None)
+    refusals = summary.get("policy_refusals")
+    if isinstance(refusals, dict):
+        # A site that refused a round was sampled for it: per-site counts (and their
+        # total) would publish the sampling outcome. Refusals to join happen before any
+        # round is sampled, so they stay.
+        refusals.pop("rounds", None)
+        refusals.pop("rounds_refused", None)
     if "degraded" in summary:
         summary["degraded"] = (
             "some site(s) failed every time they were asked; under DP the published "
