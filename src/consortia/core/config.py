@@ -25,6 +25,7 @@ from pydantic import (
 
 from consortia.core.errors import ConfigError
 from consortia.core.policy_config import SitePolicyConfig
+from consortia.core.privacy_modes import MODES, ModeFacts
 from consortia.core.registry import (
     AGGREGATORS,
     FLEETS,
@@ -141,21 +142,21 @@ class PrivacyConfig(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> PrivacyConfig:
-        if self.mode == "local":
-            if self.local_noise_multiplier is None:
-                raise ValueError("local DP needs local_noise_multiplier")
-            return self
-        for name in ("sample_rate", "clip_norm"):
+        facts = MODES[self.mode]
+        for name in facts.requires:
             if getattr(self, name) is None:
                 raise ValueError(f"{self.mode} DP needs {name}")
+        if not facts.calibrated:
+            return self
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError("give noise_multiplier or target_epsilon (to calibrate it), not both")
-        if self.mode == "distributed" and self.adaptive_clipping is not None:
-            raise ValueError("adaptive clipping is for central DP only")
-        if self.mode == "distributed" and self.accountant == "pld":
+        if not facts.adaptive_clipping and self.adaptive_clipping is not None:
+            allowed = " or ".join(m.name for m in MODES.values() if m.adaptive_clipping)
+            raise ValueError(f"adaptive clipping is for {allowed} DP only")
+        if not facts.pld_accountant and self.accountant == "pld":
             raise ValueError(
-                "accountant: distributed DP rounds are zCDP events, which the PLD accountant "
-                "cannot express; use accountant = 'rdp'"
+                f"accountant: {self.mode} DP rounds are {facts.events} events, which the PLD "
+                "accountant cannot express; use accountant = 'rdp'"
             )
         return self
 
@@ -296,74 +297,80 @@ class JobConfig(_Strict):
 
     @property
     def poisson_sampling(self) -> bool:
-        return self.privacy is not None and self.privacy.mode in ("central", "distributed")
+        return self.privacy is not None and MODES[self.privacy.mode].poisson_sampled
 
     @model_validator(mode="after")
     def _selection_is_defined(self) -> JobConfig:
         sized = self.strategy.sites_per_round is not None or self.strategy.fraction is not None
         if self.poisson_sampling and sized:
             raise ValueError(
-                "strategy.sites_per_round / fraction: under central or distributed DP sites are "
-                "Poisson-sampled at privacy.sample_rate; remove them"
+                "strategy.sites_per_round / fraction: under "
+                + " or ".join(m.name for m in MODES.values() if m.poisson_sampled)
+                + " DP sites are Poisson-sampled at privacy.sample_rate; remove them"
             )
         if not self.poisson_sampling and not sized:
             raise ValueError("strategy: give sites_per_round or fraction")
         return self
 
+    @property
+    def privacy_facts(self) -> ModeFacts | None:
+        """What the job's privacy mode means for the checks below (None: no privacy)."""
+        return MODES[self.privacy.mode] if self.privacy is not None else None
+
     @model_validator(mode="after")
     def _aggregator_fits_privacy(self) -> JobConfig:
         aggregator = aggregator_from_config(self.strategy)
         needs = getattr(aggregator, "needs", "sum")
-        if needs != "all" or self.privacy is None or self.privacy.mode == "local":
+        facts = self.privacy_facts
+        if needs != "all" or facts is None or not facts.sum_only:
             return self
-        name, mode = self.strategy.aggregator, self.privacy.mode
-        if mode == "central" and getattr(aggregator, "bounded_sensitivity", False):
+        # Only a trusted server that noises the sum itself can bound what an aggregator
+        # reading each update moves the output by; encoded updates it cannot read at all.
+        bounded = facts.server_noise and getattr(aggregator, "bounded_sensitivity", False)
+        if bounded:
             return self
         raise ValueError(
-            f"strategy.aggregator: {name!r} needs every update, but privacy.mode = "
-            f"{mode!r} works on the sum of updates only ("
+            f"strategy.aggregator: {self.strategy.aggregator!r} needs every update, but "
+            f"privacy.mode = {facts.name!r} works on the sum of updates only ("
             + (
                 "the server never sees one update"
-                if mode == "distributed"
+                if facts.encoded_updates
                 else "the noise is calibrated to a sum of clipped updates, and this "
                 "aggregator's output can move further when one site changes"
             )
             + "); choose a sum-only aggregator such as 'weighted_mean' or 'mean'"
-            + (", or 'norm_bounded_mean'" if mode == "central" else "")
+            + (", or 'norm_bounded_mean'" if facts.server_noise else "")
             + ", or local DP; the defence that composes with it is the norm bound the "
             "sites apply themselves (privacy.clip_norm)"
         )
 
     @model_validator(mode="after")
     def _validation_fits_privacy(self) -> JobConfig:
-        v, mode = self.strategy.validation, self.privacy.mode if self.privacy else None
-        if mode == "distributed":
+        v, facts = self.strategy.validation, self.privacy_facts
+        if facts is not None and facts.encoded_updates:
             for name in ("max_norm", "max_norm_multiple"):
                 if getattr(v, name) is not None:
                     raise ValueError(
-                        f"strategy.validation.{name}: under distributed DP the server sees "
+                        f"strategy.validation.{name}: under {facts.name} DP the server sees "
                         "encoded, noised updates whose norms mean nothing; the sites' own "
                         "clipping (privacy.clip_norm) is the norm bound that applies"
                     )
-        if mode == "central" and v.max_norm_multiple is not None:
+        if facts is not None and facts.server_noise and v.max_norm_multiple is not None:
             raise ValueError(
-                "strategy.validation.max_norm_multiple: under central DP which updates count "
-                "must not depend on the other sites' updates (one site could then change "
-                "the sum by more than the clip norm); use max_norm"
+                f"strategy.validation.max_norm_multiple: under {facts.name} DP which updates "
+                "count must not depend on the other sites' updates (one site could then "
+                "change the sum by more than the clip norm); use max_norm"
             )
         return self
 
     @model_validator(mode="after")
     def _audit_fits_privacy(self) -> JobConfig:
-        if self.audit is not None and self.privacy is not None and self.privacy.mode != "local":
+        facts = self.privacy_facts
+        if self.audit is not None and facts is not None and facts.sum_only:
             raise ValueError(
                 f"audit: per-site scores would publish, site by site, what privacy.mode = "
-                f"{self.privacy.mode!r} hides"
-                + (
-                    " (and the server sees only the sum)"
-                    if self.privacy.mode == "distributed"
-                    else ""
-                )
+                f"{facts.name!r} hides"
+                + (" (and the server sees only the sum)" if facts.encoded_updates else "")
                 + "; remove [audit] or use local DP"
             )
         return self

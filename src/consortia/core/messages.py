@@ -24,6 +24,7 @@ from consortia.core.payload import (
     from_payload,
     to_payload,
 )
+from consortia.core.privacy_modes import MODES
 from consortia.core.spec import all_finite
 
 __all__ = [
@@ -83,10 +84,10 @@ class TrainSettings:
 class ClientPrivacy:
     """What a site must do to its update this round, and what it needs to check the cost.
 
-    ``mode`` "central": clip the update to ``clip_norm`` (the server adds the noise).
-    ``mode`` "distributed": clip, scale by ``scale``, round, add this site's share of
-    discrete Gaussian noise and wrap modulo 2**bits (Kairouz et al. 2021), so that no one
-    sees an un-noised sum once secure aggregation sums the shares.
+    Under ``mode`` "central" the site clips the update to ``clip_norm`` (the server adds
+    the noise); under "distributed" it clips, scales by ``scale``, rounds, adds its share
+    of discrete Gaussian noise and wraps modulo 2**bits (Kairouz et al. 2021), so that no
+    one sees an un-noised sum once secure aggregation sums the shares.
     ``noise_multiplier``, ``sample_rate`` and ``rounds`` are the server's declared
     accounting, which the site's own policy recomputes and may refuse.
     There is no noise seed: a site draws its noise share from its own CSPRNG (or, in
@@ -291,9 +292,15 @@ def check_examples_and_metrics(num_examples: Any, metrics: Any) -> None:
             raise InvalidMessageError(f"metric {k!r} must be a finite number, got {v!r}")
 
 
+def _encoded(p: ClientPrivacy | None) -> bool:
+    """Whether a round's instructions make the site send an integer encoding (uint64)."""
+    facts = MODES.get(p.mode) if p is not None and isinstance(p.mode, str) else None
+    return facts is not None and facts.encoded_updates
+
+
 def update_dtype(request: FitIns) -> np.dtype:
     """The dtype a site's update must arrive in: the model's, or uint64 under distributed DP."""
-    if request.privacy is not None and request.privacy.mode == "distributed":
+    if _encoded(request.privacy):
         return np.dtype(np.uint64)
     return np.dtype(request.weights.dtype)
 
@@ -318,7 +325,7 @@ def _check_update(d: Any, size: int, dtype: np.dtype, modulus_bits: int) -> None
 def _check_fit(reply: FitRes, request: FitIns) -> None:
     check_examples_and_metrics(reply.num_examples, reply.metrics)
     p = request.privacy
-    bits = p.bits if p is not None and p.mode == "distributed" else 0
+    bits = p.bits if p is not None and _encoded(p) else 0
     _check_update(reply.delta, request.weights.shape[0], np.dtype(request.weights.dtype), bits)
     if reply.clip_bit is not None and reply.clip_bit not in (-0.5, 0.5):
         raise InvalidMessageError(f"clip bit must be -0.5 or 0.5, got {reply.clip_bit!r}")
@@ -348,8 +355,9 @@ def _check_fit_request(ins: FitIns) -> None:
     p = ins.privacy
     if p is None:
         return
-    if p.mode not in ("central", "distributed"):
-        raise InvalidMessageError(f"unknown privacy mode {p.mode[:32]!r}")
+    facts = MODES.get(p.mode) if isinstance(p.mode, str) else None
+    if facts is None or not facts.client_instructions:
+        raise InvalidMessageError(f"unknown privacy mode {str(p.mode)[:32]!r}")
     for name in ("clip_norm", "noise_multiplier", "sample_rate", "delta", "scale"):
         if getattr(p, name) < 0:
             raise InvalidMessageError(f"privacy setting {name} must be >= 0")

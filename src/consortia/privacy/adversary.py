@@ -4,17 +4,16 @@ An epsilon without its adversary invites the wrong reading: central DP protects 
 from readers of the model but not from the server that adds the noise. Each statement
 lists who the guarantee holds against and who it does not; the compliance report quotes
 them as they stand in privacy.json and adds nothing of its own (torch-free, like
-``neighbouring``).
+``neighbouring``). Each mechanism class names its statement as ``threat_model``; which
+mode is which is said there, not here.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 _READERS = "anyone who reads the released model, its metrics or the published reports"
 
 # DP-FedAvg: the server sums the clipped updates and adds the noise itself.
-CENTRAL: dict[str, Any] = {
+CENTRAL: dict[str, list[str]] = {
     "holds_against": [f"{_READERS}, other sites included"],
     "does_not_hold_against": [
         "the server and its operator: they receive each site's clipped update before the "
@@ -23,7 +22,7 @@ CENTRAL: dict[str, Any] = {
 }
 
 # The distributed discrete Gaussian while no secure aggregation runs (the only kind yet).
-DISTRIBUTED_WITHOUT_SECURE_AGGREGATION: dict[str, Any] = {
+DISTRIBUTED_WITHOUT_SECURE_AGGREGATION: dict[str, list[str]] = {
     "holds_against": [
         f"{_READERS}, other sites included: the epsilon of the sum, unit one site",
         "the server and its operator, only at the weaker figure of "
@@ -37,7 +36,7 @@ DISTRIBUTED_WITHOUT_SECURE_AGGREGATION: dict[str, Any] = {
 }
 
 # DP-SGD at each site: the update is noised before it leaves the site.
-LOCAL: dict[str, Any] = {
+LOCAL: dict[str, list[str]] = {
     "holds_against": [
         "the server and its operator, other sites, and " + _READERS + ": each site's update "
         "is noised by DP-SGD before it leaves the site (unit one example of that site; "
@@ -45,15 +44,3 @@ LOCAL: dict[str, Any] = {
     ],
     "does_not_hold_against": [],
 }
-
-
-def threat_model(mode: str) -> dict[str, Any]:
-    """The statement for a privacy mode (``central``, ``distributed``, ``local``)."""
-    statements = {
-        "central": CENTRAL,
-        "distributed": DISTRIBUTED_WITHOUT_SECURE_AGGREGATION,
-        "local": LOCAL,
-    }
-    if mode not in statements:
-        raise ValueError(f"privacy mode {mode!r} has no threat model statement")
-    return {k: list(v) for k, v in statements[mode].items()}

@@ -17,7 +17,6 @@ from consortia.core.config import PrivacyConfig
 from consortia.core.errors import BudgetExhausted
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
 from consortia.core.rng import derive_seed
-from consortia.privacy import adversary
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
 from consortia.privacy.budget import BudgetGuard
 from consortia.privacy.mechanisms import Mechanism, RoundSink, build_mechanism
@@ -165,7 +164,7 @@ class PrivacyController:
             "sites_seeded_noise": bool(self.seeded_sites),
             "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
             "outside_guarantee": self.outside_guarantee(),
-            "threat_model": adversary.threat_model(cfg.mode),
+            "threat_model": self.mechanism.threat_statement(),
             "per_round": self.per_round,
             **self.mechanism.report_section(self),
         }

@@ -31,6 +31,7 @@ import numpy as np
 from consortia.core.config import PrivacyConfig
 from consortia.core.errors import ConfigError
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
+from consortia.core.privacy_modes import ModeFacts
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
 from consortia.privacy.rng import SecureRng
 
@@ -78,8 +79,13 @@ class Ledger(Protocol):
 class Mechanism(ABC):
     """One privacy mode, built from the job's [privacy] section (see the module docstring)."""
 
+    # What core's job-file and wire checks know of this mode (the same object as
+    # consortia.core.privacy_modes.MODES[name]); name and unit are read from it.
+    facts: ClassVar[ModeFacts]
     name: ClassVar[str]
     neighbouring: ClassVar[str]
+    # Against whom the guarantee holds and against whom not (``consortia.privacy.adversary``).
+    threat_model: ClassVar[Mapping[str, list[str]]]
     level: ClassVar[str]  # privacy.json's "level"
     unit: ClassVar[str]  # each site report's "unit"
     # Whether the job's epsilon_limit is checked by the server before each round.
@@ -173,6 +179,11 @@ class Mechanism(ABC):
         """Replay the accounting of completed rounds (from their metrics rows)."""
 
     # -- the report ------------------------------------------------------------------------
+    @classmethod
+    def threat_statement(cls) -> dict[str, list[str]]:
+        """privacy.json's ``threat_model``: a copy, so a report cannot alter the statement."""
+        return {k: list(v) for k, v in cls.threat_model.items()}
+
     def site_noise_source(self) -> str:
         return "sites: each site's own ChaCha20 (SecureRng) keyed from its os.urandom"
 

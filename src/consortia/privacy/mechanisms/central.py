@@ -8,13 +8,15 @@ accounted when its noise is drawn.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 from consortia.core.config import PrivacyConfig
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
-from consortia.privacy import neighbouring
+from consortia.core.privacy_modes import MODES, ModeFacts
+from consortia.privacy import adversary, neighbouring
 from consortia.privacy.accountant import PrivacyEvent, calibrate
 from consortia.privacy.central import (
     AdaptiveClipping,
@@ -75,8 +77,11 @@ class CentralRound:
 class Central(SampledSites):
     """privacy.mode = "central"."""
 
-    name: ClassVar[str] = "central"
+    facts: ClassVar[ModeFacts] = MODES["central"]
+    name: ClassVar[str] = facts.name
+    unit: ClassVar[str] = facts.unit
     neighbouring: ClassVar[str] = neighbouring.CENTRAL
+    threat_model: ClassVar[Mapping[str, list[str]]] = adversary.CENTRAL
 
     def __init__(
         self, cfg: PrivacyConfig, *, eligible_sites: int, dimension: int, rounds: int

@@ -10,6 +10,7 @@ weaker guarantee is accounted per encoding (retries included) and reported besid
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,8 +18,9 @@ import numpy as np
 from consortia.core.config import PrivacyConfig
 from consortia.core.errors import ConfigError, RoundFailedError
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
+from consortia.core.privacy_modes import MODES, ModeFacts
 from consortia.core.rng import derive_seed
-from consortia.privacy import neighbouring
+from consortia.privacy import adversary, neighbouring
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
 from consortia.privacy.distributed import (
     MAX_FAILED_ROUND_RATE,
@@ -93,8 +95,14 @@ class DistributedRound:
 class Distributed(SampledSites):
     """privacy.mode = "distributed"."""
 
-    name: ClassVar[str] = "distributed"
+    facts: ClassVar[ModeFacts] = MODES["distributed"]
+    name: ClassVar[str] = facts.name
+    unit: ClassVar[str] = facts.unit
     neighbouring: ClassVar[str] = neighbouring.DISTRIBUTED
+    # No secure aggregation runs yet: the server sees each site's encoding.
+    threat_model: ClassVar[Mapping[str, list[str]]] = (
+        adversary.DISTRIBUTED_WITHOUT_SECURE_AGGREGATION
+    )
 
     def __init__(
         self, cfg: PrivacyConfig, *, eligible_sites: int, dimension: int, rounds: int

@@ -9,6 +9,7 @@ does not apply (the spend is per site): sites' own policies are the guard.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -17,7 +18,8 @@ import numpy as np
 from consortia.core.config import PrivacyConfig
 from consortia.core.errors import ConfigError, RoundFailedError
 from consortia.core.messages import ClientPrivacy, FitRes, TrainSettings
-from consortia.privacy import neighbouring
+from consortia.core.privacy_modes import MODES, ModeFacts
+from consortia.privacy import adversary, neighbouring
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
 from consortia.privacy.mechanisms.base import Ledger, Mechanism, OpenInner, RoundSink, RoundSum
 
@@ -51,10 +53,12 @@ def dp_sgd_steps(settings: TrainSettings, num_examples: int) -> tuple[float, int
 class Local(Mechanism):
     """privacy.mode = "local"."""
 
-    name: ClassVar[str] = "local"
+    facts: ClassVar[ModeFacts] = MODES["local"]
+    name: ClassVar[str] = facts.name
+    unit: ClassVar[str] = facts.unit
     neighbouring: ClassVar[str] = neighbouring.LOCAL_DP_SGD
+    threat_model: ClassVar[Mapping[str, list[str]]] = adversary.LOCAL
     level: ClassVar[str] = "example (each site's own records)"
-    unit: ClassVar[str] = "example"
     server_budget: ClassVar[bool] = False
 
     def __init__(

@@ -16,7 +16,6 @@ class SampledSites(Mechanism):
     """Base of the site-level modes: sites sampled at ``sample_rate``, updates clipped."""
 
     level: ClassVar[str] = "site (one site's whole contribution)"
-    unit: ClassVar[str] = "site"
 
     def __init__(
         self, cfg: PrivacyConfig, *, eligible_sites: int, dimension: int, rounds: int
