@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +16,11 @@ from typing import Any
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
+
+# The store readers are the chaos benchmark's: an auditor's read-only view, written once.
+sys.path.insert(0, str(REPO / "bench"))
+from _faults_procs import completed_rounds, query  # noqa: E402,F401
+
 TOY_JOB = HERE / "toy_job.toml"
 TOY_APP = f"{HERE / 'toy_app.py'}:make_site"
 DIGITS_JOB = REPO / "examples" / "digits" / "job.toml"
@@ -120,22 +124,3 @@ def client_args(port: int, site: str, site_dir: Path, app: str, *extra: str) -> 
         "0.3",
         *extra,
     ]
-
-
-def query(out: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    """Read the server's store from outside, read-only (as an auditor would)."""
-    path = out / "state.sqlite"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return db.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
-    finally:
-        db.close()
-
-
-def completed_rounds(out: Path) -> int:
-    rows = query(out, "SELECT COUNT(*) FROM rounds WHERE status = 'completed'")
-    return int(rows[0][0]) if rows else 0
