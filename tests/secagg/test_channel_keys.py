@@ -23,9 +23,7 @@ def test_both_ends_derive_the_same_secret_and_outsiders_do_not() -> None:
     assert pair_secret(rebuilt.private, 1, b.public, 2, CTX, "mask") == ab
 
 
-@pytest.mark.parametrize(
-    ("public", "match"), [(bytes(32), "degenerate"), (b"short", "32 bytes")]
-)
+@pytest.mark.parametrize(("public", "match"), [(bytes(32), "degenerate"), (b"short", "32 bytes")])
 def test_hostile_public_keys_are_refused(public: bytes, match: str) -> None:
     with pytest.raises(SecAggError, match=match):
         pair_secret(KeyPair.generate().private, 1, public, 2, CTX, "mask")

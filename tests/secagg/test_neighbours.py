@@ -48,7 +48,8 @@ def _exact_failure(n: int, k: int, t: int, dropped: set[int], corrupt: set[int])
     for order in orders:
         half = k // 2
         graph = {
-            s: {order[(i + d) % n] for d in range(-half, half + 1) if d} if k < n - 1
+            s: {order[(i + d) % n] for d in range(-half, half + 1) if d}
+            if k < n - 1
             else set(range(n)) - {s}
             for i, s in enumerate(order)
         }
@@ -103,7 +104,9 @@ def test_k_grows_with_dropouts_corruption_and_sigma() -> None:
     assert ks == sorted(ks) and ks[0] < ks[-1]
 
 
-@pytest.mark.parametrize(("n", "delta", "gamma"), [(100, 0.05, 0.0), (1000, 0.1, 0.05), (10_000, 0.05, 0.05)])
+@pytest.mark.parametrize(
+    ("n", "delta", "gamma"), [(100, 0.05, 0.0), (1000, 0.1, 0.05), (10_000, 0.05, 0.05)]
+)
 def test_choice_meets_the_target_and_is_minimal(n: int, delta: float, gamma: float) -> None:
     c = choose(n, delta, gamma)
     assert failure_bound(n, c.k, c.threshold, delta, gamma) <= 2.0**-40

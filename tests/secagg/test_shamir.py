@@ -3,6 +3,7 @@
 import itertools
 import os
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -64,6 +65,12 @@ def test_fewer_than_t_shares_are_refused(data: st.DataObject, n: int) -> None:
         combine(shares[: t - 1], t)
 
 
+def _drawing(values: list[int]) -> Callable[[int], int]:
+    """A ``randbelow`` that hands out the given coefficients in order."""
+    it = iter(values)
+    return lambda _bound: next(it)
+
+
 def test_t_minus_1_shares_are_consistent_with_every_secret() -> None:
     """Over GF(31), t = 3: for two fixed shares, each secret has exactly one polynomial."""
     p, t = 31, 3
@@ -72,8 +79,7 @@ def test_t_minus_1_shares_are_consistent_with_every_secret() -> None:
     for secret in range(p):
         matches = 0
         for a1, a2 in itertools.product(range(p), repeat=2):
-            coefficients = iter([a1, a2])
-            shares = split_int(secret, t, 5, prime=p, randbelow=lambda _m: next(coefficients))
+            shares = split_int(secret, t, 5, prime=p, randbelow=_drawing([a1, a2]))
             matches += shares[1:3] == seen
         assert matches == 1, secret
 

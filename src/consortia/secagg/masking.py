@@ -119,7 +119,9 @@ def mask_input(
     for peer, seed in pair_seeds.items():
         peer = check_site_id(peer, "neighbour id")
         label = pair_label(context, site, peer)
-        _add_stream(out, _check_seed(seed, f"seed for pair ({site}, {peer})"), label, bits, peer < site)
+        _add_stream(
+            out, _check_seed(seed, f"seed for pair ({site}, {peer})"), label, bits, peer < site
+        )
     return out
 
 
@@ -158,7 +160,13 @@ def unmask_sum(
     out = _check_ring_vector(masked_sum, _check_bits(bits), "masked sum").copy()
     for site, seed in self_seeds.items():
         site = check_site_id(site, "survivor id")
-        _add_stream(out, _check_seed(seed, f"self-mask seed of {site}"), self_label(context, site), bits, True)
+        _add_stream(
+            out,
+            _check_seed(seed, f"self-mask seed of {site}"),
+            self_label(context, site),
+            bits,
+            True,
+        )
     for (survivor, dropped), seed in dropped_pair_seeds.items():
         survivor = check_site_id(survivor, "survivor id")
         dropped = check_site_id(dropped, "dropped id")
@@ -166,5 +174,11 @@ def unmask_sum(
             raise SecAggError(f"pair ({survivor}, {dropped}) are both survivors: nothing to remove")
         label = pair_label(context, survivor, dropped)
         # the survivor added +mask if it is the lower id: remove it with the opposite sign
-        _add_stream(out, _check_seed(seed, f"seed for pair ({survivor}, {dropped})"), label, bits, survivor < dropped)
+        _add_stream(
+            out,
+            _check_seed(seed, f"seed for pair ({survivor}, {dropped})"),
+            label,
+            bits,
+            survivor < dropped,
+        )
     return out

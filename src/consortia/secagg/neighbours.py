@@ -103,7 +103,9 @@ def failure_bound(
     return float(_bounds(n, k, np.array([threshold]), removed, corrupt)[0])
 
 
-def choose(n_sites: int, dropout_rate: float, corrupt_fraction: float, sigma: float = 40) -> GraphChoice:
+def choose(
+    n_sites: int, dropout_rate: float, corrupt_fraction: float, sigma: float = 40
+) -> GraphChoice:
     """The smallest k, and its best threshold, with failure bound at most 2^-sigma."""
     n = _check_n(n_sites)
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
@@ -133,7 +135,9 @@ def choose_k(n_sites: int, dropout_rate: float, corrupt_fraction: float, sigma: 
     return choose(n_sites, dropout_rate, corrupt_fraction, sigma).k
 
 
-def threshold_for(n_sites: int, dropout_rate: float, corrupt_fraction: float, sigma: float = 40) -> int:
+def threshold_for(
+    n_sites: int, dropout_rate: float, corrupt_fraction: float, sigma: float = 40
+) -> int:
     """The Shamir threshold t that goes with ``choose_k``'s k."""
     return choose(n_sites, dropout_rate, corrupt_fraction, sigma).threshold
 
@@ -147,12 +151,16 @@ def ring_order(sites: list[int] | tuple[int, ...], seed: bytes) -> list[int]:
         raise SecAggError("site ids must be distinct")
 
     def rank(site: int) -> bytes:
-        return hashlib.sha256(encode_parts("consortia.secagg/v1", "ring", bytes(seed), site)).digest()
+        return hashlib.sha256(
+            encode_parts("consortia.secagg/v1", "ring", bytes(seed), site)
+        ).digest()
 
     return sorted(ids, key=rank)
 
 
-def neighbours(sites: list[int] | tuple[int, ...], k: int, seed: bytes) -> dict[int, frozenset[int]]:
+def neighbours(
+    sites: list[int] | tuple[int, ...], k: int, seed: bytes
+) -> dict[int, frozenset[int]]:
     """Each site's k neighbours in the Harary graph on the seeded ring order (symmetric)."""
     order = ring_order(sites, seed)
     n = _check_n(len(order))

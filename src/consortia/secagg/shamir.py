@@ -54,7 +54,9 @@ class Share:
 
 def _check_point(x: int, y: int, prime: int) -> None:
     if not 1 <= x < min(prime, MAX_SHARES + 1):
-        raise SecAggError(f"share x-coordinate must be in [1, {min(prime - 1, MAX_SHARES)}], got {x}")
+        raise SecAggError(
+            f"share x-coordinate must be in [1, {min(prime - 1, MAX_SHARES)}], got {x}"
+        )
     if not 0 <= y < prime:
         raise SecAggError(f"share value must be a field element below the prime (x = {x})")
 
