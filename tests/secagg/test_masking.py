@@ -4,11 +4,14 @@ import os
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from scipy.stats import chisquare, kstest
 
 from consortia.privacy.distributed import DistributedDiscreteGaussian, modular_sum
 from consortia.privacy.rng import SecureRng
-from consortia.secagg import shamir
+from consortia.secagg import masking, shamir
 from consortia.secagg.context import RoundContext, SecAggError
 from consortia.secagg.encoding import FixedPoint
 from consortia.secagg.keys import KeyPair, pair_secret
@@ -155,3 +158,23 @@ def test_hostile_inputs_are_refused() -> None:
         unmask_sum(np.zeros(3, dtype=np.uint64), {1: seed, 2: seed}, {(1, 2): seed}, 20, CTX)
     with pytest.raises(SecAggError, match="shape"):
         ring_sum([np.zeros(3, dtype=np.uint64), np.zeros(4, dtype=np.uint64)], 20)
+
+
+def test_expansion_is_the_chacha20_keystream_of_the_hkdf_key() -> None:
+    """Known answer from the primitives directly: pins the format sites and server share."""
+    seed, label = bytes(range(32)), pair_label(CTX, 4, 9)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(seed)
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(80))
+    words64 = np.frombuffer(stream, dtype=np.uint64)
+    words32 = np.frombuffer(stream[:40], dtype=np.uint32).astype(np.uint64)
+    np.testing.assert_array_equal(expand(seed, 10, 40, label), words64 & np.uint64(2**40 - 1))
+    np.testing.assert_array_equal(expand(seed, 10, 20, label), words32 & np.uint64(2**20 - 1))
+
+
+def test_chunking_continues_the_keystream(monkeypatch: pytest.MonkeyPatch) -> None:
+    seed, label = os.urandom(32), CTX.label("self-mask", 1)
+    whole = expand(seed, 3000, 64, label)
+    monkeypatch.setattr(masking, "CHUNK_VALUES", 1000)
+    chunked = expand(seed, 3000, 64, label)
+    np.testing.assert_array_equal(chunked, whole)
+    assert not np.array_equal(chunked[:1000], chunked[1000:2000])  # no keystream restart
