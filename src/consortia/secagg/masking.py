@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from consortia.secagg.context import RoundContext, SecAggError, check_site_id
@@ -49,7 +49,7 @@ def _check_seed(seed: bytes, what: str) -> bytes:
     return bytes(seed)
 
 
-def _stream(seed: bytes, label: bytes):  # type: ignore[no-untyped-def]
+def _stream(seed: bytes, label: bytes) -> CipherContext:
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(seed)
     return Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
 

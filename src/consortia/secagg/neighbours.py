@@ -2,11 +2,12 @@
 
 SecAgg+ (Bell, Bonawitz, Gascon, Lepoint and Raykova, CCS 2020) replaces SecAgg's complete
 graph by a sparse one: a site agrees masks with, and shares its secrets among, only its k
-neighbours, k of order log n. We use the construction Bell et al. describe and Flower's
-SecAgg+ also uses: place the sites on a ring in a random order and join each to the k/2
-nearest on either side (the Harary graph H(k, n)). The order comes from a 32-byte seed the
-server draws and publishes, hashed with each site id, so every site can recompute the graph
-and check that the server did not pick its neighbours.
+neighbours, k of order log n. Bell et al. analyse random graphs; we use a randomly
+relabelled Harary graph H(k, n) -- the sites on a ring in a random order, each joined to the
+k/2 nearest on either side -- which is exactly k-regular, and compute the failure bound below
+for that construction itself. The order comes from a 32-byte seed the server draws and
+publishes, hashed with each site id, so every site can recompute the graph and check that
+the server did not pick its neighbours.
 
 Choosing k (``choose_k``). The protocol fails -- leaks more than the sum, or cannot finish --
 only if the graph is bad for the sets of dropped (D) and corrupt (C) sites, which are fixed
