@@ -98,3 +98,21 @@ def test_a_run_without_the_ledger_keeps_none(tmp_path: Path) -> None:
     assert _ledger(out) == [] and not (out / "ledger.key").exists()
     report, _ = verify_run(out)
     assert report.problem is not None and "empty" in report.problem.what
+
+
+def test_every_admitted_site_joins_the_ledger_whether_or_not_it_was_asked(
+    tmp_path: Path,
+) -> None:
+    """A participant list drawn from site_joined entries (the compliance report's) must
+    name the admitted sites, not the sampled ones: under DP who was sampled is private.
+    Six sites, four asked in the one round: all six join, before any update is recorded."""
+    simulate(TOY_JOB, rounds=1, out=tmp_path / "run", debug=True)
+    ledger = _ledger(tmp_path / "run")
+    asked = next(p["sites_asked"] for k, p in ledger if k == "round_opened")
+    joined = [p["site"] for k, p in ledger if k == "site_joined"]
+    assert asked == 4 and sorted(joined) == [f"site-{i:04d}" for i in range(6)]
+    kinds = [k for k, _ in ledger]
+    assert max(i for i, k in enumerate(kinds) if k == "site_joined") < kinds.index(
+        "update_received"
+    )
+    assert verify_run(tmp_path / "run")[0].ok

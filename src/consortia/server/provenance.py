@@ -160,13 +160,38 @@ class Provenance:
             )
         return out
 
+    def _admitted(self, connected: Sequence[str]) -> Items:
+        """site_joined for every admitted site not yet in the ledger, whether or not this
+        round asked it: under DP who was sampled stays unrecorded outside the round's own
+        entries, so a participant list drawn from these entries names the admitted sites,
+        not the sampled ones."""
+        out: Items = []
+        for site in sorted(connected):
+            if site in self.joined:
+                continue
+            identity = self.identity_of(site) or UNSIGNED
+            self.joined[site] = identity
+            out.append(
+                (
+                    K.SITE_JOINED,
+                    {"site": site, **identity.to_json(), "policy_sha256": None, "dua": None},
+                )
+            )
+        return out
+
     def round_items(
-        self, round_: int, phases: Sequence[PhaseRecord], audit: Sequence[Any]
+        self,
+        round_: int,
+        phases: Sequence[PhaseRecord],
+        audit: Sequence[Any],
+        connected: Sequence[str] = (),
     ) -> Items:
-        """round_opened, then each asked site's outcome in the fit phase."""
+        """round_opened, the sites admitted since the last round, then each asked site's
+        outcome in the fit phase."""
         fit = next((p for p in phases if p.name == "fit"), None)
         asked = fit.asked if fit is not None else []
         items: Items = [(K.ROUND_OPENED, {"round": round_, "sites_asked": len(asked)})]
+        items += self._admitted(connected)
         if fit is None:
             return items
         accepted = set(fit.accepted)

@@ -240,6 +240,7 @@ class Run:
         self.site_identity = site_identity
         self._prov: Provenance | None = None
         self._fleet: Fleet | None = None
+        self._admitted_fleet: Fleet | None = None
         self.min_sites = options.min_sites or cfg.strategy.min_sites
         if self.min_sites < 1:
             raise ConfigError(f"--min-sites must be at least 1, got {self.min_sites}")
@@ -506,6 +507,7 @@ class Run:
             fleet = self._fleet = self.make_fleet(row.id)
             shown = history if privacy is None else [public_row(r) for r in history]
             fleet = self._admit(fleet, job_manifest(self.job, row.id, rounds))
+            self._admitted_fleet = fleet
             self.bus.publish(
                 RunStarted(cfg.name, rounds, self._state.round, shown, str(folder.path))
             )
@@ -553,6 +555,15 @@ class Run:
                 folder.unlock()
                 self.bus.publish(RunFinished(summary))
         return RunResult(self._state, summary, history)
+
+    def _admitted_sites(self) -> list[str]:
+        """The sites admitted to the job now (the ledger's site_joined entries); none once
+        the fleet is gone."""
+        fleet = self._admitted_fleet
+        try:
+            return list(fleet.sites()) if fleet is not None else []
+        except Exception:  # a closed fleet: the round's own entries still stand
+            return []
 
     def _admit(self, fleet: Fleet, manifest: JobManifest) -> Fleet:
         """Put the job's manifest to the sites; leave out those whose policy refuses it."""
@@ -636,7 +647,7 @@ class Run:
         ledger = []
         if self._prov is not None:
             audit = getattr(attempt[0], "audit", []) if attempt else []
-            ledger = self._prov.round_items(rnd, phases, audit)
+            ledger = self._prov.round_items(rnd, phases, audit, self._admitted_sites())
             ledger.append((K.ROUND_FAILED, {"round": rnd, "reason": reason[:1000]}))
         with contextlib.suppress(OSError, StoreError):  # the failure may be the disk itself
             store.record_failed_attempt(rnd, reason, participants(phases), ledger)
@@ -661,7 +672,9 @@ class Run:
         ledger = []
         if self._prov is not None:
             cp = checkpoint_payload(state.round, rel, model_sha, _opt_rel(rel), opt_sha, digest)
-            ledger = self._prov.round_items(state.round, record.phases, record.audit)
+            ledger = self._prov.round_items(
+                state.round, record.phases, record.audit, self._admitted_sites()
+            )
             ledger += self._prov.closed(state.round, digest, record.metrics, cp)
         return store.commit_round(row, participants(record.phases), ledger)
 

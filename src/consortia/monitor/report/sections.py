@@ -116,8 +116,9 @@ def participants_section(files: RunFiles, dp: bool) -> dict[str, Any]:
         "title": "Participants by certificate",
         "federation_size": size if isinstance(size, int) else None,
         "sites": sites,
-        "listed": "each site whose key signed an accepted update, as the ledger's "
-        "site_joined entries record it (certificate serial, key type, policy digest)",
+        "listed": "each site admitted to the job, as the ledger's site_joined entries "
+        "record it (certificate serial, key type, policy digest), whether or not a round "
+        "sampled it",
     }
     if dp:
         out["note"] = DP_NOTE
