@@ -1,6 +1,7 @@
 """Real ``consortia server`` / ``consortia client`` processes for the chaos benchmark, with
 their output in files and the server's store read from outside, read-only, as an auditor
-would (the benchmark must not import from tests/, so this is its own small copy)."""
+would. The deployment tests build on it too (tests/deploy/deploy_helpers.py); a benchmark
+never imports from tests/."""
 
 from __future__ import annotations
 

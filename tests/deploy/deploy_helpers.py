@@ -4,9 +4,6 @@ module name is unique across the test tree)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +14,16 @@ from typing import Any
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 
-# The store readers are the chaos benchmark's: an auditor's read-only view, written once.
+# Processes, ports and store readers are the chaos benchmark's (bench/_faults_procs.py),
+# written once for both.
 sys.path.insert(0, str(REPO / "bench"))
-from _faults_procs import completed_rounds, query  # noqa: E402,F401
+from _faults_procs import Proc as BenchProc  # noqa: E402
+from _faults_procs import completed_rounds, free_port, query  # noqa: E402,F401
 
 TOY_JOB = HERE / "toy_job.toml"
 TOY_APP = f"{HERE / 'toy_app.py'}:make_site"
 DIGITS_JOB = REPO / "examples" / "digits" / "job.toml"
 DIGITS_APP = f"{REPO / 'examples' / 'digits' / 'site.py'}:make_site"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -43,25 +36,13 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-class Proc:
-    """A ``consortia`` sub-command in its own process; output goes to a file (a pipe
-    nobody reads could fill up and block the process)."""
+class Proc(BenchProc):
+    """A ``consortia`` sub-command in its own process (the chaos benchmark's, which writes
+    its output to a file), with the waits the tests need."""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
+        super().__init__(args, log, env)
         self.args = args
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "consortia.cli", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                cwd=REPO,
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
     def wait_for_text(self, text: str, timeout: float) -> None:
         def seen() -> bool:
@@ -78,15 +59,6 @@ class Proc:
             raise AssertionError(
                 f"{self.log.name} still running after {timeout:g} s:\n{self.output()[-3000:]}"
             ) from None
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
 
 
 def server_args(

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import re
 import shutil
-import sqlite3
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+# The ledger tests' own reader and operator rewrite (tests/ledger/ledger_helpers.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ledger"))
+from ledger_helpers import entries as ledger_entries
+from ledger_helpers import rewrite
+
 from consortia.cli import main
 from consortia.core.errors import ConsortiaError
 from consortia.core.version import consortia_version
-from consortia.ledger.chain import Entry, canonical_json, entry_hash, read_entries
+from consortia.ledger.chain import Entry, canonical_json, entry_hash
 from consortia.ledger.sign import LedgerKey
 from consortia.monitor.report import make_report, render_html, write_report
 from consortia.monitor.report.chart import svg_chart
@@ -57,27 +62,6 @@ PARTICIPATION = {
 HOSTILE = '</td><script>alert(1)</script><img src=x onerror="alert(2)">'
 
 
-def _entries(run: Path) -> list[Entry]:
-    with sqlite3.connect(run / "state.sqlite") as db:
-        return read_entries(db)
-
-
-def _store(run: Path, rows: list[Entry]) -> None:
-    """An operator's rewrite of the ledger table (the append-only triggers dropped)."""
-    db = sqlite3.connect(run / "state.sqlite")
-    try:
-        db.execute("DROP TRIGGER ledger_no_update")
-        db.execute("DROP TRIGGER ledger_no_delete")
-        db.execute("DELETE FROM ledger")
-        db.executemany(
-            "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(e.index, e.prev, e.time, e.kind, e.payload, e.hash, e.signature) for e in rows],
-        )
-        db.commit()
-    finally:
-        db.close()
-
-
 def _copy(run: Path, to: Path) -> Path:
     return Path(shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock", "*-wal", "*-shm")))
 
@@ -94,7 +78,7 @@ def test_every_section_is_there_and_states_the_records(dp_run: Path) -> None:
     report = make_report(dp_run)
     assert tuple(report["sections"]) == SECTIONS
     s = report["sections"]
-    entries = _entries(dp_run)
+    entries = ledger_entries(dp_run)
     created = entries[0].data()
     privacy = json.loads((dp_run / "privacy.json").read_text())
     summary = json.loads((dp_run / "summary.json").read_text())
@@ -137,16 +121,16 @@ def test_a_dp_report_names_no_round_participants_and_counts_none(
     plain = make_report(plain_run)
     assert not plain["differential_privacy"]
     assert {"per_site", "updates_accepted", "entries"} <= _keys(plain)
-    accepted = sum(e.kind == "update_received" for e in _entries(plain_run))
+    accepted = sum(e.kind == "update_received" for e in ledger_entries(plain_run))
     assert plain["sections"]["validation"]["updates_accepted"] == accepted > 0
 
 
 def test_a_tampered_ledger_shows_as_failed_at_that_entry(dp_run: Path, tmp_path: Path) -> None:
     run = _copy(dp_run, tmp_path / "run")
-    rows = _entries(run)
+    rows = ledger_entries(run)
     i = next(e.index for e in rows if e.kind == "round_closed")
     rows[i] = dataclasses.replace(rows[i], payload=rows[i].payload.replace('"round":', '"round": '))
-    _store(run, rows)
+    rewrite(run, rows)
     assert main(["report", str(run)]) == 1  # the report is written, and says it failed
     report = json.loads((run / "report.json").read_text())
     ledger = report["sections"]["ledger"]
@@ -160,7 +144,7 @@ def _resign(run: Path, edit: Any) -> None:
     ledger key: what a server would have recorded, so the ledger still verifies."""
     key = LedgerKey.load(run)
     prev, prev_sig, out = "0" * 64, "", []
-    old = _entries(run)
+    old = ledger_entries(run)
     prev = old[0].prev
     for e in old:
         payload = canonical_json(edit(e.data()))
@@ -168,7 +152,7 @@ def _resign(run: Path, edit: Any) -> None:
         sig = key.sign(bytes.fromhex(digest))
         out.append(Entry(e.index, prev, e.time, e.kind, payload, digest, sig))
         prev, prev_sig = digest, sig
-    _store(run, out)
+    rewrite(run, out)
 
 
 def _hostile_site(data: dict[str, Any]) -> dict[str, Any]:
