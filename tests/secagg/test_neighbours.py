@@ -55,7 +55,7 @@ def _exact_failure(n: int, k: int, t: int, dropped: set[int], corrupt: set[int])
         }
         unavailable = dropped | corrupt
         e1 = any(len(graph[s] & unavailable) > k - t for s in range(n))
-        e2 = any(len(graph[s] & corrupt) >= 2 * t - k for s in range(n))
+        e2 = any(len(graph[s] & corrupt) >= 2 * t - k - 1 for s in range(n))
         alive = [s for s in range(n) if s not in unavailable]
         reached, frontier = {alive[0]}, [alive[0]]
         while frontier:

@@ -168,6 +168,11 @@ class SitePolicy:
                 "min_sites_per_round",
                 f"{who}: the round {asked}; its policy needs at least {self.min_sites_per_round}",
             )
+        if self.require_secure_aggregation and ins.secagg is None:
+            raise PolicyRefusal(
+                "require_secure_aggregation",
+                f"{who}: the round asks for a plain update; its policy requires secure aggregation",
+            )
         mode = round_privacy_mode(ins)
         if manifest is not None:
             declared = manifest.privacy.mode if manifest.privacy else None

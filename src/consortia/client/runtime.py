@@ -4,7 +4,7 @@ The same ``Site`` object answers in-process (debug fleet), in a worker process (
 fleet) and behind ``consortia client`` (gRPC), so site code is written once. Its privacy
 stages are middleware: the site's own policy is checked before any training, and the
 update is clipped (and, under distributed DP, encoded with this site's noise share)
-after it, on the way out.
+after it, on the way out, then masked when the round runs secure aggregation.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from consortia.client.app import Handler, Middleware, SiteApp
+from consortia.client.secure_aggregation import secure_aggregation
 from consortia.client.trainers.base import Trainer
 from consortia.core.join import JoinIns
 from consortia.core.manifest import parse_manifest
@@ -99,7 +100,7 @@ def privatize_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
     return mechanism.privatize(reply, message.privacy, app.site_id, message.round, seed)
 
 
-DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (policy_check, privatize_update)
+DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (policy_check, secure_aggregation, privatize_update)
 
 
 class Site(SiteApp):

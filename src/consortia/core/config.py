@@ -161,6 +161,41 @@ class PrivacyConfig(_Strict):
         return self
 
 
+class SecureAggregationConfig(_Strict):
+    """SecAgg+ (Bell et al. 2020): the server learns only the sum of the round's inputs.
+
+    k and t default to the smallest neighbour count whose failure bound stays under
+    2^-failure_bits for each round's number of sites, ``dropout_rate`` and
+    ``corrupt_fraction`` (upper bounds, not averages: docs/secure_aggregation.md).
+    """
+
+    neighbours: int | None = Field(None, ge=2, description="k (default: derived per round)")
+    threshold: int | None = Field(None, ge=2, description="t, with neighbours (default: derived)")
+    dropout_rate: float = Field(0.1, ge=0, lt=1)
+    corrupt_fraction: float = Field(0.0, ge=0, lt=1)
+    failure_bits: float = Field(40.0, gt=0, le=128)
+    bits: int | None = Field(
+        None, ge=8, le=62, description="ring for float updates (default 32); DP: privacy.bits"
+    )
+    clip_range: float = Field(1.0, gt=0, description="each weighted coordinate, clipped to +-")
+    weight_cap: int = Field(
+        1000, ge=1, description="examples at which a site's weight stops growing"
+    )
+
+    @model_validator(mode="after")
+    def _graph(self) -> SecureAggregationConfig:
+        if self.threshold is not None and self.neighbours is None:
+            raise ValueError("secure_aggregation.threshold needs secure_aggregation.neighbours")
+        k, t = self.neighbours, self.threshold
+        if k is not None and t is not None and not (k + 1) / 2 < t <= k:
+            raise ValueError(
+                f"secure_aggregation.threshold: {t} must be above (neighbours + 1) / 2 and at "
+                f"most neighbours = {k} (below, the shares honest sites give could rebuild "
+                "both of one site's secrets)"
+            )
+        return self
+
+
 class AnalyticsQuery(_Strict):
     """One differentially private statistic over all sites' records."""
 
@@ -293,6 +328,7 @@ class JobConfig(_Strict):
     privacy: PrivacyConfig | None = None
     analytics: AnalyticsConfig | None = None
     audit: AuditConfig | None = None
+    secure_aggregation: SecureAggregationConfig | None = None
     simulation: SimulationConfig | None = None
 
     @property
@@ -373,6 +409,46 @@ class JobConfig(_Strict):
                 + (" (and the server sees only the sum)" if facts.encoded_updates else "")
                 + "; remove [audit] or use local DP"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self) -> JobConfig:
+        sa = self.secure_aggregation
+        if sa is None:
+            return self
+        only_sum = "secure aggregation shows the server only the sum of the round's inputs"
+        aggregator = aggregator_from_config(self.strategy)
+        if getattr(aggregator, "needs", "sum") == "all":
+            raise ValueError(
+                f"strategy.aggregator: {self.strategy.aggregator!r} needs every update, but "
+                f"{only_sum}; choose a sum-only aggregator such as 'weighted_mean' or 'mean'"
+            )
+        facts = self.privacy_facts
+        if facts is not None and not facts.encoded_updates:
+            raise ValueError(
+                f"privacy.mode: {facts.name!r} with secure aggregation is not supported: "
+                + (
+                    "central DP's server re-clips each update and adds the noise itself, and "
+                    f"{only_sum}; use mode = 'distributed', made for it"
+                    if facts.server_noise
+                    else "each site's DP-SGD is accounted from its own example count, which "
+                    "secure aggregation does not send; use mode = 'distributed'"
+                )
+            )
+        if facts is not None and sa.bits is not None:
+            raise ValueError(
+                "secure_aggregation.bits: under distributed DP the ring is privacy.bits"
+            )
+        v = self.strategy.validation
+        for name in ("max_norm", "max_norm_multiple", "max_examples", "max_examples_per_site"):
+            if getattr(v, name) is not None:
+                raise ValueError(
+                    f"strategy.validation.{name}: {only_sum}, so no single update or count "
+                    "can be checked; secure_aggregation.clip_range and weight_cap bound what "
+                    "one site adds"
+                )
+        if self.audit is not None:
+            raise ValueError(f"audit: per-site scores need each update, and {only_sum}")
         return self
 
     @model_validator(mode="after")

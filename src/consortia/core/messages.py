@@ -39,6 +39,7 @@ __all__ = [
     "Outcome",
     "Payload",
     "Reply",
+    "SecureInput",
     "TrainSettings",
     "check_reply",
     "decode",
@@ -105,6 +106,23 @@ class ClientPrivacy:
 
 
 @dataclass(frozen=True)
+class SecureInput:
+    """Secure aggregation's part of a fit request: the share bundles addressed to this site
+    (``consortia.secagg``), one per neighbour in ``senders`` (ascending protocol ids). The
+    site answers with its masked input in Z_(2^bits): int32 (the same 32 bits, viewed
+    signed) when bits <= 32, else uint64."""
+
+    bits: int
+    senders: np.ndarray  # int64[m]
+    bundles: np.ndarray  # uint8[m * bundle size]
+
+
+def ring_dtype(bits: int) -> np.dtype:
+    """How a masked input of ``bits`` travels: 32-bit words when they suffice."""
+    return np.dtype(np.int32) if bits <= 32 else np.dtype(np.uint64)
+
+
+@dataclass(frozen=True)
 class FitIns:
     """Server -> site: train from this global model."""
 
@@ -118,6 +136,8 @@ class FitIns:
     sites: int = 0
     # The job's id: part of what the site signs, so a signature is for one job only.
     job: str | None = None
+    # Set when the round runs secure aggregation: the reply's delta is a masked input.
+    secagg: SecureInput | None = None
 
 
 @dataclass(frozen=True)
@@ -299,7 +319,10 @@ def _encoded(p: ClientPrivacy | None) -> bool:
 
 
 def update_dtype(request: FitIns) -> np.dtype:
-    """The dtype a site's update must arrive in: the model's, or uint64 under distributed DP."""
+    """The dtype a site's update must arrive in: the model's, uint64 under distributed DP,
+    the ring's words under secure aggregation."""
+    if request.secagg is not None:
+        return ring_dtype(request.secagg.bits)
     if _encoded(request.privacy):
         return np.dtype(np.uint64)
     return np.dtype(request.weights.dtype)
@@ -322,11 +345,31 @@ def _check_update(d: Any, size: int, dtype: np.dtype, modulus_bits: int) -> None
         raise InvalidMessageError("update holds NaN or infinite values")
 
 
+def _secure_length(request: FitIns) -> int:
+    """A masked input's length: the model's, plus the weight coordinate unless the round's
+    privacy mode sends ring elements already (distributed DP weighs every site equally)."""
+    return int(request.weights.shape[0]) + (0 if _encoded(request.privacy) else 1)
+
+
+def _check_masked(reply: FitRes, bits: int, length: int) -> None:
+    """A masked input carries nothing but ring elements: no count, no metrics, no clip bit."""
+    d, dtype = reply.delta, ring_dtype(bits)
+    if not isinstance(d, np.ndarray) or d.ndim != 1 or d.dtype != dtype or d.shape[0] != length:
+        raise InvalidMessageError(f"a masked input must be {length} values of {dtype}")
+    if dtype == np.uint64 and d.size and int(d.max()) >> bits:
+        raise InvalidMessageError(f"masked input has values of {bits} bits or more")
+    if reply.num_examples or reply.metrics or reply.clip_bit is not None:
+        raise InvalidMessageError("a masked input carries no example count, metrics or clip bit")
+
+
 def _check_fit(reply: FitRes, request: FitIns) -> None:
     check_examples_and_metrics(reply.num_examples, reply.metrics)
     p = request.privacy
     bits = p.bits if p is not None and _encoded(p) else 0
-    _check_update(reply.delta, request.weights.shape[0], np.dtype(request.weights.dtype), bits)
+    if request.secagg is not None:
+        _check_masked(reply, request.secagg.bits, _secure_length(request))
+    else:
+        _check_update(reply.delta, request.weights.shape[0], request.weights.dtype, bits)
     if reply.clip_bit is not None and reply.clip_bit not in (-0.5, 0.5):
         raise InvalidMessageError(f"clip bit must be -0.5 or 0.5, got {reply.clip_bit!r}")
     sig = reply.signature or ""
@@ -346,6 +389,9 @@ def _check_fit_request(ins: FitIns) -> None:
         raise InvalidMessageError(f"job id longer than {MAX_JOB_CHARS} characters")
     if ins.weights.ndim != 1 or ins.weights.dtype.kind != "f":
         raise InvalidMessageError(f"the model must be a 1-D float vector, got {ins.weights.dtype}")
+    sa = ins.secagg
+    if sa is not None and not 1 <= sa.bits <= 62:
+        raise InvalidMessageError(f"secure aggregation bits {sa.bits} must be in 1..62")
     s = ins.settings
     if s.local_epochs < 1 or s.batch_size < 1:
         raise InvalidMessageError("local_epochs and batch_size must be at least 1")
@@ -369,12 +415,16 @@ def _check_evaluate(reply: EvaluateRes, request: EvaluateIns) -> None:
     check_examples_and_metrics(reply.num_examples, reply.metrics)
 
 
+def _reply_length(request: FitIns) -> int:
+    return _secure_length(request) if request.secagg is not None else int(request.weights.shape[0])
+
+
 FIT = register_kind(
     "fit",
     FitIns,
     FitRes,
     check=_check_fit,
-    reply_arrays=lambda req: {"delta": (int(req.weights.shape[0]), update_dtype(req))},
+    reply_arrays=lambda req: {"delta": (_reply_length(req), update_dtype(req))},
     check_request=_check_fit_request,
 )
 EVALUATE = register_kind(

@@ -35,6 +35,25 @@ DISTRIBUTED_WITHOUT_SECURE_AGGREGATION: dict[str, list[str]] = {
     ],
 }
 
+# The distributed discrete Gaussian with SecAgg+ (consortia.secagg): the server unmasks sums.
+DISTRIBUTED_WITH_SECURE_AGGREGATION: dict[str, list[str]] = {
+    "holds_against": [
+        f"{_READERS}, other sites included: the epsilon of the sum, unit one site",
+        "the server and its operator, at the same epsilon, when it follows the protocol "
+        "however curious (it may read every message and ask sites for shares out of turn): "
+        "it receives masked inputs only and unmasks no more than each round's sum of "
+        "surviving sites, every one of them noised",
+    ],
+    "does_not_hold_against": [
+        "sites that collude with the server: the noise shares they reveal can be taken out "
+        "of the sum, and more corrupt neighbours than secure_aggregation.corrupt_fraction "
+        "assumes can help unmask a site",
+        "a server that gives sites forged public keys of their neighbours: the keys are not "
+        "yet signed with the sites' certificates, so an active man in the middle is outside "
+        "this guarantee",
+    ],
+}
+
 # DP-SGD at each site: the update is noised before it leaves the site.
 LOCAL: dict[str, list[str]] = {
     "holds_against": [

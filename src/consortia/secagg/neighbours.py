@@ -17,15 +17,17 @@ were not re-checked in this session):
 
   E1. a site has more than k - t neighbours unavailable (dropped or corrupt): its secrets
       cannot be rebuilt, the round fails;
-  E2. a site has at least 2t - k corrupt neighbours: then the server, asking each honest
-      neighbour for one kind of share and the corrupt ones for both, can collect t self-mask
-      shares *and* t mask-key shares, and unmask that site (t > (k + c) / 2 stops this);
+  E2. a site has at least 2t - k - 1 corrupt neighbours: then the server, asking each
+      honest neighbour for one kind of share and the corrupt ones for both, and taking the
+      site's own self-mask share (each site keeps one share of each secret, t-of-(k + 1), and
+      reveals its own self-mask share when it survives), can collect t self-mask shares *and*
+      t mask-key shares, and unmask that site (t > (k + c + 1) / 2 stops this);
   E3. the honest survivors' graph is disconnected: the server learns partial sums.
 
 Under the random order each site's neighbours are a uniform k-subset of the other n - 1, so
 with hypergeometric tails X_S ~ Hyp(n - 1, |S|, k) and the union bound over the n sites,
 
-  P(fail) <= n [ P(X_{D+C} > k - t) + P(X_C >= 2t - k) ] + n prod_{i<k/2} (m - i) / (n - i),
+  P(fail) <= n [ P(X_{D+C} > k - t) + P(X_C >= 2t - k - 1) ] + n prod_{i<k/2} (m - i) / (n - i),
 
 with |D| = ceil(delta n), |C| = ceil(gamma n), m = |D| + |C|. The last term bounds E3: on the
 ring, the survivors stay connected unless k/2 consecutive positions are all removed (two such
@@ -84,7 +86,7 @@ def _bounds(n: int, k: int, thresholds: np.ndarray, removed: int, corrupt: int) 
     # neighbours are a uniform k-subset of the other n - 1 sites (counting the site itself
     # among D or C only makes the tails larger, so min(n - 1, .) is conservative)
     unavailable = hypergeom.sf(k - thresholds, n - 1, min(n - 1, removed), k)
-    exposed = hypergeom.sf(2 * thresholds - k - 1, n - 1, min(n - 1, corrupt), k)
+    exposed = hypergeom.sf(2 * thresholds - k - 2, n - 1, min(n - 1, corrupt), k)
     cut = 0.0
     if k < n - 1:
         cut = float(np.prod([max(0, removed - i) / (n - i) for i in range(k // 2)]))
@@ -116,8 +118,8 @@ def choose(
     removed, corrupt = _counts(n, dropout_rate, corrupt_fraction)
     bound = math.inf
     for k in degrees:
-        # t > k/2: otherwise honest neighbours alone could hand over both kinds of share
-        thresholds = np.arange(k // 2 + 1, k + 1)
+        # t > (k + 1)/2: otherwise the k + 1 holders' honest shares alone could rebuild both
+        thresholds = np.arange((k + 1) // 2 + 1, k + 1)
         bounds = _bounds(n, k, thresholds, removed, corrupt)
         best = int(np.argmin(bounds))
         bound = float(bounds[best])

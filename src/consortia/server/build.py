@@ -83,11 +83,12 @@ def loop_settings(job: JobConfig, n_sites: int) -> LoopSettings:
 def privacy_from_config(
     job: JobConfig, n_sites: int, dimension: int, seeded: bool, deployed: bool = False
 ) -> PrivacyController | None:
-    """``deployed``: real sites over the network, where no secure aggregation hides each
-    site's encoded update from the server yet."""
+    """``deployed``: real sites over the network, where the server sees each site's encoded
+    update unless secure aggregation hides it."""
     if job.privacy is None:
         return None
-    mechanism_class(job.privacy.mode).check_job(job.privacy, deployed=deployed)
+    secure = job.secure_aggregation is not None
+    mechanism_class(job.privacy.mode).check_job(job.privacy, deployed=deployed and not secure)
     from consortia.server.privacy import PrivacyController
 
     return PrivacyController(
@@ -97,4 +98,5 @@ def privacy_from_config(
         rounds=job.rounds,
         seed=job.seed,
         seeded=seeded,
+        secure_aggregation=secure,
     )

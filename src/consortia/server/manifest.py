@@ -38,9 +38,6 @@ def job_manifest(job: PreparedJobLike, job_id: str, rounds: int | None = None) -
             clip_norm=p.clip_norm,
             min_sites=p.min_sites,
         )
-    # [secure_aggregation] is another issue's section; until a job can declare it, the
-    # job does not use it (and a site that requires it refuses).
-    secagg = getattr(cfg, "secure_aggregation", None)
     digest = job.file_sha256 or hashlib.sha256(job.text.encode()).hexdigest()
     return JobManifest(
         job_name=cfg.name,
@@ -51,7 +48,7 @@ def job_manifest(job: PreparedJobLike, job_id: str, rounds: int | None = None) -
         aggregator_options=dict(s.aggregator_options),
         validation=s.validation.model_dump(),
         privacy=privacy,
-        secure_aggregation=bool(getattr(secagg, "enabled", False)),
+        secure_aggregation=cfg.secure_aggregation is not None,
         min_sites=s.min_sites,
         sites_per_round=s.sites_per_round,
         rounds=rounds or cfg.rounds,

@@ -36,6 +36,7 @@ class PrivacyController:
         rounds: int,
         seed: int,
         seeded: bool,
+        secure_aggregation: bool = False,
     ) -> None:
         self.cfg = cfg
         self.seed = seed
@@ -52,6 +53,8 @@ class PrivacyController:
         self.mechanism: Mechanism = build_mechanism(
             cfg, eligible_sites=eligible_sites, dimension=dimension, rounds=rounds
         )
+        if secure_aggregation:
+            self.mechanism.use_secure_aggregation()
         # What the job should be told when it starts (the run driver logs and publishes it).
         self.notices: list[str] = self.mechanism.notices
 
@@ -164,7 +167,7 @@ class PrivacyController:
             "sites_seeded_noise": bool(self.seeded_sites),
             "budget": {"epsilon_limit": cfg.epsilon_limit, "stopped": self.stopped},
             "outside_guarantee": self.outside_guarantee(),
-            "threat_model": self.mechanism.threat_statement(),
+            "threat_model": self.mechanism.threats(),
             "per_round": self.per_round,
             **self.mechanism.report_section(self),
         }

@@ -133,9 +133,9 @@ class Provenance:
                         "mode": mode,
                         "strategy": cfg.strategy.model_dump(mode="json"),
                         "privacy": None if p is None else p.model_dump(mode="json"),
-                        # No secure aggregation protocol runs yet: distributed DP's sum is
-                        # what the server sees (privacy.json says so).
-                        "secure_aggregation": False,
+                        "secure_aggregation": None
+                        if cfg.secure_aggregation is None
+                        else cfg.secure_aggregation.model_dump(mode="json"),
                         "ledger_public_key": self.key.public,
                         # Which consortia ran the job: the compliance report's code version.
                         "consortia_version": consortia_version(),

@@ -77,6 +77,7 @@ from consortia.task import load_app, load_dataset
 
 if TYPE_CHECKING:
     from consortia.server.privacy import PrivacyController
+    from consortia.server.secure_fit import SecureAggregationLog
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +474,7 @@ class Run:
         fleet: Fleet | None = None
         privacy: PrivacyController | None = None
         summary: dict[str, Any] = {}
+        secure_log: SecureAggregationLog | None = None
         try:
             cfg = self.job.config
             privacy = self._privacy(store)
@@ -491,6 +493,14 @@ class Run:
             if cfg.audit is not None:
                 thresholds = AuditThresholds(**cfg.audit.thresholds())
                 auditor = Auditor(thresholds, self.job.spec.size, cfg.seed)
+            fit = None
+            if cfg.secure_aggregation is not None:
+                from consortia.server.secure_fit import SecureFitStep
+
+                fit = SecureFitStep(
+                    self.strategy, cfg.secure_aggregation, privacy, provenance=self._prov
+                )
+                secure_log = fit.log
             steps = standard_steps(
                 self.strategy,
                 settings,
@@ -499,6 +509,7 @@ class Run:
                 root=root,
                 audit=auditor,
                 provenance=self._prov,
+                fit=fit,
             )
             for edit in (self.job.workflow, self.edit_steps):
                 if edit is not None:
@@ -545,7 +556,14 @@ class Run:
                 summary["peak_memory"] = peak_memory(workers)
                 if self.notices:
                     summary["notices"] = self.notices
-                _add_privacy(summary, folder, privacy, stopped)
+                secure = (
+                    None
+                    if secure_log is None or self.job.config.secure_aggregation is None
+                    else secure_log.report(self.job.config.secure_aggregation)
+                )
+                if secure is not None:
+                    summary["secure_aggregation"] = secure
+                _add_privacy(summary, folder, privacy, stopped, secure)
                 if privacy is not None:
                     hide_participation(summary)
                 folder.write_summary(summary)
@@ -835,10 +853,12 @@ def _add_privacy(
     folder: RunFolder,
     privacy: PrivacyController | None,
     stopped: str | None,
+    secure: dict[str, Any] | None = None,
 ) -> None:
     """Write privacy.json and put its headline (and any budget stop) in the summary."""
     if privacy is not None:
         report = privacy.report()
+        report["secure_aggregation"] = secure or {"enabled": False}
         folder.write_privacy(report)
         folder.write_site_reports(privacy.site_reports())
         summary["privacy"] = privacy_summary(report)

@@ -374,11 +374,13 @@ def standard_steps(
     root: tuple[Trainer, tuple[Any, Any]] | None = None,
     audit: Auditor | None = None,
     provenance: Provenance | None = None,
+    fit: Step | None = None,
 ) -> list[Step]:
     """FedAvg's round, as the job asks: fit, server update, then the evaluations it has;
-    with ``root`` (a trainer and the root data set: FLTrust) the root update first."""
+    with ``root`` (a trainer and the root data set: FLTrust) the root update first;
+    ``fit`` replaces the plain fit step (secure aggregation's)."""
     steps: list[Step] = [
-        FitStep(strategy, privacy, audit, provenance),
+        fit or FitStep(strategy, privacy, audit, provenance),
         ServerUpdateStep(strategy, privacy),
     ]
     if root is not None:

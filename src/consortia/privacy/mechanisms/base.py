@@ -115,6 +115,10 @@ class Mechanism(ABC):
                 "set each site's policy (max_epsilon) instead"
             )
 
+    def use_secure_aggregation(self) -> None:
+        """The job runs secure aggregation: the server sees only sums (distributed DP)."""
+        raise ConfigError(f"privacy.mode: {self.name!r} DP does not run with secure aggregation")
+
     # -- the site's side -------------------------------------------------------------------
     @classmethod
     @abstractmethod
@@ -183,6 +187,11 @@ class Mechanism(ABC):
     def threat_statement(cls) -> dict[str, list[str]]:
         """privacy.json's ``threat_model``: a copy, so a report cannot alter the statement."""
         return {k: list(v) for k, v in cls.threat_model.items()}
+
+    def threats(self) -> dict[str, list[str]]:
+        """This job's statement (a mode may have more than one: distributed DP with and
+        without secure aggregation)."""
+        return self.threat_statement()
 
     def site_noise_source(self) -> str:
         return "sites: each site's own ChaCha20 (SecureRng) keyed from its os.urandom"

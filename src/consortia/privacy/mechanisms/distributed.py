@@ -78,6 +78,13 @@ class DistributedRound:
         seen = self._ledger.encodings_seen
         seen[res.site] = seen.get(res.site, 0) + 1
 
+    def add_sum(self, modular_sum: np.ndarray, sites: list[str]) -> None:
+        """Secure aggregation's unmasked sum of ``sites``' encodings: the server never saw
+        one of them, so none counts as seen."""
+        np.add(self._sum, np.asarray(modular_sum, np.uint64), out=self._sum)
+        np.mod(self._sum, np.uint64(self._ddg.modulus), out=self._sum)
+        self.contributors.extend((site, 0) for site in sites)
+
     def result(self) -> tuple[np.ndarray, dict[str, Any]]:
         n, need = len(self.contributors), self._ddg.min_sites
         if n < need:
@@ -99,10 +106,20 @@ class Distributed(SampledSites):
     name: ClassVar[str] = facts.name
     unit: ClassVar[str] = facts.unit
     neighbouring: ClassVar[str] = neighbouring.DISTRIBUTED
-    # No secure aggregation runs yet: the server sees each site's encoding.
+    # Without secure aggregation the server sees each site's encoding; a job that runs it
+    # switches to the statement with it (``use_secure_aggregation``).
     threat_model: ClassVar[Mapping[str, list[str]]] = (
         adversary.DISTRIBUTED_WITHOUT_SECURE_AGGREGATION
     )
+    secure_aggregation = False
+
+    def use_secure_aggregation(self) -> None:
+        self.secure_aggregation = True
+
+    def threats(self) -> dict[str, list[str]]:
+        if not self.secure_aggregation:
+            return self.threat_statement()
+        return {k: list(v) for k, v in adversary.DISTRIBUTED_WITH_SECURE_AGGREGATION.items()}
 
     def __init__(
         self, cfg: PrivacyConfig, *, eligible_sites: int, dimension: int, rounds: int
@@ -213,16 +230,29 @@ class Distributed(SampledSites):
         }
 
     def _guarantees(self, ledger: Ledger, epsilon: dict[str, Any]) -> dict[str, Any]:
+        if self.secure_aggregation:
+            return {
+                "guarantees": {
+                    "against_readers_of_the_model": self._readers(epsilon),
+                    "against_the_server": {
+                        **self._readers(epsilon),
+                        "secure_aggregation": True,
+                        "note": "the server received masked inputs only and unmasked each "
+                        "round's sum, never one encoding: it sees what readers of the model "
+                        "see, so the same guarantee holds against it (honest sites; see "
+                        "threat_model)",
+                    },
+                }
+            }
         return {
             "guarantees": {
-                "against_readers_of_the_model": {
-                    "epsilon": epsilon,
-                    "delta": self.cfg.delta,
-                    "unit": "site",
-                },
+                "against_readers_of_the_model": self._readers(epsilon),
                 "against_the_server": self.server_view_report(ledger),
             }
         }
+
+    def _readers(self, epsilon: dict[str, Any]) -> dict[str, Any]:
+        return {"epsilon": epsilon, "delta": self.cfg.delta, "unit": "site"}
 
     def server_view_report(self, ledger: Ledger) -> dict[str, Any]:
         """Without secure aggregation: what the server itself learns.
