@@ -76,9 +76,10 @@ class ServerRound:
 
     def __post_init__(self) -> None:
         names = sorted(self.sites)
-        if len(set(names)) != len(names) or not 2 <= len(names) <= MAX_PARTICIPANTS:
+        if len(set(names)) != len(names) or not MIN_PARTICIPANTS <= len(names) <= MAX_PARTICIPANTS:
             raise SecAggError(
-                f"secure aggregation needs 2..{MAX_PARTICIPANTS} distinct sites, got {len(names)}"
+                f"secure aggregation needs {MIN_PARTICIPANTS}..{MAX_PARTICIPANTS} distinct "
+                f"sites, got {len(names)}"
             )
         self.ids = {name: i + 1 for i, name in enumerate(names)}
         self.names = {i: name for name, i in self.ids.items()}
