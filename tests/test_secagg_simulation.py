@@ -140,6 +140,15 @@ def test_distributed_dp_with_secure_aggregation_guards_against_the_server_as_rea
     assert "forged public keys" in " ".join(report["threat_model"]["does_not_hold_against"])
     assert result.history[-1]["epsilon"] > 0
     np.testing.assert_allclose(result.weights, [1, 2, 3], atol=1.0)
+    # The compliance report: the ledger's signed job entry declares it; the counts are
+    # the summary's (every masked input is an update_received entry: the chain verifies).
+    from consortia.monitor.report import make_report
+
+    section = make_report(tmp_path / "run")["sections"]["secure_aggregation"]
+    assert section["used"] is True and section["settings"]["failure_bits"] == 40
+    masked = sum(r["masked_inputs"] for r in report["secure_aggregation"]["per_round"])
+    assert f"{masked} masked inputs" in section["statement"]
+    assert "0 individual updates unmasked" in section["statement"]
 
 
 def test_distributed_dp_without_it_still_states_the_weaker_server_guarantee(

@@ -14,6 +14,7 @@ publishes it, and it is 0 unless the sites' own checks were bypassed).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class RoundParams:
     clip: float = 0.0
     scale: float = 0.0
     weight_cap: int = 0  # 0: the sites send ring elements already (distributed DP)
+    # log2 of the union bound on this round's failure (neighbours.failure_bound)
+    log2_failure: float = -math.inf
 
 
 @dataclass
@@ -61,6 +64,7 @@ class RoundFigures:
     participants: int = 0
     neighbours: int = 0
     threshold: int = 0
+    log2_failure: float | None = None  # None: no failure possible under the assumed counts
     masked_inputs: int = 0
     dropouts_recovered: int = 0
     individual_unmasked: int = 0
@@ -95,8 +99,13 @@ class ServerRound:
         self.asked_unmask: dict[int, tuple[list[int], list[int]]] = {}
         self.seed_shares: dict[int, list[Share]] = {}
         self.key_shares: dict[int, list[Share]] = {}
+        p = self.params
         self.figures = RoundFigures(
-            self.round, len(names), self.params.neighbours, self.params.threshold
+            self.round,
+            len(names),
+            p.neighbours,
+            p.threshold,
+            round(p.log2_failure, 2) if math.isfinite(p.log2_failure) else None,
         )
 
     # -- keys ------------------------------------------------------------------------------

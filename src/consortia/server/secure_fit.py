@@ -13,6 +13,7 @@ too few remain for some secret's threshold.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from consortia.core.messages import FitIns, FitRes
 from consortia.core.rng import derive_seed
 from consortia.secagg.context import SecAggError
 from consortia.secagg.encoding import FixedPoint
-from consortia.secagg.neighbours import choose
+from consortia.secagg.neighbours import choose, failure_bound
 from consortia.secagg.server import MIN_PARTICIPANTS, RoundFigures, RoundParams, ServerRound
 from consortia.server.workflow import RoundContext
 from consortia.strategy.presets import Strategy
@@ -46,23 +47,36 @@ def round_params(
     Float updates: the scale is the largest whose n-site sum of (weighted, clipped) values
     cannot wrap in ``bits`` (``FixedPoint.max_sites``); distributed DP brings its own ring.
     """
-    if cfg.neighbours is not None:
-        k = min(cfg.neighbours, n_sites - 1)
-        k -= k % 2 if k < n_sites - 1 else 0
-        t = cfg.threshold if cfg.threshold is not None else k // 2 + 1
-        t = min(max(t, (k + 1) // 2 + 1), k)
-    else:
-        choice = choose(n_sites, cfg.dropout_rate, cfg.corrupt_fraction, cfg.failure_bits)
-        k, t = choice.k, choice.threshold
+    k, t = graph_for(cfg, n_sites)
+    bound = failure_bound(n_sites, k, t, cfg.dropout_rate, cfg.corrupt_fraction)
+    log2 = math.log2(bound) if bound > 0 else -math.inf
     if privacy_bits is not None:
-        return RoundParams(k, t, privacy_bits)
+        return RoundParams(k, t, privacy_bits, log2_failure=log2)
     bits = cfg.bits or DEFAULT_BITS
     level = ((1 << bits) - 1) // n_sites - 1
     scale = level / (2 * cfg.clip_range)
     ring = FixedPoint(cfg.clip_range, scale, bits)
     if ring.max_sites < n_sites:  # float rounding of level/(2 clip): one step lower
         ring = FixedPoint(cfg.clip_range, (level - 1) / (2 * cfg.clip_range), bits)
-    return RoundParams(k, t, bits, ring.clip, ring.scale, cfg.weight_cap)
+    return RoundParams(k, t, bits, ring.clip, ring.scale, cfg.weight_cap, log2)
+
+
+def graph_for(cfg: SecureAggregationConfig, n_sites: int) -> tuple[int, int]:
+    """k and t for a round of ``n_sites``: the job's (capped to the round), else the
+    smallest k meeting 2^-failure_bits; when no k can (a few sites with dropouts assumed),
+    the complete graph with the lowest safe threshold, which tolerates the most dropouts:
+    the report then states the bound it does achieve (``failure_bound_log2``)."""
+    if cfg.neighbours is not None:
+        k = min(cfg.neighbours, n_sites - 1)
+        k -= k % 2 if k < n_sites - 1 else 0
+        t = cfg.threshold if cfg.threshold is not None else k // 2 + 1
+        return k, min(max(t, (k + 1) // 2 + 1), k)
+    try:
+        choice = choose(n_sites, cfg.dropout_rate, cfg.corrupt_fraction, cfg.failure_bits)
+    except SecAggError:
+        k = n_sites - 1
+        return k, (k + 1) // 2 + 1
+    return choice.k, choice.threshold
 
 
 def decode_weighted(total: np.ndarray, params: RoundParams, survivors: int) -> np.ndarray:
@@ -94,6 +108,7 @@ class SecureAggregationLog:
                     "sites_asked": f.participants,
                     "neighbours": f.neighbours,
                     "threshold": f.threshold,
+                    "failure_bound_log2": f.log2_failure,
                     "masked_inputs": f.masked_inputs,
                     "dropouts_recovered": f.dropouts_recovered,
                     "individual_updates_unmasked": f.individual_unmasked,

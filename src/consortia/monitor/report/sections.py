@@ -159,19 +159,36 @@ def privacy_section(files: RunFiles, dp: bool) -> dict[str, Any]:
 
 
 def secure_aggregation_section(files: RunFiles) -> dict[str, Any]:
+    """Whether the job declared secure aggregation (the ledger's job entry, signed) and,
+    from summary.json, what the server saw each round."""
     created = (of_kind(files.entries, K.JOB_CREATED) or [{}])[0]
-    used = created.get("secure_aggregation") is True
+    settings = created.get("secure_aggregation")
+    used = isinstance(settings, dict)
     guarantees = (files.privacy or {}).get("guarantees") or {}
+    out: dict[str, Any] = {"title": "Secure aggregation", "used": used}
     if used:
-        statement = "used: the job declared secure aggregation"
+        seen = (files.summary or {}).get("secure_aggregation") or {}
+        rows = [r for r in seen.get("per_round") or [] if isinstance(r, dict)]
+        total = {
+            key: sum(int(r.get(key) or 0) for r in rows)
+            for key in ("masked_inputs", "dropouts_recovered", "individual_updates_unmasked")
+        }
+        out["statement"] = (
+            "used: SecAgg+; the server received masked inputs only and unmasked each round's "
+            f"sum: {len(rows)} rounds, {total['masked_inputs']} masked inputs, "
+            f"{total['dropouts_recovered']} dropouts recovered, "
+            f"{total['individual_updates_unmasked']} individual updates unmasked"
+        )
+        out["settings"] = settings
+        out["per_round"] = rows
     elif "against_the_server" in guarantees:  # privacy.json's own word: distributed DP
-        statement = (
+        out["statement"] = (
             "not used: the server received each site's encoded, noised update (see the "
             "privacy guarantee's against_the_server)"
         )
     else:
-        statement = "not used: the server received each site's update"
-    return {"title": "Secure aggregation", "used": used, "statement": statement}
+        out["statement"] = "not used: the server received each site's update"
+    return out
 
 
 def validation_section(files: RunFiles, dp: bool) -> dict[str, Any]:
