@@ -149,6 +149,7 @@ def test_distributed_dp_with_secure_aggregation_guards_against_the_server_as_rea
     masked = sum(r["masked_inputs"] for r in report["secure_aggregation"]["per_round"])
     assert f"{masked} masked inputs" in section["statement"]
     assert "0 individual updates unmasked" in section["statement"]
+    assert "per_round" not in section  # under DP the report gives totals only
 
 
 def test_distributed_dp_without_it_still_states_the_weaker_server_guarantee(

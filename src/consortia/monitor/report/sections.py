@@ -158,9 +158,10 @@ def privacy_section(files: RunFiles, dp: bool) -> dict[str, Any]:
     return out
 
 
-def secure_aggregation_section(files: RunFiles) -> dict[str, Any]:
+def secure_aggregation_section(files: RunFiles, dp: bool) -> dict[str, Any]:
     """Whether the job declared secure aggregation (the ledger's job entry, signed) and,
-    from summary.json, what the server saw each round."""
+    from summary.json, what the server saw: per round without DP, totals under DP (like
+    every other section; privacy.json has the rows, see docs/secure_aggregation.md)."""
     created = (of_kind(files.entries, K.JOB_CREATED) or [{}])[0]
     settings = created.get("secure_aggregation")
     used = isinstance(settings, dict)
@@ -180,7 +181,8 @@ def secure_aggregation_section(files: RunFiles) -> dict[str, Any]:
             f"{total['individual_updates_unmasked']} individual updates unmasked"
         )
         out["settings"] = settings
-        out["per_round"] = rows
+        if not dp:
+            out["per_round"] = rows
     elif "against_the_server" in guarantees:  # privacy.json's own word: distributed DP
         out["statement"] = (
             "not used: the server received each site's encoded, noised update (see the "
@@ -300,7 +302,7 @@ def build_report(files: RunFiles, version: str, today: dt.date) -> dict[str, Any
             "participants": participants_section(files, dp),
             "agreements": agreements_section(files, dp, today),
             "privacy": privacy_section(files, dp),
-            "secure_aggregation": secure_aggregation_section(files),
+            "secure_aggregation": secure_aggregation_section(files, dp),
             "validation": validation_section(files, dp),
             "ledger": ledger_section(files, dp),
             "accuracy": accuracy_section(files),
