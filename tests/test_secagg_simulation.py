@@ -150,6 +150,8 @@ def test_distributed_dp_with_secure_aggregation_guards_against_the_server_as_rea
     assert f"{masked} masked inputs" in section["statement"]
     assert "0 individual updates unmasked" in section["statement"]
     assert "per_round" not in section  # under DP the report gives totals only
+    published = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert "secagg_masked_inputs" not in published and "secagg_threshold" in published
 
 
 def test_distributed_dp_without_it_still_states_the_weaker_server_guarantee(
@@ -211,3 +213,17 @@ def test_a_site_that_requires_secure_aggregation_joins_it_and_refuses_a_plain_jo
             out=tmp_path / "refused",
             base_dir=tmp_path,
         )
+
+
+def test_a_resumed_run_reports_every_round_it_ran(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "tests" / "fixtures" / "toy_app.py", tmp_path / "toy_app.py")
+    job = tmp_path / "job.toml"
+    text = (ROOT / "tests" / "fixtures" / "toy_job.toml").read_text()
+    job.write_text(text + "\n[secure_aggregation]\n")  # 4 of 6 sites a round
+    simulate(job, out=tmp_path / "run", rounds=2)
+    more = simulate(job, out=tmp_path / "run", rounds=4, resume=True)
+    rows = more.summary["secure_aggregation"]["per_round"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["completed"] and r["masked_inputs"] == 4 for r in rows)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["secagg_masked_inputs"] for m in metrics] == [4, 4, 4, 4]  # no DP: public

@@ -87,6 +87,10 @@ class RoundRecord:
 PARTICIPATION_KEYS = (
     "sites",
     "replies",
+    # secure aggregation's per-round counts: privacy.json states them (they are not what
+    # distributed DP's zero-out guarantee protects), metrics.jsonl under DP does not
+    "secagg_masked_inputs",
+    "secagg_dropouts_recovered",
     "failures",
     "failed_sites",
     "worst_site",

@@ -68,6 +68,7 @@ class RoundFigures:
     masked_inputs: int = 0
     dropouts_recovered: int = 0
     individual_unmasked: int = 0
+    completed: bool = False  # the sum was unmasked (a failed round unmasks nothing)
 
 
 @dataclass
@@ -254,6 +255,7 @@ class ServerRound:
         f = self.figures
         f.masked_inputs, f.dropouts_recovered = len(self.masked), len(dropped)
         f.individual_unmasked = len(set(self_seeds) & set(dropped))
+        f.completed = True
         return total
 
     def _masked_with(self, dropped: int) -> list[int]:

@@ -501,6 +501,7 @@ class Run:
                     self.strategy, cfg.secure_aggregation, privacy, provenance=self._prov
                 )
                 secure_log = fit.log
+                secure_log.restore([r.metrics for r in store.completed_rounds()])
             steps = standard_steps(
                 self.strategy,
                 settings,

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BITS = 32
+METRIC_PREFIX = "secagg_"  # the round's figures in its metrics row, for a resumed run
 
 
 def round_params(
@@ -95,6 +96,25 @@ class SecureAggregationLog:
 
     rounds: list[RoundFigures] = field(default_factory=list)
 
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """The completed rounds of a resumed run, from the store's metrics rows."""
+        for row in history:
+            if METRIC_PREFIX + "masked_inputs" not in row:
+                continue
+            self.rounds.append(
+                RoundFigures(
+                    int(row["round"]),
+                    int(row.get("sites", 0)),
+                    int(row[METRIC_PREFIX + "neighbours"]),
+                    int(row[METRIC_PREFIX + "threshold"]),
+                    row.get(METRIC_PREFIX + "failure_bound_log2"),
+                    int(row[METRIC_PREFIX + "masked_inputs"]),
+                    int(row[METRIC_PREFIX + "dropouts_recovered"]),
+                    int(row[METRIC_PREFIX + "individual_unmasked"]),
+                    True,
+                )
+            )
+
     def report(self, cfg: SecureAggregationConfig) -> dict[str, Any]:
         return {
             "enabled": True,
@@ -112,6 +132,7 @@ class SecureAggregationLog:
                     "masked_inputs": f.masked_inputs,
                     "dropouts_recovered": f.dropouts_recovered,
                     "individual_updates_unmasked": f.individual_unmasked,
+                    "completed": f.completed,
                 }
                 for f in self.rounds
             ],
@@ -154,6 +175,18 @@ class SecureFitStep:
             self.log.rounds.append(proto.figures)
         ctx.fit_replies = len(proto.survivors)
         self._aggregate(ctx, proto, total)
+        f = proto.figures
+        ctx.metrics.update(
+            {
+                METRIC_PREFIX + "masked_inputs": float(f.masked_inputs),
+                METRIC_PREFIX + "dropouts_recovered": float(f.dropouts_recovered),
+                METRIC_PREFIX + "individual_unmasked": float(f.individual_unmasked),
+                METRIC_PREFIX + "neighbours": float(f.neighbours),
+                METRIC_PREFIX + "threshold": float(f.threshold),
+            }
+        )
+        if f.log2_failure is not None:
+            ctx.metrics[METRIC_PREFIX + "failure_bound_log2"] = f.log2_failure
         log.info(
             "round %d: secure sum of %d masked inputs, %d dropouts recovered",
             rnd,
