@@ -190,6 +190,10 @@ def test_distributed_dp_without_it_still_states_the_weaker_server_guarantee(
         ({"privacy": {"mode": "local", "local_noise_multiplier": 1.0}}, "privacy.mode"),
         ({"strategy": {"validation": {"max_norm": 3.0}}}, "strategy.validation.max_norm"),
         ({"audit": {}}, "audit"),
+        (
+            {"simulation": {"attack": {"kind": "scaling", "fraction": 0.2}}},
+            "simulation.attack",
+        ),
         ({"secure_aggregation": {"neighbours": 4, "threshold": 2}}, "secure_aggregation.threshold"),
         ({"secure_aggregation": {"threshold": 3}}, "secure_aggregation.threshold"),
     ],
@@ -227,3 +231,9 @@ def test_a_resumed_run_reports_every_round_it_ran(tmp_path: Path) -> None:
     assert all(r["completed"] and r["masked_inputs"] == 4 for r in rows)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [m["secagg_masked_inputs"] for m in metrics] == [4, 4, 4, 4]  # no DP: public
+
+
+def test_data_poisoning_attacks_run_through_secure_aggregation(tmp_path: Path) -> None:
+    attack = {"attack": {"kind": "label_flip", "fraction": 0.34}}
+    result = simulate(_toy(tmp_path, simulation=attack), out=tmp_path / "run", base_dir=tmp_path)
+    assert len(result.history) == 3 and np.all(np.isfinite(result.weights))

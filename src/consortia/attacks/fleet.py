@@ -64,10 +64,13 @@ class AttackFleet(Fleet):
 
     def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Outcome]:
         outcomes = list(self.inner.send(requests, timing))
+        masked = {site for site, ins in requests if getattr(ins, "secagg", None) is not None}
         fits = {
             o.site: o.message
             for o in outcomes
-            if isinstance(o, Reply) and isinstance(o.message, FitRes)
+            # a masked input is not an update: only data poisoning runs under secure
+            # aggregation (the job file refuses the other attacks with it)
+            if isinstance(o, Reply) and isinstance(o.message, FitRes) and o.site not in masked
         }
         bad = [s for s in fits if s in self.malicious]
         if not bad:

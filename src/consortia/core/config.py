@@ -449,6 +449,19 @@ class JobConfig(_Strict):
                 )
         if self.audit is not None:
             raise ValueError(f"audit: per-site scores need each update, and {only_sum}")
+        attack = self.simulation.attack if self.simulation is not None else None
+        data_only = (
+            attack is None
+            or attack.kind == "label_flip"
+            or (attack.kind == "backdoor" and attack.boost == 1)
+        )
+        if not data_only:
+            assert attack is not None
+            raise ValueError(
+                f"simulation.attack: the {attack.kind!r} attack rewrites the update the server "
+                "receives, which secure aggregation replaces by a masked input; data "
+                "poisoning (label_flip, or backdoor with boost = 1) runs with it"
+            )
         return self
 
     @model_validator(mode="after")
