@@ -429,3 +429,30 @@ def test_bad_keys_requests_are_refused(field: str, value: object, match: str) ->
 def test_a_round_needs_three_sites() -> None:
     with pytest.raises(SecAggError, match=r"3\.\.65535 distinct"):
         ServerRound("j", 1, ["a", "b"], RoundParams(1, 1, 32))
+
+
+def test_a_site_left_with_too_few_neighbours_is_dropped_before_anyone_masks_with_it() -> None:
+    """Its mask key could not be rebuilt, so nobody may mask with it: the round goes on."""
+    n, k, t, bits = 9, 4, 3, 32
+    seed = bytes(range(32))
+    inputs = ring_inputs(n, 32, bits, seed=7)
+    names = sorted(inputs)
+    probe = ServerRound("job-1", 1, names, RoundParams(k, t, bits), graph_seed=seed)
+    victim = probe.ids[names[0]]
+    near = sorted(probe.graph[victim])
+    gone = {probe.names[i] for i in near[:3]}  # 3 of its 4 neighbours vanish before sharing
+    server = ServerRound("job-1", 1, names, RoundParams(k, t, bits), graph_seed=seed)
+    run = Run(server, {name: SiteProtocol() for name in inputs})
+    run.phase(server.keys_requests(), _keys, server.accept_keys, set())
+    run.phase(server.shares_requests(), _shares, server.accept_shares, gone)
+    secure = server.secure_inputs()
+    assert names[0] not in secure
+    assert all(victim not in server.senders_of[j] for j in server.senders_of)
+    for name, sa in secure.items():
+        masked = run.sites[name].mask(
+            1, bits, [int(s) for s in sa.senders], sa.bundles.tobytes(), inputs[name]
+        )
+        server.accept_masked(name, masked.astype(np.uint32).view(np.int32))
+    run.phase(server.unmask_requests(), _unmask, server.accept_unmask, set())
+    kept = [inputs[name] for name in secure]
+    assert np.array_equal(server.result(), ring_total(kept, bits))

@@ -168,12 +168,24 @@ class ServerRound:
 
     # -- masked input ----------------------------------------------------------------------
     def secure_inputs(self) -> dict[str, SecureInput]:
-        """Per site of U2: the bundles its neighbours in U2 sealed for it."""
+        """Per site of U2: the bundles its neighbours in U2 sealed for it.
+
+        A site with fewer than t - 1 such neighbours cannot mask (it refuses), and if its
+        neighbours masked with it, its mask key could not be rebuilt when it drops: so it
+        is left out before anyone masks, and its neighbours lose it as a sender, until
+        every site left has enough (each removal can only shrink the others' lists).
+        """
+        active = set(self.shared)
+        while True:
+            senders_of = {
+                j: [i for i in sorted(active) if (i, j) in self.bundles] for j in sorted(active)
+            }
+            short = {j for j, s in senders_of.items() if len(s) < self.params.threshold - 1}
+            if not short:
+                break
+            active -= short
         out = {}
-        for j in sorted(self.shared):
-            senders = [i for i in sorted(self.shared) if (i, j) in self.bundles]
-            if len(senders) < self.params.threshold - 1:
-                continue
+        for j, senders in senders_of.items():
             self.senders_of[j] = senders
             out[self.names[j]] = SecureInput(
                 self.params.bits,
