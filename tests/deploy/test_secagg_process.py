@@ -135,11 +135,11 @@ def test_a_site_killed_after_its_masked_input_left_is_in_the_sum_of_the_complete
     server = spawn(
         "server", server_args(_job(tmp_path, rounds=2), port, pki, out, "--min-sites", "3")
     )
-    # Round 2: site-a and site-b train 3 s; site-c replies at once and is killed then.
-    sites = _start_sites(spawn, port, pki, toy_app.SITES, "site-a@2=3,site-b@2=3")
+    # Round 2: site-a and site-b train 4 s; site-c replies at once and is killed then.
+    sites = _start_sites(spawn, port, pki, toy_app.SITES, "site-a@2=4,site-b@2=4")
     victim = sites["site-c"]
     _wait_for_text(victim, "round 2 fit: reply sent", server, 30)
-    time.sleep(0.3)  # "reply sent" is the reply queued on the stream: let it leave
+    time.sleep(1.0)  # "reply sent" is the reply queued on the stream: let it leave
     victim.popen.kill()
     victim.popen.wait(5)
     assert completed_rounds(out) == 1  # the others were still training
