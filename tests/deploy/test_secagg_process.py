@@ -168,10 +168,11 @@ def test_a_site_killed_while_training_is_a_dropout_the_others_shares_recover(
 ) -> None:
     """Four sites (three must send masked inputs: two would each learn the other's update
     from the sum): site-c dies in round 2 before masking; its pair masks, already in the
-    others' inputs, are removed with its mask key rebuilt from their shares."""
+    others' inputs, are removed with its mask key rebuilt from their shares. Restarted,
+    a new process with no protocol state, it takes part in round 3 again."""
     port, out = free_port(), tmp_path / "run"
     server = spawn(
-        "server", server_args(_job(tmp_path, rounds=2), port, pki, out, "--min-sites", "4")
+        "server", server_args(_job(tmp_path, rounds=3), port, pki, out, "--min-sites", "4")
     )
     everyone = (*toy_app.SITES, "hospital-a")
     sites = _start_sites(spawn, port, pki, everyone, "site-c@2=60")
@@ -179,11 +180,14 @@ def test_a_site_killed_while_training_is_a_dropout_the_others_shares_recover(
     _wait_for_text(victim, "round 2 fit: working", server, 30)
     victim.popen.kill()
     victim.popen.wait(5)
+    wait_until(lambda: completed_rounds(out) >= 2, 30, "round 2 to complete without site-c")
+    spawn("site-c-again", client_args(port, "site-c", pki / "sites" / "site-c", PACED_APP))
     assert server.wait(40) == 0, server.output()
     per_round = _secure_rounds(out)
     assert [(r["round"], r["masked_inputs"], r["dropouts_recovered"]) for r in per_round] == [
         (1, 4, 0),
         (2, 3, 1),
+        (3, 4, 0),
     ]
     assert all(r["individual_updates_unmasked"] == 0 for r in per_round)
     phases = _phases(out, 2)
@@ -195,6 +199,7 @@ def test_a_site_killed_while_training_is_a_dropout_the_others_shares_recover(
     assert {phases[(s, "secagg_unmask")] for s in survivors} == {("replied", None)}
     _assert_moved_by_the_mean_of(out, 1, everyone)
     _assert_moved_by_the_mean_of(out, 2, survivors)
+    _assert_moved_by_the_mean_of(out, 3, everyone)
     assert [sites[s].wait(15) for s in survivors] == [0, 0, 0]
 
 
