@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 from grpc_site_helpers import SITES, AddTrainer, SiteStarter, make_site
 
+from consortia.client.app import SiteApp
 from consortia.core.config import SecureAggregationConfig
-from consortia.core.messages import FitIns, TrainSettings
+from consortia.core.events import PhaseRecord
+from consortia.core.messages import FitIns, FitRes, SecureInput, TrainSettings
 from consortia.fleet.base import Reply, Timing
 from consortia.fleet.grpc import GrpcFleet
+from consortia.secagg.messages import BUNDLE_BYTES
 from consortia.secagg.server import ServerRound
+from consortia.server.phases import Phase, run_phase
 from consortia.server.secure_fit import decode_weighted, round_params
 
 EXAMPLES = (10, 20, 30)
@@ -85,3 +89,64 @@ def test_a_secure_round_over_grpc_gives_the_weighted_mean_after_a_reconnect(
     np.testing.assert_allclose(mean, np.full(SIZE, want), rtol=0, atol=bound)
     assert proto.figures.masked_inputs == 3 and proto.figures.individual_unmasked == 0
     assert fleet.refusal_count == 0
+
+
+class _Masker(SiteApp):
+    """Answers a secure fit with whatever ``reply`` builds: a hostile site's masked input."""
+
+    def __init__(self, reply: Callable[[FitIns], FitRes]) -> None:
+        super().__init__("site-a")
+        self.reply = reply
+
+    def on_fit(self, ins: FitIns) -> FitRes:
+        return self.reply(ins)
+
+
+D = 5  # model size; a masked float update is D + 1 words (the weight coordinate)
+# Sizes and dtypes are the transport's (announced before any array arrives); counts and
+# metrics the reply check's.
+HOSTILE: dict[str, tuple[Callable[[FitIns], FitRes], str]] = {
+    "float update in the clear": (
+        lambda ins: FitRes("site-a", 1, np.ones(D + 1, np.float32), 0, {}),
+        "announces arrays [delta (6 float32)]; expected [delta (6 int32)]",
+    ),
+    "no weight coordinate": (
+        lambda ins: FitRes("site-a", 1, np.ones(D, np.int32), 0, {}),
+        "announces arrays [delta (5 int32)]; expected [delta (6 int32)]",
+    ),
+    "an example count": (
+        lambda ins: FitRes("site-a", 1, np.ones(D + 1, np.int32), 7, {}),
+        "a masked input carries no example count, metrics or clip bit",
+    ),
+    "metrics": (
+        lambda ins: FitRes("site-a", 1, np.ones(D + 1, np.int32), 0, {"loss": 0.5}),
+        "a masked input carries no example count, metrics or clip bit",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_masked_input_with_anything_but_ring_words_is_refused_at_the_boundary(
+    fleet: GrpcFleet, start_site: SiteStarter, case: str
+) -> None:
+    """What a secure fit reply may not carry is refused before the protocol sees it: by
+    the transport (size and dtype, announced exactly) or by the phase's reply check; the
+    same site's reply of ring words only, to the next request, is accepted."""
+    build, named = HOSTILE[case]
+    site = _Masker(build)
+    start_site(fleet, site)
+    fleet.wait_for_sites(1, timeout=5)
+    secure = SecureInput(32, np.array([2, 3], np.int64), np.zeros(2 * BUNDLE_BYTES, np.uint8))
+    ins = FitIns(1, np.zeros(D, np.float32), TrainSettings(), 0, sites=3, secagg=secure)
+    accepted: list[FitRes] = []
+
+    def fit() -> PhaseRecord:
+        phase = Phase("fit", 1, [("site-a", ins)], deadline_s=5, min_replies=0)
+        return run_phase(fleet, phase, lambda site, res: accepted.append(res))
+
+    bad = fit()
+    assert accepted == [] and len(bad.failures) == 1
+    assert named in bad.failures[0].reason, bad.failures[0].reason
+    site.reply = lambda ins: FitRes("site-a", 1, np.ones(D + 1, np.int32), 0, {})
+    assert fit().accepted == ["site-a"]
+    assert accepted[0].delta.dtype == np.int32
