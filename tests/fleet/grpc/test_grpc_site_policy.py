@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from grpc_site_helpers import SiteStarter, make_site
+from grpc_site_helpers import AddTrainer, SiteStarter, make_site
 
 from consortia.client import runtime
 from consortia.client.policy import DataUseAgreement, SitePolicy
@@ -140,3 +140,24 @@ def test_rounds_are_refused_for_too_few_sites_and_once_the_agreement_expires(
     assert isinstance(expired, Failure)
     assert "site policy: data_use_agreement: site site-a refuses round 3" in expired.reason
     assert "DUA-9 expired" in expired.reason
+
+
+def test_a_site_requiring_secure_aggregation_refuses_a_plain_round_of_a_secure_job(
+    fleet: GrpcFleet, start_site: SiteStarter
+) -> None:
+    """The manifest promised secure aggregation; a round that asks for a plain update
+    anyway (a server breaking its word) is refused before any training."""
+    fleet.admit(_manifest(secure_aggregation=True), 5)
+    trainer = AddTrainer()
+    site = make_site("site-a", trainer=trainer)
+    site.policy = SitePolicy(require_secure_aggregation=True)
+    start_site(fleet, site)
+    fleet.wait_for_sites(1, timeout=5)
+    assert _until(lambda: site.manifest is not None and site.manifest.secure_aggregation)
+    ins = FitIns(1, np.zeros(5, np.float32), TrainSettings(), 0, sites=3)
+    (plain,) = fleet.send([("site-a", ins)], Timing(5))
+    assert isinstance(plain, Failure)
+    assert plain.reason.startswith(
+        "site reported: site policy: require_secure_aggregation: site site-a refuses round 1"
+    ), plain.reason
+    assert trainer.seen == []
