@@ -96,3 +96,14 @@ def client_args(port: int, site: str, site_dir: Path, app: str, *extra: str) -> 
         "0.3",
         *extra,
     ]
+
+
+# Distributed DP for the three toy sites, all in every round (deployment needs population).
+DISTRIBUTED = """
+[privacy]
+mode = "distributed"
+sample_rate = 1.0
+clip_norm = 5.0
+noise_multiplier = 2.0
+population = 3
+"""

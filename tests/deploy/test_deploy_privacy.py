@@ -11,7 +11,7 @@ from typing import Any
 import dp_accounting
 import pytest
 import toy_app
-from deploy_helpers import TOY_JOB
+from deploy_helpers import DISTRIBUTED, TOY_JOB
 
 from consortia.cli.client import load_policy
 from consortia.client.policy import SitePolicy
@@ -121,16 +121,6 @@ def test_a_noised_round_that_fails_after_the_draw_is_accounted(tmp_path: Path, m
     assert len(report["events"]) == 5  # four rounds released, and the attempt that failed
     want = epsilon_for(2.0, 1.0, 5, 1e-5)["rdp"]
     assert report["epsilon"]["rdp"] == pytest.approx(want, rel=1e-6)
-
-
-DISTRIBUTED = """
-[privacy]
-mode = "distributed"
-sample_rate = 1.0
-clip_norm = 5.0
-noise_multiplier = 2.0
-population = 3
-"""
 
 
 def test_distributed_dp_without_secure_aggregation_states_its_guarantee_against_the_server(

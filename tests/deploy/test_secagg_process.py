@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import toy_app
 from deploy_helpers import (
+    DISTRIBUTED,
     HERE,
     TOY_APP,
     TOY_JOB,
@@ -46,14 +47,6 @@ PACED_APP = f"{HERE / 'secagg_app.py'}:make_site"
 # Three sites are the complete graph at k = 2 (the default k is derived for larger n);
 # a clipping range the toy updates (|delta| < 3) never reach, so the secure mean is the
 # plain one up to the fixed-point step.
-DISTRIBUTED = """
-[privacy]
-mode = "distributed"
-sample_rate = 1.0
-clip_norm = 5.0
-noise_multiplier = 2.0
-population = 3
-"""
 SECAGG = "\n[secure_aggregation]\nneighbours = 2\nclip_range = 10.0\n"
 LR, SEED = 0.5, 7  # toy_job.toml's [train] lr and seed
 

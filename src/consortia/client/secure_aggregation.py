@@ -29,6 +29,7 @@ from consortia.secagg.messages import (
     SharesRes,
     UnmaskIns,
     UnmaskRes,
+    as_array,
 )
 from consortia.secagg.site import SiteProtocol, encode_weighted
 
@@ -40,10 +41,6 @@ def _protocol(app: SiteApp) -> SiteProtocol:
     return proto
 
 
-def _u8(raw: bytes) -> np.ndarray:
-    return np.frombuffer(raw, dtype=np.uint8).copy()
-
-
 def _ids(values: np.ndarray) -> list[int]:
     return [int(v) for v in values]
 
@@ -53,7 +50,7 @@ def secure_aggregation(app: SiteApp, message: Any, call_next: Handler) -> Any:
     try:
         if isinstance(message, KeysIns):
             cipher, mask = _protocol(app).keys(message)
-            return KeysRes(app.site_id, message.round, _u8(cipher), _u8(mask))
+            return KeysRes(app.site_id, message.round, as_array(cipher), as_array(mask))
         if isinstance(message, SharesIns):
             bundles = _protocol(app).shares(
                 message.round,
@@ -61,12 +58,12 @@ def secure_aggregation(app: SiteApp, message: Any, call_next: Handler) -> Any:
                 message.cipher_keys.tobytes(),
                 message.mask_keys.tobytes(),
             )
-            return SharesRes(app.site_id, message.round, _u8(bundles))
+            return SharesRes(app.site_id, message.round, as_array(bundles))
         if isinstance(message, UnmaskIns):
             shares = _protocol(app).unmask(
                 message.round, _ids(message.survivors), _ids(message.dropped)
             )
-            return UnmaskRes(app.site_id, message.round, _u8(shares))
+            return UnmaskRes(app.site_id, message.round, as_array(shares))
         if isinstance(message, FitIns) and message.secagg is not None:
             return _masked_fit(app, message, call_next)
     except SecAggError as exc:

@@ -104,6 +104,11 @@ class UnmaskRes:
     shares: np.ndarray
 
 
+def as_array(raw: bytes) -> np.ndarray:
+    """Bytes as the uint8 array they travel in (a copy: messages own their arrays)."""
+    return np.frombuffer(raw, dtype=np.uint8).copy()
+
+
 def _ids(values: np.ndarray, what: str, limit: int) -> list[int]:
     if not isinstance(values, np.ndarray) or values.dtype != _I64 or values.ndim != 1:
         raise InvalidMessageError(f"{what} must be a 1-D int64 array")
@@ -213,4 +218,5 @@ __all__ = [
     "SharesRes",
     "UnmaskIns",
     "UnmaskRes",
+    "as_array",
 ]

@@ -34,6 +34,7 @@ from consortia.secagg.messages import (
     SharesRes,
     UnmaskIns,
     UnmaskRes,
+    as_array,
 )
 from consortia.secagg.neighbours import GRAPH_SEED_BYTES, neighbours
 from consortia.secagg.shamir import SHARE_BYTES, Share, combine
@@ -152,8 +153,8 @@ class ServerRound:
                     SharesIns(
                         self.round,
                         np.array(peers, np.int64),
-                        _u8(b"".join(self.keys[j][0] for j in peers)),
-                        _u8(b"".join(self.keys[j][1] for j in peers)),
+                        as_array(b"".join(self.keys[j][0] for j in peers)),
+                        as_array(b"".join(self.keys[j][1] for j in peers)),
                     ),
                 )
             )
@@ -190,7 +191,7 @@ class ServerRound:
             out[self.names[j]] = SecureInput(
                 self.params.bits,
                 np.array(senders, np.int64),
-                _u8(b"".join(self.bundles[(i, j)] for i in senders)),
+                as_array(b"".join(self.bundles[(i, j)] for i in senders)),
             )
         return out
 
@@ -277,10 +278,6 @@ class ServerRound:
     @property
     def survivors(self) -> list[str]:
         return [self.names[i] for i in sorted(self.masked)]
-
-
-def _u8(raw: bytes) -> np.ndarray:
-    return np.frombuffer(raw, dtype=np.uint8).copy()
 
 
 __all__ = ["KEY_BYTES", "RoundFigures", "RoundParams", "ServerRound"]

@@ -21,13 +21,12 @@ import numpy as np
 
 from consortia.core.config import SecureAggregationConfig
 from consortia.core.errors import RoundFailedError
-from consortia.core.messages import FitIns, FitRes
-from consortia.core.rng import derive_seed
+from consortia.core.messages import FitRes
 from consortia.secagg.context import SecAggError
 from consortia.secagg.encoding import FixedPoint
 from consortia.secagg.neighbours import choose, failure_bound
 from consortia.secagg.server import MIN_PARTICIPANTS, RoundFigures, RoundParams, ServerRound
-from consortia.server.workflow import RoundContext
+from consortia.server.workflow import RoundContext, fit_request
 from consortia.strategy.presets import Strategy
 
 if TYPE_CHECKING:
@@ -203,20 +202,9 @@ class SecureFitStep:
         train = dp.train_settings(self.strategy.train) if dp else self.strategy.train
         instructions = dp.client_privacy() if dp else None
         inputs = proto.secure_inputs()
+        n = len(proto.ids)
         requests = [
-            (
-                site,
-                FitIns(
-                    rnd,
-                    ctx.model,
-                    train,
-                    derive_seed(s.seed, "fit", rnd, site),
-                    instructions,
-                    sites=len(proto.ids),
-                    job=s.job_id or None,
-                    secagg=secure,
-                ),
-            )
+            (site, fit_request(ctx, site, train, instructions, n, secure))
             for site, secure in inputs.items()
         ]
 

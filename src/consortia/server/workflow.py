@@ -20,7 +20,16 @@ import numpy as np
 from consortia.client.trainers.base import Trainer
 from consortia.core.errors import RoundFailedError
 from consortia.core.events import LoopState, PhaseDone, PhaseRecord, RoundRecord, State
-from consortia.core.messages import EvaluateIns, EvaluateRes, Failure, FitIns, FitRes, TrainSettings
+from consortia.core.messages import (
+    ClientPrivacy,
+    EvaluateIns,
+    EvaluateRes,
+    Failure,
+    FitIns,
+    FitRes,
+    SecureInput,
+    TrainSettings,
+)
 from consortia.core.rng import derive_seed
 from consortia.core.spec import ModelSpec, all_finite
 from consortia.fleet.base import Fleet
@@ -146,6 +155,29 @@ class Step(Protocol):
     def run(self, ctx: RoundContext) -> None: ...
 
 
+def fit_request(
+    ctx: RoundContext,
+    site: str,
+    train: TrainSettings,
+    privacy: ClientPrivacy | None,
+    sites: int,
+    secagg: SecureInput | None = None,
+) -> FitIns:
+    """One site's fit request: the model, its training seed (derived, so the same in any
+    fleet), the round's privacy instructions, how many sites the round asks, the job id."""
+    s = ctx.settings
+    return FitIns(
+        ctx.number,
+        ctx.model,
+        train,
+        derive_seed(s.seed, "fit", ctx.number, site),
+        privacy,
+        sites=sites,
+        job=s.job_id or None,
+        secagg=secagg,
+    )
+
+
 def weighted_metrics(
     values: Sequence[tuple[int, dict[str, float]]], prefix: str
 ) -> dict[str, float]:
@@ -200,19 +232,7 @@ class FitStep:
         train = dp.train_settings(self.strategy.train) if dp else self.strategy.train
         instructions = dp.client_privacy() if dp else None
         requests = [
-            (
-                site,
-                FitIns(
-                    rnd,
-                    ctx.model,
-                    train,
-                    derive_seed(s.seed, "fit", rnd, site),
-                    instructions,
-                    job=s.job_id or None,
-                    sites=len(chosen),
-                ),
-            )
-            for site in chosen
+            (site, fit_request(ctx, site, train, instructions, len(chosen))) for site in chosen
         ]
         agg, dtype = self.strategy.aggregator, ctx.spec.vector_dtype
         # A step before this one may have added to the state for this round (the root update)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,3 +147,13 @@ def wire(message: Any, *, reply: bool, chunk: int = 64, site: str | None = None)
     for frame in codec.iter_payload_frames(arrays, 7, chunk):
         asm.add(pb.SiteMessage.FromString(frame).chunk)
     return decode(asm.result(), reply=reply, site=site)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from grpc_site_helpers import (
     SiteStarter,
     make_site,
     probe,
+    wait_for,
 )
 
 from consortia.client.app import SiteApp
@@ -34,15 +34,6 @@ from consortia.fleet.grpc import GrpcFleet, JobEnded, SitesTimeoutError
 
 def _fit(round_: int, w: np.ndarray, seed: int = 0) -> FitIns:
     return FitIns(round_, w, TrainSettings(lr=0.25), seed)
-
-
-def _wait(condition: Any, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_three_sites_answer_fit_and_evaluate_in_request_order(
@@ -251,7 +242,7 @@ def test_site_reconnects_by_itself_after_its_connection_drops(
     fleet.wait_for_sites(1, timeout=5)
     first = fleet._sessions["site-a"]
     first.close("test cut the connection")
-    assert _wait(lambda: fleet._sessions.get("site-a") not in (None, first))
+    assert wait_for(lambda: fleet._sessions.get("site-a") not in (None, first))
     (out,) = fleet.send([("site-a", _fit(5, np.zeros(2, np.float32)))], Timing(5))
     assert isinstance(out, Reply) and out.message.round == 5
 
@@ -265,7 +256,7 @@ def test_stop_event_ends_run_site_and_the_server_notices(
     run.thread.join(3)
     assert not run.thread.is_alive()
     assert run.result is None  # stopped by its owner, not ended by the server
-    assert _wait(lambda: fleet.sites() == [], timeout=3)
+    assert wait_for(lambda: fleet.sites() == [], timeout=3)
 
 
 def test_end_job_makes_run_site_return_how_the_job_ended(
@@ -278,7 +269,7 @@ def test_end_job_makes_run_site_return_how_the_job_ended(
         run.thread.join(5)
         assert not run.thread.is_alive(), "run_site kept running after the job ended"
         assert run.result == JobEnded("job-1", "budget_exhausted")
-    assert _wait(lambda: fleet.sites() == [], timeout=3)
+    assert wait_for(lambda: fleet.sites() == [], timeout=3)
 
 
 def test_end_job_reaches_the_sites_even_when_the_server_closes_at_once(
@@ -305,7 +296,7 @@ def test_keep_alive_site_stays_for_the_next_job_until_stopped(
     first = fleet._sessions["site-a"]
     fleet.end_job("completed")
     # It hangs up on the ended job and dials in again, ready for the next one.
-    assert _wait(lambda: fleet._sessions.get("site-a") not in (None, first))
+    assert wait_for(lambda: fleet._sessions.get("site-a") not in (None, first))
     run.thread.join(0.5)
     assert run.thread.is_alive(), "a keep_alive site returned when the job ended"
     (out,) = fleet.send([("site-a", _fit(1, np.zeros(2, np.float32)))], Timing(5))

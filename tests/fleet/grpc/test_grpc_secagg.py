@@ -6,13 +6,12 @@ when its connection drops between two of them."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
-from grpc_site_helpers import SITES, AddTrainer, SiteStarter, make_site
+from grpc_site_helpers import SITES, AddTrainer, SiteStarter, make_site, wait_for
 
 from consortia.client.app import SiteApp
 from consortia.core.config import SecureAggregationConfig
@@ -39,15 +38,6 @@ def _phase(fleet: GrpcFleet, requests: Sequence[tuple[str, Any]], accept: Callab
         accept(out.site, out.message)
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @pytest.mark.parametrize("bits", [32, 40])
 def test_a_secure_round_over_grpc_gives_the_weighted_mean_after_a_reconnect(
     fleet: GrpcFleet, start_site: SiteStarter, bits: int
@@ -63,7 +53,7 @@ def test_a_secure_round_over_grpc_gives_the_weighted_mean_after_a_reconnect(
     # reconnects with the same site object, whose protocol state carries on.
     first = fleet._sessions["site-b"]
     first.close("test cut the connection")
-    assert _wait(lambda: fleet._sessions.get("site-b") not in (None, first))
+    assert wait_for(lambda: fleet._sessions.get("site-b") not in (None, first))
     w = np.zeros(SIZE, np.float32)
     requests = [
         (site, FitIns(1, w, TrainSettings(), 0, sites=3, job="job-1", secagg=secure))
