@@ -45,8 +45,8 @@ from consortia.core.events import (
     WaitingForSites,
     public_row,
 )
-from consortia.core.manifest import JobManifest, is_policy_refusal, printable
 from consortia.core.join import JoinStatement
+from consortia.core.manifest import JobManifest, is_policy_refusal, printable
 from consortia.core.memory import MIB, peak_rss_bytes
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.fleet.admitted import AdmittedFleet
