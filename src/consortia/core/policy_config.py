@@ -49,6 +49,7 @@ def _paragraph(value: str) -> str:
 
 
 Line = Annotated[str, AfterValidator(_line)]
+Party = Annotated[str, Field(min_length=1, max_length=MAX_PARTY_CHARS), AfterValidator(_line)]
 
 
 class _Strict(BaseModel):
@@ -61,9 +62,7 @@ class DataUseAgreementConfig(_Strict):
 
     reference: Line = Field(min_length=1, max_length=200)
     purpose: Annotated[str, AfterValidator(_paragraph)] = Field(min_length=1, max_length=1000)
-    parties: list[Annotated[Line, Field(min_length=1, max_length=MAX_PARTY_CHARS)]] = Field(
-        min_length=1, max_length=MAX_PARTIES
-    )
+    parties: list[Party] = Field(min_length=1, max_length=MAX_PARTIES)
     expires: dt.date
 
 
