@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from consortia.cli import main
+from consortia.client.policy import SitePolicy
 from consortia.core.errors import ConfigError
+from consortia.core.join import AgreementStatement, JoinRes
 from consortia.core.policy_config import SitePolicyConfig, policy_digest
 from consortia.monitor.report import make_report
 from consortia.simulation import simulate
@@ -169,3 +171,34 @@ def test_a_resumed_job_does_not_record_the_same_statements_again(tmp_path: Path)
         rows = db.execute("SELECT payload FROM ledger WHERE kind = 'site_joined'").fetchall()
     assert sorted(json.loads(r)["site"] for (r,) in rows) == ["site-0000", "site-0001", "site-0002"]
     assert main(["audit", "verify", str(tmp_path / "run")]) == 0
+
+
+def test_statements_that_do_not_check_out_are_dropped_and_the_ledger_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Sites that lie in their join reply (a digest that is not one, an agreement with a
+    terminal escape, one far over the schema's limits): each joins stating nothing, with
+    a logged reason, and the ledger and the report stay whole."""
+    ok = AgreementStatement("DUA-1", "toy", "2099-01-01", {"0": "a"})
+    lies = {
+        "site-0000": JoinRes("site-0000", 0, "zz" * 32, ok),
+        "site-0001": JoinRes(
+            "site-0001", 0, "ab" * 32, AgreementStatement("\x1b[2J", "toy", "2099-01-01", {})
+        ),
+        "site-0002": JoinRes(
+            "site-0002", 0, "ab" * 32, AgreementStatement("D", "p" * 100_000, "x", {"0": "a"})
+        ),
+    }
+    monkeypatch.setattr(SitePolicy, "join_reply", lambda self, reply: lies[reply.site])
+    simulate(_job(tmp_path, STATED.replace('"pool"', '"debug"')), out=tmp_path / "run")
+    with sqlite3.connect(tmp_path / "run" / "state.sqlite") as db:
+        rows = db.execute("SELECT payload FROM ledger WHERE kind = 'site_joined'").fetchall()
+    joined = [json.loads(r) for (r,) in rows]
+    assert len(joined) == 3
+    assert all(j["policy_sha256"] is None and j["dua"] is None for j in joined)
+    dropped = [r.getMessage() for r in caplog.records if "statement is dropped" in r.getMessage()]
+    assert len(dropped) == 3 and all(len(m) < 500 for m in dropped)
+    assert main(["audit", "verify", str(tmp_path / "run")]) == 0
+    assert make_report(tmp_path / "run")["sections"]["agreements"]["recorded_in_ledger"] == (
+        "no site_joined entry records a policy digest or an agreement"
+    )
