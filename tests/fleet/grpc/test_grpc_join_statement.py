@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from grpc_site_helpers import SiteStarter, make_site
 from test_grpc_hostile import RawSite
@@ -18,7 +19,8 @@ from test_grpc_hostile import RawSite
 from consortia.client.policy import DataUseAgreement, SitePolicy
 from consortia.core.join import AgreementStatement, JoinRes
 from consortia.core.manifest import JobManifest
-from consortia.core.messages import encode
+from consortia.core.messages import FitIns, TrainSettings, encode
+from consortia.fleet.base import Reply, Timing
 from consortia.fleet.grpc import GrpcFleet, codec
 from consortia.fleet.grpc import federation_pb2 as pb
 
@@ -73,7 +75,11 @@ def test_a_site_states_its_policy_at_the_welcome_and_one_without_states_nothing(
             "expires": "2099-06-30",
         },
     }
-    time.sleep(0.3)  # site-b's reply (no statement) has had time to arrive
+    # A site's join reply comes before anything else it sends on its stream: once site-b
+    # has answered a round, its join (stating nothing) has been heard.
+    ins = FitIns(1, np.zeros(4, np.float32), TrainSettings(), 0, sites=2)
+    (answer,) = fleet.send([("site-b", ins)], Timing(5))
+    assert isinstance(answer, Reply)
     assert fleet.join_statement("site-b") is None
     assert fleet.refusal_count == 0, list(fleet.refusals)
 
