@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import consortia.simulation as simulation_module
+from consortia.core.join import JoinStatement
 from consortia.core.messages import FitRes, InvalidMessageError
 from consortia.ledger.sign import LedgerKey, SiteSigner
 from consortia.server.ledger_check import verify_run
@@ -116,3 +117,27 @@ def test_every_admitted_site_joins_the_ledger_whether_or_not_it_was_asked(
         "update_received"
     )
     assert verify_run(tmp_path / "run")[0].ok
+
+
+def test_a_site_that_states_another_policy_joins_again_with_the_key_on_record(
+    tmp_path: Path,
+) -> None:
+    """Its statement arrived after its entry, or it came back with another policy file:
+    a new site_joined records it, with the key already recorded (a new key is recorded
+    with the update it signed)."""
+    signer = SiteSigner.generate()
+    stated: dict[str, JoinStatement] = {}
+    prov = Provenance(LedgerKey.create(tmp_path), "job-1", lambda site: signer.identity, stated.get)
+
+    def joins(round_: int) -> list[dict[str, Any]]:
+        return [p for k, p in prov.round_items(round_, [], [], ["a"]) if k == "site_joined"]
+
+    (first,) = joins(1)
+    assert (first["policy_sha256"], first["dua"]) == (None, None)
+    stated["a"] = JoinStatement("cd" * 32, None)
+    (second,) = joins(2)
+    assert second == {**first, "policy_sha256": "cd" * 32}
+    assert joins(3) == []
+    del stated["a"]  # its latest join stated nothing it could check
+    (third,) = joins(4)
+    assert third == first

@@ -189,7 +189,11 @@ def run(args: argparse.Namespace) -> int:
         site.policy = load_policy(args.policy)
         if policy_check not in site.middleware:  # a custom app is held to the policy too
             site.middleware.insert(0, policy_check)
-        console.print(f"site policy from {args.policy}: {site.policy}", markup=False)
+        console.print(
+            f"site policy from {args.policy} (sha256 {site.policy.digest()}, stated to the "
+            f"server when this site joins): {site.policy}",
+            markup=False,
+        )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

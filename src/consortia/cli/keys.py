@@ -7,6 +7,7 @@ consortia keys revoke DIR --serial HEX     revoke one certificate by its serial
 consortia keys list DIR                    every certificate the CA issued, with its status
 consortia keys new-signer NAME [--dir DIR]  a job signer key pair: NAME.key, NAME.pub
 consortia keys sign-job JOB --key NAME.key  sign a job file: JOB.sig next to it
+consortia keys policy-digest POLICY        the digest a site states of its policy file
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ def _sign_job(args: argparse.Namespace) -> int:
 
     out = sign_job(args.job, args.key)
     print(f"signed {args.job} (sha256 {file_digest(args.job)}): {out}")
+    return 0
+
+
+def _policy_digest(args: argparse.Namespace) -> int:
+    """The digest a site with this policy file states when it joins a job, as the
+    ledger's site_joined entry records it (``sha256sum``'s layout: digest, two spaces,
+    file)."""
+    from consortia.core.config import parse_model
+    from consortia.core.policy_config import SitePolicyConfig, policy_digest
+
+    print(f"{policy_digest(parse_model(SitePolicyConfig, args.policy))}  {args.policy}")
     return 0
 
 
@@ -123,3 +135,10 @@ def register(subparsers: Any) -> None:
     sj.add_argument("job", type=Path, help="the job file; JOB.sig is written next to it")
     sj.add_argument("--key", type=Path, required=True, help="the signer's NAME.key")
     sj.set_defaults(func=_sign_job)
+    pd = sub.add_parser(
+        "policy-digest",
+        help="the SHA-256 a site states of its policy file when it joins (the ledger's "
+        "site_joined policy_sha256)",
+    )
+    pd.add_argument("policy", type=Path, help="the site's policy file (TOML, as --policy)")
+    pd.set_defaults(func=_policy_digest)

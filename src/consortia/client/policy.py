@@ -15,14 +15,14 @@ over-counts and so never under-protects. Every refusal's text starts with
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 from consortia.core.errors import ConfigError, ConsortiaError
-from consortia.core.manifest import POLICY_REFUSAL_PREFIX, JobManifest, canonical_json
+from consortia.core.join import AgreementStatement, JoinRes
+from consortia.core.manifest import POLICY_REFUSAL_PREFIX, JobManifest
 from consortia.core.messages import FitIns
-from consortia.core.policy_config import SitePolicyConfig
+from consortia.core.policy_config import DataUseAgreementConfig, SitePolicyConfig, policy_digest
 from consortia.privacy.accountant import PrivacyAccountant, PrivacyEvent
 from consortia.privacy.budget import BudgetGuard
 from consortia.privacy.mechanisms import round_mode, site_events
@@ -104,9 +104,43 @@ class SitePolicy:
             else DataUseAgreement(dua.reference, dua.purpose, tuple(dua.parties), dua.expires),
         )
 
+    def config(self) -> SitePolicyConfig:
+        """The policy as its file would say it (every key), which its digest is of."""
+        dua = self.data_use_agreement
+        return SitePolicyConfig(
+            max_epsilon=self.max_epsilon,
+            delta=self.delta,
+            require_privacy=self.require_privacy,
+            accepted_job_digests=list(self.accepted_job_digests),
+            accepted_job_signers=list(self.accepted_job_signers),
+            allowed_strategies=_list(self.allowed_strategies),
+            allowed_aggregators=_list(self.allowed_aggregators),
+            require_secure_aggregation=self.require_secure_aggregation,
+            min_sites_per_round=self.min_sites_per_round,
+            data_use_agreement=None
+            if dua is None
+            else DataUseAgreementConfig(
+                reference=dua.reference,
+                purpose=dua.purpose,
+                parties=list(dua.parties),
+                expires=dua.expires,
+            ),
+        )
+
     def digest(self) -> str:
-        """SHA-256 of the policy's canonical JSON: what a record of the join can name."""
-        return hashlib.sha256(canonical_json(asdict(self), default=str).encode()).hexdigest()
+        """What the site states when it joins a job (``policy_digest``): the same rules
+        give the same digest in simulation and in deployment."""
+        return policy_digest(self.config())
+
+    def join_reply(self, reply: JoinRes) -> JoinRes:
+        """``reply`` with this policy's statement: its digest and its agreement."""
+        cfg = self.config()
+        dua = cfg.data_use_agreement
+        return replace(
+            reply,
+            policy_sha256=policy_digest(cfg),
+            agreement=None if dua is None else AgreementStatement.of(dua),
+        )
 
     # ---- at welcome ----------------------------------------------------------------------
 
@@ -206,6 +240,10 @@ class SitePolicy:
 
 def _tuple(items: list[str] | None) -> tuple[str, ...] | None:
     return None if items is None else tuple(items)
+
+
+def _list(items: tuple[str, ...] | None) -> list[str] | None:
+    return None if items is None else list(items)
 
 
 def join_problems(policy: SitePolicy, m: JobManifest) -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ import numpy as np
 from consortia.client.app import Handler, Middleware, SiteApp
 from consortia.client.secure_aggregation import secure_aggregation
 from consortia.client.trainers.base import Trainer
-from consortia.core.join import JoinIns
+from consortia.core.join import JoinIns, JoinRes
 from consortia.core.manifest import parse_manifest
 from consortia.core.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
 from consortia.core.rng import derive_seed
@@ -63,7 +63,7 @@ def _update(trainer: Trainer, local: np.ndarray, weights: np.ndarray) -> np.ndar
 
 def policy_check(app: SiteApp, message: Any, call_next: Handler) -> Any:
     """Refuse a job (at join) or a round the site's own policy forbids, before any of its
-    data is touched."""
+    data is touched; a join the policy allows states the policy (``SitePolicy.join_reply``)."""
     policy = getattr(app, "policy", None)
     if policy is None:
         return call_next(message)
@@ -71,7 +71,11 @@ def policy_check(app: SiteApp, message: Any, call_next: Handler) -> Any:
     if isinstance(message, JoinIns):
         manifest = parse_manifest(message.manifest) if message.manifest else None
         policy.check_join(app.site_id, manifest, today)
-    elif isinstance(message, FitIns):
+        reply = call_next(message)
+        # The site joins under this policy and says so: its digest and agreement go in
+        # the ledger's site_joined entry.
+        return policy.join_reply(reply) if isinstance(reply, JoinRes) else reply
+    if isinstance(message, FitIns):
         data = getattr(app, "data", None)
         n = data.num_train if data is not None else 0
         manifest = getattr(app, "manifest", None)

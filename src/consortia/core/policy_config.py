@@ -10,11 +10,46 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
+import json
 import re
+import unicodedata
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_PARTY_CHARS = 200
+MAX_PARTIES = 64
+
+
+def is_sha256_hex(text: str) -> bool:
+    """Whether ``text`` is a SHA-256 digest as this project writes them: 64 lowercase hex."""
+    return bool(_HEX64.match(text))
+
+
+def _plain_text(value: str, multiline: bool = False) -> str:
+    """Text that a ledger entry and a report can carry as it is: no control characters
+    (a line break or tab only where ``multiline``) and no lone surrogates, which no UTF-8
+    encoder accepts. A site's agreement travels to the server, so its text is held to
+    this in the policy file already, not only when it arrives."""
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if cat == "Cs" or (cat == "Cc" and not (multiline and ch in "\n\t")):
+            raise ValueError(f"contains the control character U+{ord(ch):04X}")
+    return value
+
+
+def _line(value: str) -> str:
+    return _plain_text(value)
+
+
+def _paragraph(value: str) -> str:
+    return _plain_text(value, multiline=True)
+
+
+Line = Annotated[str, AfterValidator(_line)]
+Party = Annotated[str, Field(min_length=1, max_length=MAX_PARTY_CHARS), AfterValidator(_line)]
 
 
 class _Strict(BaseModel):
@@ -25,9 +60,9 @@ class DataUseAgreementConfig(_Strict):
     """The agreement under which the site's data may be used; the site takes part only
     until ``expires`` (a TOML date, e.g. 2026-12-31; the last day it holds)."""
 
-    reference: str = Field(min_length=1, max_length=200)
-    purpose: str = Field(min_length=1, max_length=1000)
-    parties: list[str] = Field(min_length=1, max_length=64)
+    reference: Line = Field(min_length=1, max_length=200)
+    purpose: Annotated[str, AfterValidator(_paragraph)] = Field(min_length=1, max_length=1000)
+    parties: list[Party] = Field(min_length=1, max_length=MAX_PARTIES)
     expires: dt.date
 
 
@@ -54,7 +89,7 @@ class SitePolicyConfig(_Strict):
     @classmethod
     def _digests(cls, value: list[str]) -> list[str]:
         for d in value:
-            if not _HEX64.match(d):
+            if not is_sha256_hex(d):
                 raise ValueError(f"{d[:80]!r} is not a SHA-256 digest (64 lowercase hex digits)")
         return value
 
@@ -72,3 +107,22 @@ class SitePolicyConfig(_Strict):
                     "the NAME.pub file `consortia keys new-signer` writes)"
                 )
         return value
+
+
+def policy_digest(policy: SitePolicyConfig) -> str:
+    """The policy's SHA-256 as a site states it when it joins a job (docs/deployment.md).
+
+    Of the validated policy, not of the file's bytes: SHA-256 of the UTF-8 canonical JSON
+    (keys sorted, no whitespace, non-ASCII as is) of every key with its value, defaults
+    filled in, the agreement's expiry as ``YYYY-MM-DD``. So a comment, the order of keys
+    or a default written out does not change it, and a job's ``[simulation.site_policy]``
+    and a ``--policy`` file with the same rules give the same digest.
+    """
+    text = json.dumps(
+        policy.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()

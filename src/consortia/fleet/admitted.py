@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from consortia.core.join import JoinStatement
 from consortia.fleet.base import Fleet, Outcome, Timing
 
 
@@ -27,6 +28,9 @@ class AdmittedFleet(Fleet):
 
     def worker_peaks(self) -> list[int]:
         return self.inner.worker_peaks()
+
+    def join_statement(self, site: str) -> JoinStatement | None:
+        return self.inner.join_statement(site)
 
     def join_refusals(self) -> dict[str, str]:
         return {**self.refused, **self.inner.join_refusals()}

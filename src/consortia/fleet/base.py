@@ -6,18 +6,23 @@ process pool, Ray and gRPC deployment are interchangeable under the same round l
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from consortia.core.manifest import is_policy_refusal
-from consortia.core.messages import Failure, Outcome, Reply
+from consortia.core.messages import Failure, InvalidMessageError, Outcome, Reply
 
 if TYPE_CHECKING:
+    from consortia.core.join import JoinStatement
     from consortia.core.manifest import JobManifest
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Failure", "Fleet", "Outcome", "Reply", "SiteHandler", "Timing"]
 
@@ -63,6 +68,9 @@ def grace_failure(site: str, timing: Timing) -> Failure:
 class Fleet(ABC):
     """A set of reachable sites."""
 
+    # What each site stated of its policy when it joined (set by ``admit``).
+    _join_statements: Mapping[str, JoinStatement] = MappingProxyType({})
+
     @abstractmethod
     def sites(self) -> list[str]:
         """Ids of the sites that can be asked now, sorted."""
@@ -96,17 +104,36 @@ class Fleet(ABC):
         """Put the job's manifest to every site before the first round; return {site:
         reason} for each site whose own policy refuses to join. The run driver never asks
         those sites again. A site that fails to answer for another reason stays: its
-        rounds will fail or succeed on their own. A fleet whose sites hear the manifest
-        as they connect (gRPC: in the Welcome) overrides this."""
-        from consortia.core.join import JoinIns
+        rounds will fail or succeed on their own. Each joining site's statement of its
+        policy is kept for ``join_statement``; one that does not check out is dropped
+        with a logged reason (the site still joins, stating nothing). A fleet whose sites
+        hear the manifest as they connect (gRPC: in the Welcome) overrides this."""
+        from consortia.core.join import JoinIns, JoinRes, join_statement
 
         message = JoinIns(0, manifest.to_json())
         requests = [(site, message) for site in self.sites()]
-        return {
-            o.site: o.reason
-            for o in self.send(requests, Timing(deadline_s))
-            if isinstance(o, Failure) and is_policy_refusal(o.reason)
-        }
+        refused: dict[str, str] = {}
+        statements: dict[str, JoinStatement] = {}
+        for o in self.send(requests, Timing(deadline_s)):
+            if isinstance(o, Failure):
+                if is_policy_refusal(o.reason):
+                    refused[o.site] = o.reason
+                continue
+            if not isinstance(o.message, JoinRes):
+                continue
+            try:
+                statement = join_statement(o.message)
+            except InvalidMessageError as exc:
+                log.warning("site %s: its policy statement is dropped: %s", o.site, exc)
+                continue
+            if statement is not None:
+                statements[o.site] = statement
+        self._join_statements = statements
+        return refused
+
+    def join_statement(self, site: str) -> JoinStatement | None:
+        """What ``site`` stated of its policy when it joined, checked (None: nothing)."""
+        return self._join_statements.get(site)
 
     def join_refusals(self) -> dict[str, str]:
         """Sites that refused to join outside ``admit`` (over gRPC: at their welcome)."""

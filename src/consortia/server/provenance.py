@@ -20,6 +20,7 @@ import numpy as np
 
 from consortia.core.config import JobConfig
 from consortia.core.events import PhaseRecord
+from consortia.core.join import JoinStatement, statement_json
 from consortia.core.messages import FitRes, InvalidMessageError
 from consortia.core.version import consortia_version
 from consortia.ledger import kinds as K
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Items = list[tuple[str, dict[str, Any]]]
 IdentityOf = Callable[[str], SiteIdentity | None]
+StatementOf = Callable[[str], JoinStatement | None]
 UNSIGNED = SiteIdentity("none", "")  # an insecure deployment's site: no key to check
 
 
@@ -67,7 +69,11 @@ class Provenance:
     key: LedgerKey
     job_id: str
     identity_of: IdentityOf
+    # What each site stated of its policy when it joined (the fleet's record of it).
+    statement_of: StatementOf = lambda site: None
     joined: dict[str, SiteIdentity] = field(default_factory=dict)
+    # The policy_sha256 and dua each site's latest site_joined entry records.
+    stated: dict[str, dict[str, Any]] = field(default_factory=dict)
     _updates: dict[str, _Update] = field(default_factory=dict)
     _refused: dict[str, str] = field(default_factory=dict)  # site -> digest of a refused update
     _aggregate: str | None = None
@@ -80,6 +86,10 @@ class Provenance:
                 self.joined[d["site"]] = SiteIdentity(
                     d["key_type"], d["public_key"], d["certificate_serial"]
                 )
+                self.stated[d["site"]] = {
+                    "policy_sha256": d.get("policy_sha256"),
+                    "dua": d.get("dua"),
+                }
 
     # ---- during the round (called by the fit step) ---------------------------------------
 
@@ -145,38 +155,36 @@ class Provenance:
             (K.CHECKPOINT_WRITTEN, checkpoint),
         ]
 
+    def _join(self, site: str, identity: SiteIdentity) -> tuple[str, dict[str, Any]]:
+        """A site_joined entry: who the site is and what it stated of its policy."""
+        statement = statement_json(self.statement_of(site))
+        self.joined[site] = identity
+        self.stated[site] = statement
+        return (K.SITE_JOINED, {"site": site, **identity.to_json(), **statement})
+
     def _joins(self, sites: Sequence[str]) -> Items:
+        """site_joined again for each site whose update came with another certificate."""
         out: Items = []
         for site in sites:
             u = self._updates.get(site)
             if u is None or self.joined.get(site) == u.identity:
                 continue
-            self.joined[site] = u.identity
-            out.append(
-                (
-                    K.SITE_JOINED,
-                    {"site": site, **u.identity.to_json(), "policy_sha256": None, "dua": None},
-                )
-            )
+            out.append(self._join(site, u.identity))
         return out
 
     def _admitted(self, connected: Sequence[str]) -> Items:
         """site_joined for every admitted site not yet in the ledger, whether or not this
         round asked it: under DP who was sampled stays unrecorded outside the round's own
         entries, so a participant list drawn from these entries names the admitted sites,
-        not the sampled ones."""
+        not the sampled ones. Again for a site that has stated another policy since (it
+        came back with another policy file, or its statement arrived after its entry),
+        with the key already recorded: a new key is recorded with the update it signed."""
         out: Items = []
         for site in sorted(connected):
-            if site in self.joined:
-                continue
-            identity = self.identity_of(site) or UNSIGNED
-            self.joined[site] = identity
-            out.append(
-                (
-                    K.SITE_JOINED,
-                    {"site": site, **identity.to_json(), "policy_sha256": None, "dua": None},
-                )
-            )
+            if site not in self.joined:
+                out.append(self._join(site, self.identity_of(site) or UNSIGNED))
+            elif self.stated.get(site) != statement_json(self.statement_of(site)):
+                out.append(self._join(site, self.joined[site]))
         return out
 
     def round_items(

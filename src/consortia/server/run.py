@@ -45,6 +45,7 @@ from consortia.core.events import (
     WaitingForSites,
     public_row,
 )
+from consortia.core.join import JoinStatement
 from consortia.core.manifest import JobManifest, is_policy_refusal, printable
 from consortia.core.memory import MIB, peak_rss_bytes
 from consortia.core.spec import ModelSpec, model_digest
@@ -364,6 +365,10 @@ class Run:
         lookup = getattr(self._fleet, "site_identity", None)
         return lookup(site) if lookup is not None else None
 
+    def _statement(self, site: str) -> JoinStatement | None:
+        """What ``site`` stated of its policy when it joined (the fleet heard it)."""
+        return self._fleet.join_statement(site) if self._fleet is not None else None
+
     def _new_ledger(
         self,
         store: ServerStore,
@@ -380,7 +385,7 @@ class Run:
             (folder.path / stale).unlink(missing_ok=True)
         key = LedgerKey.create(folder.path)
         store.ledger_sign = key.sign
-        self._prov = Provenance(key, row.id, self._identity)
+        self._prov = Provenance(key, row.id, self._identity, self._statement)
         rel = row.initial_checkpoint
         return self._prov.job_created(
             self.job.config,
@@ -410,7 +415,7 @@ class Run:
                 f"{folder.path / KEY_FILE} is not the key this job's ledger began with"
             )
         store.ledger_sign = key.sign
-        self._prov = Provenance(key, row.id, self._identity)
+        self._prov = Provenance(key, row.id, self._identity, self._statement)
         self._prov.load(entries)
         store.append([(K.JOB_RESUMED, {"after_round": after})])
 

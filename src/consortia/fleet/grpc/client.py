@@ -374,25 +374,43 @@ def run_site(
     return ended
 
 
-def _join(site: SiteHandler, manifest: str) -> str | None:
+def _join(site: SiteHandler, manifest: str) -> tuple[str | None, Any]:
     """Put the welcome's job manifest to the site's app (its policy middleware decides,
-    as in simulation); why it refuses, or None when it joins. A manifest it cannot read
-    is refused too: a site does not join a job it cannot check."""
+    as in simulation): (why it refuses, None) or (None, its join reply). A manifest it
+    cannot read is refused too: a site does not join a job it cannot check."""
     if len(manifest) > MAX_MANIFEST_CHARS:
         return (
             f"{POLICY_REFUSAL_PREFIX}manifest: the server's job manifest of {len(manifest)} "
             f"characters is over the limit of {MAX_MANIFEST_CHARS}"
-        )
+        ), None
     try:
-        site.handle(JoinIns(0, manifest))
+        reply = site.handle(JoinIns(0, manifest))
     except Exception as exc:  # the policy's refusal, or a manifest that does not parse
         text = str(exc)
         if text.startswith(POLICY_REFUSAL_PREFIX):
-            return text
+            return text, None
         return (
             f"{POLICY_REFUSAL_PREFIX}manifest: cannot check the job ({type(exc).__name__}: {text})"
-        )
-    return None
+        ), None
+    return None, reply
+
+
+def _state(conn: _Connection, job_id: str, reply: Any) -> None:
+    """Answer the Welcome's join: the reply carries the site's statement of its policy
+    (digest and data-use agreement, or nothing without a policy) for the server's ledger.
+    A reply that cannot travel is left unsent: the site still takes part, stating nothing."""
+    try:
+        payload = encode(reply)
+        if payload.kind != "join":
+            raise InvalidMessageError(f"the site answered the join with a {payload.kind} message")
+        body, arrays = codec.payload_to_pb(payload, conn.chunk_bytes)
+    except InvalidMessageError as exc:
+        log.warning("this site's join reply is not sent (it states no policy): %s", exc)
+        return
+    binding = pb.Binding(
+        job_id=job_id, round=0, request_id=codec.WELCOME_REQUEST_ID, kind=payload.kind
+    )
+    conn.out.put((pb.Reply(binding=binding, payload=body), arrays))
 
 
 def _leave(conn: _Connection, reason: str) -> None:
@@ -463,9 +481,11 @@ def _serve_once(
                     conn.dead_after_s = 3 * max(conn.heartbeat_s, w.heartbeat_interval_s)
                     welcomed = True
                     log.info("connected to %s as %s (job %s)", address, w.site_name, w.job_id)
-                    refusal = _join(site, w.manifest)
+                    refusal, reply = _join(site, w.manifest)
                     if refusal is not None:
                         _leave(conn, refusal)  # then read on until the server hangs up
+                    else:
+                        _state(conn, w.job_id, reply)
                 elif welcomed and conn.refused is None:
                     receiver.on_message(msg)
             if not conn.stop.is_set() and conn.job_end is None and conn.refused is None:

@@ -32,6 +32,9 @@ MAX_ARRAYS = 64
 MAX_NAME_CHARS = 256
 MAX_TEXT_CHARS = 4096
 MAX_REASON_CHARS = 2000
+# The Welcome is the job's join request: a site answers it with a ``join`` reply bound to
+# this request id, which the server never gives a request of its own (they count from 1).
+WELCOME_REQUEST_ID = 0
 
 _DTYPES: dict[int, np.dtype] = {
     pb.DTYPE_FLOAT16: np.dtype("<f2"),

@@ -24,9 +24,10 @@ import grpc
 from cryptography import x509
 
 from consortia.core.errors import ConsortiaError
+from consortia.core.join import JOIN, JoinIns, JoinRes, JoinStatement, join_statement
 from consortia.core.manifest import MAX_MANIFEST_CHARS, JobManifest, printable
 from consortia.core.messages import InvalidMessageError, kind_of
-from consortia.fleet.base import Failure, Fleet, Outcome, Timing, grace_failure
+from consortia.fleet.base import Failure, Fleet, Outcome, Reply, Timing, grace_failure
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
 from consortia.fleet.grpc.credentials import server_credentials
@@ -46,6 +47,9 @@ HANDSHAKE_TIMEOUT_S = 5.0
 # reconnects); more would let one enrolled site take the server's workers from the others.
 STREAMS_PER_CERTIFICATE = 2
 DEFAULT_MAX_SITES = 1000
+# Sites whose policy statements are kept: bounded, so that names taken on trust (an
+# --insecure run) cannot grow the server's memory.
+MAX_STATEMENTS = 10_000
 # A message of a request that gRPC has not taken for sending after this long means the
 # site stopped reading (flow control holds the send): its session is closed, so that
 # neither a server thread nor queued models stay pinned behind it. Generous: one chunk is
@@ -139,6 +143,7 @@ class GrpcFleet(Fleet):
         if not wait_for_manifest:
             self._manifest_ready.set()
         self._join_refusals: dict[str, str] = {}
+        self._statements: dict[str, JoinStatement] = {}
         max_msg = chunk_bytes + codec.MESSAGE_OVERHEAD_BYTES
         options = [
             ("grpc.max_receive_message_length", max_msg),
@@ -312,6 +317,41 @@ class GrpcFleet(Fleet):
             if site not in self._join_refusals and len(self._join_refusals) >= 10_000:
                 return  # bounded: a site cannot grow the server's memory by refusing
             self._join_refusals[site] = shown
+
+    def expect_join(self, session: Session) -> None:
+        """The Welcome about to go to ``session`` is the job's join request: the site's
+        ``join`` reply (bound to ``codec.WELCOME_REQUEST_ID``) states its policy."""
+        join = Pending(
+            codec.WELCOME_REQUEST_ID,
+            session.site,
+            JoinIns(0, self.manifest),
+            JOIN,
+            on_done=lambda outcome: self._joined(session.site, outcome),
+        )
+        session.await_reply(join)
+
+    def _joined(self, site: str, outcome: Outcome) -> None:
+        """Keep what the site stated at its latest join. A statement that does not check
+        out is dropped, logged and counted as a refusal: the site is then on record as
+        stating nothing, never with text the server could not check."""
+        if not isinstance(outcome, Reply) or not isinstance(outcome.message, JoinRes):
+            return  # the session ended first, or the reply was refused (and logged)
+        try:
+            statement = join_statement(outcome.message)
+        except InvalidMessageError as exc:
+            self.refuse(site, f"its policy statement is dropped: {exc}")
+            statement = None
+        with self._cond:
+            if statement is None:
+                self._statements.pop(site, None)
+            elif site in self._statements or len(self._statements) < MAX_STATEMENTS:
+                self._statements[site] = statement
+        if statement is not None:
+            log.info("site %s joined under policy %s", site, statement.policy_sha256)
+
+    def join_statement(self, site: str) -> JoinStatement | None:
+        with self._cond:
+            return self._statements.get(site)
 
     def end_job(self, status: str) -> None:
         """Every connected site hears that the job is over before the streams close."""
@@ -524,6 +564,7 @@ class _Servicer:
         their_max = max(codec.MIN_CHUNK_BYTES, hello.max_chunk_bytes or codec.DEFAULT_CHUNK_BYTES)
         session = Session(fleet, site, min(fleet.chunk_bytes, their_max), serial)
         session.cancel_rpc = context.cancel
+        fleet.expect_join(session)  # before the site can hear the Welcome and answer it
         fleet.session_opened(session)
         context.add_callback(lambda: session.close("disconnected (stream ended)"))
         threading.Thread(

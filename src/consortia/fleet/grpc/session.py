@@ -134,6 +134,15 @@ class Session:
             self._pending[p.request_id] = p
         self._out.put(p)
 
+    def await_reply(self, p: Pending) -> None:
+        """Expect a reply to a request that reached the site another way: the Welcome's
+        join (``codec.WELCOME_REQUEST_ID``). The reply is checked like any other; the
+        request has no deadline and ends, unanswered, with the session."""
+        p.session = self
+        with self._lock:
+            if not self.closed.is_set():
+                self._pending[p.request_id] = p
+
     def end_job(self, job_id: str, status: str) -> None:
         """Tell the site the job is over; it goes out after anything already queued."""
         if not self.closed.is_set():
