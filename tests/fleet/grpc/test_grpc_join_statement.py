@@ -6,14 +6,13 @@ site is on record as stating nothing."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from grpc_site_helpers import SiteStarter, make_site
+from grpc_site_helpers import SiteStarter, make_site, wait_for
 from test_grpc_hostile import RawSite
 
 from consortia.client.policy import DataUseAgreement, SitePolicy
@@ -28,15 +27,6 @@ DUA = DataUseAgreement(
     "DUA-2025-017", "sepsis model", ("hospital-a", "uni-b"), dt.date(2099, 6, 30)
 )
 DIGEST = "ab" * 32
-
-
-def _until(cond: Callable[[], Any], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _declare(fleet: GrpcFleet) -> None:
@@ -63,7 +53,7 @@ def test_a_site_states_its_policy_at_the_welcome_and_one_without_states_nothing(
     start_site(fleet, with_policy)
     start_site(fleet, without)
     fleet.wait_for_sites(2, timeout=5)
-    assert _until(lambda: fleet.join_statement("site-a") is not None)
+    assert wait_for(lambda: fleet.join_statement("site-a") is not None)
     stated = fleet.join_statement("site-a")
     assert stated is not None
     assert stated.to_json() == {
@@ -201,13 +191,13 @@ def test_a_statement_the_server_cannot_check_is_refused_and_logged(
 ) -> None:
     make, why = HOSTILE[case]
     raw.send(make())
-    assert _until(lambda: fleet.refusal_count >= 1), case
+    assert wait_for(lambda: fleet.refusal_count >= 1), case
     (reason,) = [r for _, r in fleet.refusals]
     assert why in reason, reason
     assert fleet.join_statement("hostile") is None
     # the server keeps serving the site: it is still connected, and request 0 is spent
     raw.send(_join_reply(_statement()))
-    assert _until(lambda: fleet.refusal_count >= 2)
+    assert wait_for(lambda: fleet.refusal_count >= 2)
     assert fleet.join_statement("hostile") is None
     assert fleet.sites() == ["hostile"]
 
@@ -216,12 +206,12 @@ def test_a_valid_statement_is_kept_once_and_a_second_is_refused(
     fleet: GrpcFleet, raw: RawSite
 ) -> None:
     raw.send(_join_reply(_statement()))
-    assert _until(lambda: fleet.join_statement("hostile") is not None)
+    assert wait_for(lambda: fleet.join_statement("hostile") is not None)
     stated = fleet.join_statement("hostile")
     assert stated is not None and stated.policy_sha256 == DIGEST
     assert stated.dua is not None and stated.dua.parties == ["a", "b"]
     raw.send(_join_reply(_statement(reference="DUA-other")))
-    assert _until(lambda: fleet.refusal_count >= 1)
+    assert wait_for(lambda: fleet.refusal_count >= 1)
     assert "second reply for round 0 'join'" in fleet.refusals[-1][1]
     again = fleet.join_statement("hostile")
     assert again is not None and again.dua is not None and again.dua.reference == "DUA-1"
