@@ -71,18 +71,27 @@ class SecureRng:
 
     def random_bytes(self, n: int) -> bytes:
         """Return ``n`` keystream bytes (encrypting zeros yields the raw keystream)."""
-        out = bytearray()
-        while n > 0:
-            if self._bytes_left == 0:
-                self._encryptor = self._new_encryptor()
-            take = min(n, self._bytes_left)
-            out += self._encryptor.update(bytes(take))
-            self._bytes_left -= take
-            n -= take
+        out = bytearray(n)
+        self._fill(memoryview(out))
         return bytes(out)
 
+    def _fill(self, out: memoryview) -> None:
+        """Write keystream bytes over ``out`` in place: no intermediate bytes objects, which
+        for a model-sized draw cost more than the cipher itself."""
+        zeros = bytes(min(len(out), _CHUNK_VALUES * 8))
+        done = 0
+        while done < len(out):
+            if self._bytes_left == 0:
+                self._encryptor = self._new_encryptor()
+            take = min(len(out) - done, self._bytes_left, len(zeros))
+            self._encryptor.update_into(zeros[:take], out[done : done + take])
+            self._bytes_left -= take
+            done += take
+
     def _uint64(self, size: int) -> np.ndarray:
-        return np.frombuffer(self.random_bytes(8 * size), dtype=np.uint64)
+        out = np.empty(size, dtype=np.uint64)
+        self._fill(memoryview(out).cast("B"))
+        return out
 
     def random(self, size: int) -> np.ndarray:
         """Uniforms in [0, 1) with 53 random bits each."""
@@ -90,7 +99,10 @@ class SecureRng:
         out = np.empty(size, dtype=np.float64)
         for start in range(0, size, _CHUNK_VALUES):
             n = min(_CHUNK_VALUES, size - start)
-            out[start : start + n] = (self._uint64(n) >> np.uint64(11)) * 2.0**-53
+            words = self._uint64(n)
+            words >>= np.uint64(11)
+            # as int64 (the 53-bit values fit): NumPy converts int64 to float64 fast, uint64 not
+            np.multiply(words.view(np.int64), 2.0**-53, out=out[start : start + n])
         return out
 
     def _open_uniform(self, size: int) -> np.ndarray:

@@ -107,14 +107,18 @@ class FixedPoint:
         x = np.asarray(update)
         if x.ndim != 1 or x.dtype.kind not in "fiu":
             raise SecAggError(f"update must be a 1-D numeric vector, got {x.dtype} {x.shape}")
-        x = x.astype(np.float64)
-        bad = np.flatnonzero(~np.isfinite(x))
-        if bad.size:
+        scaled = x.astype(np.float64)  # a copy: every step below works in place on it
+        if not np.isfinite(scaled).all():
+            bad = np.flatnonzero(~np.isfinite(scaled))
             raise SecAggError(f"update has non-finite values, first at index {int(bad[0])}")
-        scaled = (np.clip(x, -self.clip, self.clip) + self.clip) * self.scale
+        np.clip(scaled, -self.clip, self.clip, out=scaled)
+        scaled += self.clip
+        scaled *= self.scale
         low = np.floor(scaled)
-        rounded = low + (rng.random(x.size) < scaled - low)
-        return np.minimum(rounded, self.level).astype(np.uint64)
+        scaled -= low  # the fractional part: the probability of rounding up
+        low += rng.random(x.size) < scaled
+        np.minimum(low, self.level, out=low)
+        return low.astype(np.uint64)
 
     def decode_sum(self, total: np.ndarray, n_sites: int) -> np.ndarray:
         """The sum of ``n_sites`` clipped updates from the sum of their encodings."""

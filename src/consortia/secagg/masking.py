@@ -12,8 +12,9 @@ seed, and NumPy's PCG64 or Mersenne Twister state is recoverable from its output
 squeezes its 256-bit keys into 32-bit Mersenne Twister seeds, which a server can brute-force.
 Here the full 32-byte seed goes through HKDF-SHA256 (info naming the job, round, purpose and
 pair), and the derived key drives ChaCha20 with a zero nonce: each derived key is used for
-one stream only, so the fixed nonce is never reused under a key. The keystream bytes become
-uint64 (or uint32 when b <= 32, half the bytes) through ``numpy.frombuffer``, masked to b bits.
+one stream only, so the fixed nonce is never reused under a key. The keystream is written
+into a reused buffer of uint64 words (uint32 when b <= 32, half the bytes) and added in
+place; the words are reduced to b bits once, at the end.
 """
 
 from __future__ import annotations
@@ -54,24 +55,47 @@ def _stream(seed: bytes, label: bytes) -> CipherContext:
     return Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
 
 
-def _add_stream(
-    acc: np.ndarray, seed: bytes, label: bytes, bits: int, subtract: bool = False
-) -> None:
-    """acc (+/-)= the mask expanded from ``seed`` under ``label``, in place, mod 2^b."""
-    dtype = np.uint32 if bits <= 32 else np.uint64
-    width = np.dtype(dtype).itemsize
-    encryptor = _stream(seed, label)
-    zeros = bytes(width * min(CHUNK_VALUES, acc.size))
-    mask = _ring_mask(bits)
-    for start in range(0, acc.size, CHUNK_VALUES):
-        n = min(CHUNK_VALUES, acc.size - start)
-        values = np.frombuffer(encryptor.update(zeros[: width * n]), dtype=dtype)
-        part = acc[start : start + n]
-        if subtract:
-            part -= values  # uint64 wraps modulo 2^64, which 2^b divides
-        else:
-            part += values
-        part &= mask
+def word_dtype(bits: int) -> np.dtype:
+    """The machine word masks are added in: uint32 when b <= 32 (half the keystream and
+    memory traffic of uint64), else uint64. Both wrap modulo 2^32 or 2^64, which 2^b
+    divides, so a sum reduced mod 2^b once at the end equals one reduced after every add."""
+    return np.dtype(np.uint32 if bits <= 32 else np.uint64)
+
+
+class _Accumulator:
+    """A vector of ring words that masks are added to and subtracted from in place.
+
+    Why a class: a site adds k + 1 masks and the server removes up to n, each as long as the
+    model. The keystream goes straight into one reused buffer (``update_into``), never into
+    a fresh bytes object per mask, and the words are reduced mod 2^b once, in ``result``.
+    """
+
+    def __init__(self, start: np.ndarray, bits: int) -> None:
+        self.bits = bits
+        self.words = start.astype(word_dtype(bits))  # a copy: the caller's vector is kept
+        chunk = min(CHUNK_VALUES, max(1, self.words.size))
+        self._zeros = bytes(self.words.itemsize * chunk)
+        self._buffer = np.empty(chunk, dtype=self.words.dtype)
+
+    def add(self, seed: bytes, label: bytes, subtract: bool = False) -> None:
+        """words (+/-)= the mask expanded from ``seed`` under ``label``."""
+        encryptor = _stream(seed, label)
+        words, buffer = self.words, self._buffer
+        for start in range(0, words.size, buffer.size):
+            n = min(buffer.size, words.size - start)
+            values = buffer[:n]
+            encryptor.update_into(self._zeros[: n * words.itemsize], memoryview(values).cast("B"))
+            if subtract:
+                np.subtract(words[start : start + n], values, out=words[start : start + n])
+            else:
+                np.add(words[start : start + n], values, out=words[start : start + n])
+
+    def result(self) -> np.ndarray:
+        """The words reduced mod 2^b, as uint64 (the ring's common currency)."""
+        out = self.words.astype(np.uint64)
+        if self.bits < 64:
+            out &= _ring_mask(self.bits)
+        return out
 
 
 def expand(seed: bytes, length: int, bits: int, label: bytes) -> np.ndarray:
@@ -79,9 +103,9 @@ def expand(seed: bytes, length: int, bits: int, label: bytes) -> np.ndarray:
     _check_bits(bits)
     if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
         raise SecAggError(f"mask length must be an int in [0, {MAX_LENGTH}], got {length!r}")
-    out = np.zeros(length, dtype=np.uint64)
-    _add_stream(out, _check_seed(seed, "mask seed"), label, bits)
-    return out
+    acc = _Accumulator(np.zeros(length, dtype=np.uint64), bits)
+    acc.add(_check_seed(seed, "mask seed"), label)
+    return acc.result()
 
 
 def self_label(context: RoundContext, site: int) -> bytes:
@@ -114,15 +138,13 @@ def mask_input(
 ) -> np.ndarray:
     """What site ``site`` sends: its ring vector plus its self mask and signed pair masks."""
     site = check_site_id(site)
-    out = _check_ring_vector(encoded, _check_bits(bits), "encoded input").copy()
-    _add_stream(out, _check_seed(self_seed, "self-mask seed"), self_label(context, site), bits)
+    acc = _Accumulator(_check_ring_vector(encoded, _check_bits(bits), "encoded input"), bits)
+    acc.add(_check_seed(self_seed, "self-mask seed"), self_label(context, site))
     for peer, seed in pair_seeds.items():
         peer = check_site_id(peer, "neighbour id")
         label = pair_label(context, site, peer)
-        _add_stream(
-            out, _check_seed(seed, f"seed for pair ({site}, {peer})"), label, bits, peer < site
-        )
-    return out
+        acc.add(_check_seed(seed, f"seed for pair ({site}, {peer})"), label, peer < site)
+    return acc.result()
 
 
 def ring_sum(vectors: Iterable[np.ndarray], bits: int) -> np.ndarray:
@@ -157,16 +179,10 @@ def unmask_sum(
     derived from the dropped site's rebuilt mask key. Pairs between two survivors cancel by
     themselves and must not be listed.
     """
-    out = _check_ring_vector(masked_sum, _check_bits(bits), "masked sum").copy()
+    acc = _Accumulator(_check_ring_vector(masked_sum, _check_bits(bits), "masked sum"), bits)
     for site, seed in self_seeds.items():
         site = check_site_id(site, "survivor id")
-        _add_stream(
-            out,
-            _check_seed(seed, f"self-mask seed of {site}"),
-            self_label(context, site),
-            bits,
-            True,
-        )
+        acc.add(_check_seed(seed, f"self-mask seed of {site}"), self_label(context, site), True)
     for (survivor, dropped), seed in dropped_pair_seeds.items():
         survivor = check_site_id(survivor, "survivor id")
         dropped = check_site_id(dropped, "dropped id")
@@ -174,11 +190,7 @@ def unmask_sum(
             raise SecAggError(f"pair ({survivor}, {dropped}) are both survivors: nothing to remove")
         label = pair_label(context, survivor, dropped)
         # the survivor added +mask if it is the lower id: remove it with the opposite sign
-        _add_stream(
-            out,
-            _check_seed(seed, f"seed for pair ({survivor}, {dropped})"),
-            label,
-            bits,
-            survivor < dropped,
+        acc.add(
+            _check_seed(seed, f"seed for pair ({survivor}, {dropped})"), label, survivor < dropped
         )
-    return out
+    return acc.result()

@@ -34,7 +34,7 @@ from consortia.secagg.messages import (
     BUNDLE_BYTES,
     KeysIns,
 )
-from consortia.secagg.neighbours import neighbours
+from consortia.secagg.neighbours import neighbours_of
 from consortia.secagg.shamir import SHARE_BYTES, Share, split
 
 KEYS, SHARED, MASKED, UNMASKED = "keys", "shares", "masked input", "unmask"
@@ -50,6 +50,9 @@ class _Round:
     graph: frozenset[int]
     step: str = KEYS
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (cipher, mask)
+    # the bundle key agreed with each peer at the shares step, kept to open its bundle at the
+    # masked-input step (one X25519 agreement per peer and round instead of two)
+    bundle_keys: dict[int, bytes] = field(default_factory=dict)
     # (self-mask seed share, mask-key share) of each peer, and this site's own pair
     held: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     masked_with: frozenset[int] = frozenset()
@@ -70,7 +73,7 @@ class SiteProtocol:
                 f"keys for round {ins.round} refused: round {current.ins.round} has started"
             )
         ids = list(range(1, ins.sites + 1))
-        graph = neighbours(ids, ins.neighbours, bytes.fromhex(ins.graph_seed))[ins.me]
+        graph = neighbours_of(ids, ins.neighbours, bytes.fromhex(ins.graph_seed), ins.me)
         state = _Round(
             ins,
             RoundContext(ins.job, ins.round),
@@ -111,6 +114,7 @@ class SiteProtocol:
             key = pair_secret(
                 r.cipher.private, r.ins.me, r.peers[holder][0], holder, r.context, "cipher"
             )
+            r.bundle_keys[holder] = key
             out += seal(key, pair[0] + pair[1], r.ins.me, holder, r.context)
         r.step = SHARED
         return bytes(out)
@@ -140,9 +144,7 @@ class SiteProtocol:
             raise SecAggError("share bundles do not match their senders")
         held: dict[int, tuple[bytes, bytes]] = {r.ins.me: r.held[r.ins.me]}
         for i, sender in enumerate(senders):
-            key = pair_secret(
-                r.cipher.private, r.ins.me, r.peers[sender][0], sender, r.context, "cipher"
-            )
+            key = r.bundle_keys[sender]  # senders are among the peers (checked above)
             plain = open_sealed(
                 key, bundles[BUNDLE_BYTES * i : BUNDLE_BYTES * (i + 1)], sender, r.ins.me, r.context
             )
