@@ -98,11 +98,15 @@ class SecureRng:
         size = _check_size(size)
         out = np.empty(size, dtype=np.float64)
         for start in range(0, size, _CHUNK_VALUES):
-            n = min(_CHUNK_VALUES, size - start)
-            words = self._uint64(n)
+            part = out[start : start + _CHUNK_VALUES]
+            # The keystream words go straight into the output's memory and become floats in
+            # place: a second model-sized buffer alive at the same time costs fresh pages
+            # (page faults) on every call, several times the cipher's own time.
+            self._fill(memoryview(part).cast("B"))
+            words = part.view(np.uint64)
             words >>= np.uint64(11)
-            # as int64 (the 53-bit values fit): NumPy converts int64 to float64 fast, uint64 not
-            np.multiply(words.view(np.int64), 2.0**-53, out=out[start : start + n])
+            # as int64 (53-bit values fit): NumPy converts int64 to float64 fast, uint64 not
+            np.multiply(words.view(np.int64), 2.0**-53, out=part)
         return out
 
     def _open_uniform(self, size: int) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 from consortia.secagg.context import SecAggError
 
 MAX_BITS = 64  # masks are uint64 arithmetic: 2^b must divide 2^64
+CHUNK_VALUES = 1 << 14  # coordinates encoded per slice (128 KiB of float64)
 
 
 class UniformSource(Protocol):
@@ -107,18 +108,24 @@ class FixedPoint:
         x = np.asarray(update)
         if x.ndim != 1 or x.dtype.kind not in "fiu":
             raise SecAggError(f"update must be a 1-D numeric vector, got {x.dtype} {x.shape}")
-        scaled = x.astype(np.float64)  # a copy: every step below works in place on it
-        if not np.isfinite(scaled).all():
-            bad = np.flatnonzero(~np.isfinite(scaled))
-            raise SecAggError(f"update has non-finite values, first at index {int(bad[0])}")
-        np.clip(scaled, -self.clip, self.clip, out=scaled)
-        scaled += self.clip
-        scaled *= self.scale
-        low = np.floor(scaled)
-        scaled -= low  # the fractional part: the probability of rounding up
-        low += rng.random(x.size) < scaled
-        np.minimum(low, self.level, out=low)
-        return low.astype(np.uint64)
+        out = np.empty(x.size, dtype=np.uint64)
+        # In slices of CHUNK_VALUES: the float temporaries stay small and cache-resident; on
+        # the whole vector each would be a fresh model-sized allocation (page faults on
+        # every call). The rng is drawn slice by slice, which continues its stream.
+        for start in range(0, x.size, CHUNK_VALUES):
+            scaled = x[start : start + CHUNK_VALUES].astype(np.float64)  # a copy: in place below
+            if not np.isfinite(scaled).all():
+                bad = start + int(np.flatnonzero(~np.isfinite(scaled))[0])
+                raise SecAggError(f"update has non-finite values, first at index {bad}")
+            np.clip(scaled, -self.clip, self.clip, out=scaled)
+            scaled += self.clip
+            scaled *= self.scale
+            low = np.floor(scaled)
+            scaled -= low  # the fractional part: the probability of rounding up
+            low += rng.random(scaled.size) < scaled
+            np.minimum(low, self.level, out=low)
+            out[start : start + scaled.size] = low
+        return out
 
     def decode_sum(self, total: np.ndarray, n_sites: int) -> np.ndarray:
         """The sum of ``n_sites`` clipped updates from the sum of their encodings."""

@@ -92,10 +92,13 @@ class _Accumulator:
 
     def result(self) -> np.ndarray:
         """The words reduced mod 2^b, as uint64 (the ring's common currency)."""
-        out = self.words.astype(np.uint64)
-        if self.bits < 64:
-            out &= _ring_mask(self.bits)
-        return out
+        return self.reduced().astype(np.uint64)
+
+    def reduced(self) -> np.ndarray:
+        """The words themselves, reduced mod 2^b in place."""
+        if self.bits < 8 * self.words.itemsize:
+            self.words &= self.words.dtype.type((1 << self.bits) - 1)
+        return self.words
 
 
 def expand(seed: bytes, length: int, bits: int, label: bytes) -> np.ndarray:
@@ -137,6 +140,18 @@ def mask_input(
     context: RoundContext,
 ) -> np.ndarray:
     """What site ``site`` sends: its ring vector plus its self mask and signed pair masks."""
+    return mask_words(encoded, site, self_seed, pair_seeds, bits, context).astype(np.uint64)
+
+
+def mask_words(
+    encoded: np.ndarray,
+    site: int,
+    self_seed: bytes,
+    pair_seeds: Mapping[int, bytes],
+    bits: int,
+    context: RoundContext,
+) -> np.ndarray:
+    """``mask_input`` in the ring's machine word (``word_dtype``): what travels, uncopied."""
     site = check_site_id(site)
     acc = _Accumulator(_check_ring_vector(encoded, _check_bits(bits), "encoded input"), bits)
     acc.add(_check_seed(self_seed, "self-mask seed"), self_label(context, site))
@@ -144,7 +159,7 @@ def mask_input(
         peer = check_site_id(peer, "neighbour id")
         label = pair_label(context, site, peer)
         acc.add(_check_seed(seed, f"seed for pair ({site}, {peer})"), label, peer < site)
-    return acc.result()
+    return acc.reduced()
 
 
 def ring_sum(vectors: Iterable[np.ndarray], bits: int) -> np.ndarray:

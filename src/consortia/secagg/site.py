@@ -29,7 +29,7 @@ from consortia.secagg.channel import open_sealed, seal
 from consortia.secagg.context import RoundContext, SecAggError
 from consortia.secagg.encoding import FixedPoint, UniformSource
 from consortia.secagg.keys import KEY_BYTES, KeyPair, pair_secret
-from consortia.secagg.masking import SEED_BYTES, mask_input
+from consortia.secagg.masking import SEED_BYTES, mask_words
 from consortia.secagg.messages import (
     BUNDLE_BYTES,
     KeysIns,
@@ -128,7 +128,8 @@ class SiteProtocol:
         ring_vector: np.ndarray,
     ) -> np.ndarray:
         """Open the bundles sealed for this site, then mask ``ring_vector`` with the self
-        mask and the pair masks of exactly the neighbours whose bundles arrived."""
+        mask and the pair masks of exactly the neighbours whose bundles arrived. The result
+        is in the ring's machine word (uint32 when bits <= 32, else uint64)."""
         r = self._expect(round_, SHARED, MASKED)
         if bits != r.ins.bits:
             raise SecAggError(f"masked input asked in {bits} bits, the round agreed {r.ins.bits}")
@@ -155,7 +156,7 @@ class SiteProtocol:
             peer: pair_secret(r.mask.private, r.ins.me, r.peers[peer][1], peer, r.context, "mask")
             for peer in senders
         }
-        masked = mask_input(
+        masked = mask_words(
             np.asarray(ring_vector, np.uint64), r.ins.me, r.self_seed, pair_seeds, bits, r.context
         )
         r.held, r.masked_with, r.step = held, frozenset(senders), MASKED
@@ -218,5 +219,8 @@ def encode_weighted(
     (w = min(n, cap) / cap in [0, 1], so it is never clipped), so the server divides the sum
     of the first part by the sum of the last (``decode_weighted``)."""
     weight = min(max(num_examples, 0), ins.weight_cap) / ins.weight_cap
-    values = np.append(np.asarray(update, np.float64) * weight, weight * ins.clip)
+    update = np.asarray(update)
+    values = np.empty(update.size + 1, dtype=np.float64)
+    np.multiply(update, weight, out=values[:-1])
+    values[-1] = weight * ins.clip
     return FixedPoint(ins.clip, ins.scale, ins.bits).encode(values, rng)
