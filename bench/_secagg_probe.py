@@ -7,12 +7,12 @@ machine) into counters in anonymous shared memory that the workers inherit, unde
 
 Site compute (in the workers): ``keys`` (two X25519 key pairs, the neighbour graph),
 ``shares`` (Shamir splits, pair keys, sealed bundles), ``encode+mask`` (fixed point, bundle
-opening, pair seeds, the k + 1 ChaCha20 masks) and ``unmask answer``; ``fit handler``
-is the site's training (``Site.on_fit``: the same work in both modes). Server compute (in the parent): ``routing`` (each
-phase's requests and the checked replies' bookkeeping), ``summing`` (masked inputs into the
-running sum, or plain updates into the aggregator), ``reconstruction`` (Shamir combine, a
-dropped site's pair seeds) and ``unmasking`` (the self masks, and any dropped pair masks,
-off the sum; decoding).
+opening, pair seeds, the k + 1 ChaCha20 masks) and ``unmask answer``; ``fit handler`` is
+the site's training (``Site.on_fit``: the same work in both modes). Server compute (in the
+parent): ``routing`` (each phase's requests and the checked replies' bookkeeping),
+``summing`` (masked inputs into the running sum, or plain updates into the aggregator),
+``reconstruction`` (Shamir combine, a dropped site's pair seeds) and ``unmasking`` (the self
+masks, and any dropped pair masks, off the sum; decoding).
 
 Bytes: every request and reply of round 1 (left out of the timings anyway) is measured as
 it would travel over gRPC: the payload's protobuf header plus its arrays' bytes

@@ -84,11 +84,9 @@ def run_child(config: str, secure: bool, rounds: int, out: Path) -> None:
     """Inside the measured process: install the probe, run one simulation, write figures."""
     if config != W3:
         os.environ["BIGMODEL_PARAMS"] = config.split(":")[1]  # read when the app loads
-    from _secagg_probe import Probe
-
     import consortia
+    from _secagg_probe import Probe
     from consortia.core.config import parse_job
-
     from consortia.core.events import RoundDone
 
     probe = Probe()

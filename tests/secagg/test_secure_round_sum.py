@@ -12,7 +12,7 @@ import pytest
 import consortia
 from consortia.core.config import parse_job
 
-APP = '''
+APP = """
 import numpy as np
 from consortia import Dataset
 
@@ -32,7 +32,7 @@ def fit(params, x, y, settings, rng):
 
 def evaluate(params, x, y):
     return {"loss": float(np.abs(params["w"]).mean())}
-'''
+"""
 
 
 def _job(secure: bool, fleet: str) -> Any:

@@ -241,10 +241,8 @@ class ServerRound:
                 pair_seeds[(u, v)] = pair_secret(
                     key.private, v, self.keys[u][1], u, self.context, "mask"
                 )
-        ring = np.uint64((1 << self.params.bits) - 1)
-        total = unmask_sum(
-            self._sum.astype(np.uint64) & ring, self_seeds, pair_seeds, self.params.bits, self.context
-        )
+        masked_sum = self._sum.astype(np.uint64) & np.uint64((1 << self.params.bits) - 1)
+        total = unmask_sum(masked_sum, self_seeds, pair_seeds, self.params.bits, self.context)
         f = self.figures
         f.masked_inputs, f.dropouts_recovered = len(self.masked), len(dropped)
         f.individual_unmasked = len(set(self_seeds) & set(dropped))
