@@ -64,6 +64,10 @@ def job_dict(config: str, secure: bool, rounds: int) -> dict[str, Any]:
             "sites_per_round": sites,
             "min_sites": 2,
             "deadline_s": 600,
+            # every site's whole round is measured: with the default 3 s grace, a site
+            # still queued on the pool's 2 workers 3 s after the first replies would be
+            # dropped as a straggler (at n = 500 more than a threshold of some neighbours)
+            "grace_s": 600,
         },
         "evaluation": {"central_every": 1},
         "simulation": {"sites": sites, "workers": 2, "fleet": "pool"},

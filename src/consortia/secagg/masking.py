@@ -122,9 +122,11 @@ def pair_label(context: RoundContext, a: int, b: int) -> bytes:
     return context.label("pair-mask", low, high)
 
 
-def _check_ring_vector(values: np.ndarray, bits: int, what: str) -> np.ndarray:
+def _check_ring_vector(values: np.ndarray, bits: int, what: str, words: bool = False) -> np.ndarray:
+    """A 1-D uint64 vector of ring elements (or, with ``words``, the ring's machine word)."""
     v = np.asarray(values)
-    if v.ndim != 1 or v.dtype != np.uint64:
+    allowed = {np.dtype(np.uint64), word_dtype(bits)} if words else {np.dtype(np.uint64)}
+    if v.ndim != 1 or v.dtype not in allowed:
         raise SecAggError(f"{what} must be a 1-D uint64 vector, got {v.dtype} {v.shape}")
     if bits < 64 and v.size and int(v.max()) >> bits:
         raise SecAggError(f"{what} has values outside Z_(2^{bits})")
@@ -151,9 +153,11 @@ def mask_words(
     bits: int,
     context: RoundContext,
 ) -> np.ndarray:
-    """``mask_input`` in the ring's machine word (``word_dtype``): what travels, uncopied."""
+    """``mask_input`` in the ring's machine word (``word_dtype``): what travels, uncopied.
+    ``encoded`` may be uint64 or already in that word."""
     site = check_site_id(site)
-    acc = _Accumulator(_check_ring_vector(encoded, _check_bits(bits), "encoded input"), bits)
+    encoded = _check_ring_vector(encoded, _check_bits(bits), "encoded input", words=True)
+    acc = _Accumulator(encoded, bits)
     acc.add(_check_seed(self_seed, "self-mask seed"), self_label(context, site))
     for peer, seed in pair_seeds.items():
         peer = check_site_id(peer, "neighbour id")

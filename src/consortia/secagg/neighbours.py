@@ -40,6 +40,7 @@ tests check against exhaustive enumeration on small graphs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -155,6 +156,13 @@ def ring_order(sites: list[int] | tuple[int, ...], seed: bytes) -> list[int]:
     ids = [check_site_id(s) for s in sites]
     if len(set(ids)) != len(ids):
         raise SecAggError("site ids must be distinct")
+    return list(_ring_order(tuple(sorted(ids)), bytes(seed)))
+
+
+@functools.lru_cache(maxsize=4)
+def _ring_order(ids: tuple[int, ...], seed: bytes) -> tuple[int, ...]:
+    """Cached: the order is a function of public values only, and every site of a round
+    computes the same one (in simulation, a pool worker holds hundreds of those sites)."""
     # rank(site) = SHA-256(encode_parts(domain, "ring", seed, site)); the common prefix is
     # hashed once (every site ranks all n sites each round: at n = 500 this is most of it)
     prefix = hashlib.sha256(encode_parts("consortia.secagg/v1", "ring", bytes(seed)))
@@ -164,7 +172,7 @@ def ring_order(sites: list[int] | tuple[int, ...], seed: bytes) -> list[int]:
         h.update(encode_parts(site))
         return h.digest()
 
-    return sorted(ids, key=rank)
+    return tuple(sorted(ids, key=rank))
 
 
 def _check_degree(k: int, n: int) -> None:

@@ -29,7 +29,7 @@ from consortia.secagg.channel import open_sealed, seal
 from consortia.secagg.context import RoundContext, SecAggError
 from consortia.secagg.encoding import FixedPoint, UniformSource
 from consortia.secagg.keys import KEY_BYTES, KeyPair, pair_secret
-from consortia.secagg.masking import SEED_BYTES, mask_words
+from consortia.secagg.masking import SEED_BYTES, mask_words, word_dtype
 from consortia.secagg.messages import (
     BUNDLE_BYTES,
     KeysIns,
@@ -156,9 +156,9 @@ class SiteProtocol:
             peer: pair_secret(r.mask.private, r.ins.me, r.peers[peer][1], peer, r.context, "mask")
             for peer in senders
         }
-        masked = mask_words(
-            np.asarray(ring_vector, np.uint64), r.ins.me, r.self_seed, pair_seeds, bits, r.context
-        )
+        ring = np.asarray(ring_vector)
+        ring = ring if ring.dtype == word_dtype(bits) else ring.astype(np.uint64)
+        masked = mask_words(ring, r.ins.me, r.self_seed, pair_seeds, bits, r.context)
         r.held, r.masked_with, r.step = held, frozenset(senders), MASKED
         return masked
 
@@ -215,12 +215,16 @@ class SiteProtocol:
 def encode_weighted(
     update: np.ndarray, num_examples: int, ins: KeysIns, rng: UniformSource
 ) -> np.ndarray:
-    """A float update as a ring vector: w * update, then w * clip as one more coordinate
-    (w = min(n, cap) / cap in [0, 1], so it is never clipped), so the server divides the sum
-    of the first part by the sum of the last (``decode_weighted``)."""
+    """A float update as a ring vector in the ring's machine word (``word_dtype``): w *
+    update, then w * clip as one more coordinate (w = min(n, cap) / cap in [0, 1], so it is
+    never clipped), so the server divides the sum of the first part by the sum of the last
+    (``decode_weighted``)."""
     weight = min(max(num_examples, 0), ins.weight_cap) / ins.weight_cap
+    ring = FixedPoint(ins.clip, ins.scale, ins.bits)
     update = np.asarray(update)
-    values = np.empty(update.size + 1, dtype=np.float64)
-    np.multiply(update, weight, out=values[:-1])
-    values[-1] = weight * ins.clip
-    return FixedPoint(ins.clip, ins.scale, ins.bits).encode(values, rng)
+    if update.ndim != 1:
+        raise SecAggError(f"update must be a 1-D vector, got shape {update.shape}")
+    words = np.empty(update.size + 1, dtype=word_dtype(ins.bits))  # the words to be masked
+    ring.encode(update, rng, weight=weight, out=words[:-1])
+    ring.encode(np.array([weight * ins.clip]), rng, out=words[-1:])
+    return words
