@@ -12,6 +12,7 @@ too few remain for some secret's threshold.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from consortia.core.messages import FitIns, FitRes
 from consortia.core.rng import derive_seed
 from consortia.secagg.context import SecAggError
 from consortia.secagg.encoding import FixedPoint
-from consortia.secagg.neighbours import choose
+from consortia.secagg.neighbours import GraphChoice, choose
 from consortia.secagg.server import MIN_PARTICIPANTS, RoundFigures, RoundParams, ServerRound
 from consortia.server.workflow import RoundContext
 from consortia.strategy.presets import Strategy
@@ -52,7 +53,7 @@ def round_params(
         t = cfg.threshold if cfg.threshold is not None else k // 2 + 1
         t = min(max(t, (k + 1) // 2 + 1), k)
     else:
-        choice = choose(n_sites, cfg.dropout_rate, cfg.corrupt_fraction, cfg.failure_bits)
+        choice = _choose(n_sites, cfg.dropout_rate, cfg.corrupt_fraction, cfg.failure_bits)
         k, t = choice.k, choice.threshold
     if privacy_bits is not None:
         return RoundParams(k, t, privacy_bits)
@@ -63,6 +64,12 @@ def round_params(
     if ring.max_sites < n_sites:  # float rounding of level/(2 clip): one step lower
         ring = FixedPoint(cfg.clip_range, (level - 1) / (2 * cfg.clip_range), bits)
     return RoundParams(k, t, bits, ring.clip, ring.scale, cfg.weight_cap)
+
+
+@functools.lru_cache(maxsize=64)
+def _choose(n_sites: int, dropout_rate: float, corrupt: float, bits: float) -> GraphChoice:
+    """``choose``, once per round size: its tail sums cost milliseconds, every round."""
+    return choose(n_sites, dropout_rate, corrupt, bits)
 
 
 def decode_weighted(total: np.ndarray, params: RoundParams, survivors: int) -> np.ndarray:
