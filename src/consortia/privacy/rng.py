@@ -90,7 +90,7 @@ class SecureRng:
 
     def _uint64(self, size: int) -> np.ndarray:
         out = np.empty(size, dtype=np.uint64)
-        self._fill(memoryview(out).cast("B"))
+        self._fill(out.view(np.uint8).data)
         return out
 
     def random(self, size: int) -> np.ndarray:
@@ -102,7 +102,7 @@ class SecureRng:
             # The keystream words go straight into the output's memory and become floats in
             # place: a second model-sized buffer alive at the same time costs fresh pages
             # (page faults) on every call, several times the cipher's own time.
-            self._fill(memoryview(part).cast("B"))
+            self._fill(part.view(np.uint8).data)
             words = part.view(np.uint64)
             words >>= np.uint64(11)
             # as int64 (53-bit values fit): NumPy converts int64 to float64 fast, uint64 not

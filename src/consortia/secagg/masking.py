@@ -84,7 +84,7 @@ class _Accumulator:
         for start in range(0, words.size, buffer.size):
             n = min(buffer.size, words.size - start)
             values = buffer[:n]
-            encryptor.update_into(self._zeros[: n * words.itemsize], memoryview(values).cast("B"))
+            encryptor.update_into(self._zeros[: n * words.itemsize], values.view(np.uint8).data)
             if subtract:
                 np.subtract(words[start : start + n], values, out=words[start : start + n])
             else:
@@ -127,7 +127,8 @@ def _check_ring_vector(values: np.ndarray, bits: int, what: str, words: bool = F
     v = np.asarray(values)
     allowed = {np.dtype(np.uint64), word_dtype(bits)} if words else {np.dtype(np.uint64)}
     if v.ndim != 1 or v.dtype not in allowed:
-        raise SecAggError(f"{what} must be a 1-D uint64 vector, got {v.dtype} {v.shape}")
+        names = " or ".join(sorted(str(a) for a in allowed))
+        raise SecAggError(f"{what} must be a 1-D {names} vector, got {v.dtype} {v.shape}")
     if bits < 64 and v.size and int(v.max()) >> bits:
         raise SecAggError(f"{what} has values outside Z_(2^{bits})")
     return v
