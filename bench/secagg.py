@@ -168,7 +168,10 @@ def _flower(args: argparse.Namespace) -> dict[str, Any] | None:
         out = Path(tempfile.mkdtemp(prefix="flower-w3-")) / "w3.json"
         print(f"Flower 1.42 W3 ({args.reps} reps), {load_note()}", flush=True)
         cmd = [args.flower, "w3_secagg.py", "--reps", str(args.reps), "--out", str(out)]
-        subprocess.run(cmd, cwd=ref, check=True, capture_output=True)
+        done = subprocess.run(cmd, cwd=ref, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"Flower's W3 failed:\n{done.stderr[-3000:]}")
+        print(f"  Flower's result: {out}", flush=True)
         args.flower_json = out
     if not args.flower_json:
         return None
