@@ -88,5 +88,5 @@ def _masked_fit(app: SiteApp, ins: FitIns, call_next: Handler) -> FitRes:
         ring = np.asarray(reply.delta, np.uint64)  # distributed DP's ring element
     masked = proto.mask(ins.round, sa.bits, _ids(sa.senders), sa.bundles.tobytes(), ring)
     dtype = ring_dtype(sa.bits)
-    wire = masked.astype(np.uint32).view(np.int32) if dtype == np.int32 else masked
+    wire = masked.view(np.int32) if dtype == np.int32 else masked  # uint32 words: viewed
     return FitRes(app.site_id, ins.round, wire, 0, {}, seeded_noise=reply.seeded_noise)

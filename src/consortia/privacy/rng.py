@@ -71,26 +71,42 @@ class SecureRng:
 
     def random_bytes(self, n: int) -> bytes:
         """Return ``n`` keystream bytes (encrypting zeros yields the raw keystream)."""
-        out = bytearray()
-        while n > 0:
-            if self._bytes_left == 0:
-                self._encryptor = self._new_encryptor()
-            take = min(n, self._bytes_left)
-            out += self._encryptor.update(bytes(take))
-            self._bytes_left -= take
-            n -= take
+        out = bytearray(n)
+        self._fill(memoryview(out))
         return bytes(out)
 
+    def _fill(self, out: memoryview) -> None:
+        """Write keystream bytes over ``out`` in place: no intermediate bytes objects, which
+        for a model-sized draw cost more than the cipher itself."""
+        zeros = bytes(min(len(out), _CHUNK_VALUES * 8))
+        done = 0
+        while done < len(out):
+            if self._bytes_left == 0:
+                self._encryptor = self._new_encryptor()
+            take = min(len(out) - done, self._bytes_left, len(zeros))
+            self._encryptor.update_into(zeros[:take], out[done : done + take])
+            self._bytes_left -= take
+            done += take
+
     def _uint64(self, size: int) -> np.ndarray:
-        return np.frombuffer(self.random_bytes(8 * size), dtype=np.uint64)
+        out = np.empty(size, dtype=np.uint64)
+        self._fill(out.view(np.uint8).data)
+        return out
 
     def random(self, size: int) -> np.ndarray:
         """Uniforms in [0, 1) with 53 random bits each."""
         size = _check_size(size)
         out = np.empty(size, dtype=np.float64)
         for start in range(0, size, _CHUNK_VALUES):
-            n = min(_CHUNK_VALUES, size - start)
-            out[start : start + n] = (self._uint64(n) >> np.uint64(11)) * 2.0**-53
+            part = out[start : start + _CHUNK_VALUES]
+            # The keystream words go straight into the output's memory and become floats in
+            # place: a second model-sized buffer alive at the same time costs fresh pages
+            # (page faults) on every call, several times the cipher's own time.
+            self._fill(part.view(np.uint8).data)
+            words = part.view(np.uint64)
+            words >>= np.uint64(11)
+            # as int64 (53-bit values fit): NumPy converts int64 to float64 fast, uint64 not
+            np.multiply(words.view(np.int64), 2.0**-53, out=part)
         return out
 
     def _open_uniform(self, size: int) -> np.ndarray:

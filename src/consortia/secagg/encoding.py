@@ -31,6 +31,7 @@ import numpy as np
 from consortia.secagg.context import SecAggError
 
 MAX_BITS = 64  # masks are uint64 arithmetic: 2^b must divide 2^64
+CHUNK_VALUES = 1 << 14  # coordinates encoded per slice (128 KiB of float64)
 
 
 class UniformSource(Protocol):
@@ -102,19 +103,44 @@ class FixedPoint:
         """How many encodings this ring can sum without wrapping."""
         return ((1 << self.bits) - 1) // self.level
 
-    def encode(self, update: np.ndarray, rng: UniformSource) -> np.ndarray:
-        """Clip, shift, scale and round stochastically: uint64 values in [0, L]."""
+    def encode(
+        self,
+        update: np.ndarray,
+        rng: UniformSource,
+        *,
+        weight: float = 1.0,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Clip ``weight * update``, shift, scale and round stochastically: values in [0, L],
+        as uint64, or written into ``out`` (an unsigned vector as long, wide enough for L:
+        a site writes straight into the 32-bit words it masks)."""
         x = np.asarray(update)
         if x.ndim != 1 or x.dtype.kind not in "fiu":
             raise SecAggError(f"update must be a 1-D numeric vector, got {x.dtype} {x.shape}")
-        x = x.astype(np.float64)
-        bad = np.flatnonzero(~np.isfinite(x))
-        if bad.size:
-            raise SecAggError(f"update has non-finite values, first at index {int(bad[0])}")
-        scaled = (np.clip(x, -self.clip, self.clip) + self.clip) * self.scale
-        low = np.floor(scaled)
-        rounded = low + (rng.random(x.size) < scaled - low)
-        return np.minimum(rounded, self.level).astype(np.uint64)
+        if out is None:
+            out = np.empty(x.size, dtype=np.uint64)
+        elif out.shape != x.shape or out.dtype.kind != "u" or np.iinfo(out.dtype).max < self.level:
+            raise SecAggError(f"out must be an unsigned {x.shape} vector holding {self.level}")
+        # In slices of CHUNK_VALUES: the float temporaries stay small and cache-resident; on
+        # the whole vector each would be a fresh model-sized allocation (page faults on
+        # every call). The rng is drawn slice by slice, which continues its stream.
+        for start in range(0, x.size, CHUNK_VALUES):
+            scaled = x[start : start + CHUNK_VALUES].astype(np.float64)  # a copy: in place below
+            if weight != 1.0:
+                scaled *= weight
+            if not np.isfinite(scaled).all():
+                bad = start + int(np.flatnonzero(~np.isfinite(scaled))[0])
+                raise SecAggError(f"update has non-finite values, first at index {bad}")
+            np.clip(scaled, -self.clip, self.clip, out=scaled)
+            scaled += self.clip
+            scaled *= self.scale
+            # floor(s + u), u uniform in [0, 1): s's integer part plus 1 with probability
+            # equal to its fractional part (stochastic rounding), never above L as s <= L
+            scaled += rng.random(scaled.size)
+            np.floor(scaled, out=scaled)
+            np.minimum(scaled, self.level, out=scaled)
+            out[start : start + scaled.size] = scaled
+        return out
 
     def decode_sum(self, total: np.ndarray, n_sites: int) -> np.ndarray:
         """The sum of ``n_sites`` clipped updates from the sum of their encodings."""

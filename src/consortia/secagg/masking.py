@@ -12,8 +12,9 @@ seed, and NumPy's PCG64 or Mersenne Twister state is recoverable from its output
 squeezes its 256-bit keys into 32-bit Mersenne Twister seeds, which a server can brute-force.
 Here the full 32-byte seed goes through HKDF-SHA256 (info naming the job, round, purpose and
 pair), and the derived key drives ChaCha20 with a zero nonce: each derived key is used for
-one stream only, so the fixed nonce is never reused under a key. The keystream bytes become
-uint64 (or uint32 when b <= 32, half the bytes) through ``numpy.frombuffer``, masked to b bits.
+one stream only, so the fixed nonce is never reused under a key. The keystream is written
+into a reused buffer of uint64 words (uint32 when b <= 32, half the bytes) and added in
+place; the words are reduced to b bits once, at the end.
 """
 
 from __future__ import annotations
@@ -54,24 +55,50 @@ def _stream(seed: bytes, label: bytes) -> CipherContext:
     return Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
 
 
-def _add_stream(
-    acc: np.ndarray, seed: bytes, label: bytes, bits: int, subtract: bool = False
-) -> None:
-    """acc (+/-)= the mask expanded from ``seed`` under ``label``, in place, mod 2^b."""
-    dtype = np.uint32 if bits <= 32 else np.uint64
-    width = np.dtype(dtype).itemsize
-    encryptor = _stream(seed, label)
-    zeros = bytes(width * min(CHUNK_VALUES, acc.size))
-    mask = _ring_mask(bits)
-    for start in range(0, acc.size, CHUNK_VALUES):
-        n = min(CHUNK_VALUES, acc.size - start)
-        values = np.frombuffer(encryptor.update(zeros[: width * n]), dtype=dtype)
-        part = acc[start : start + n]
-        if subtract:
-            part -= values  # uint64 wraps modulo 2^64, which 2^b divides
-        else:
-            part += values
-        part &= mask
+def word_dtype(bits: int) -> np.dtype:
+    """The machine word masks are added in: uint32 when b <= 32 (half the keystream and
+    memory traffic of uint64), else uint64. Both wrap modulo 2^32 or 2^64, which 2^b
+    divides, so a sum reduced mod 2^b once at the end equals one reduced after every add."""
+    return np.dtype(np.uint32 if bits <= 32 else np.uint64)
+
+
+class _Accumulator:
+    """A vector of ring words that masks are added to and subtracted from in place.
+
+    Why a class: a site adds k + 1 masks and the server removes up to n, each as long as the
+    model. The keystream goes straight into one reused buffer (``update_into``), never into
+    a fresh bytes object per mask, and the words are reduced mod 2^b once, in ``result``.
+    """
+
+    def __init__(self, start: np.ndarray, bits: int) -> None:
+        self.bits = bits
+        self.words = start.astype(word_dtype(bits))  # a copy: the caller's vector is kept
+        chunk = min(CHUNK_VALUES, max(1, self.words.size))
+        self._zeros = bytes(self.words.itemsize * chunk)
+        self._buffer = np.empty(chunk, dtype=self.words.dtype)
+
+    def add(self, seed: bytes, label: bytes, subtract: bool = False) -> None:
+        """words (+/-)= the mask expanded from ``seed`` under ``label``."""
+        encryptor = _stream(seed, label)
+        words, buffer = self.words, self._buffer
+        for start in range(0, words.size, buffer.size):
+            n = min(buffer.size, words.size - start)
+            values = buffer[:n]
+            encryptor.update_into(self._zeros[: n * words.itemsize], values.view(np.uint8).data)
+            if subtract:
+                np.subtract(words[start : start + n], values, out=words[start : start + n])
+            else:
+                np.add(words[start : start + n], values, out=words[start : start + n])
+
+    def result(self) -> np.ndarray:
+        """The words reduced mod 2^b, as uint64 (the ring's common currency)."""
+        return self.reduced().astype(np.uint64)
+
+    def reduced(self) -> np.ndarray:
+        """The words themselves, reduced mod 2^b in place."""
+        if self.bits < 8 * self.words.itemsize:
+            self.words &= self.words.dtype.type((1 << self.bits) - 1)
+        return self.words
 
 
 def expand(seed: bytes, length: int, bits: int, label: bytes) -> np.ndarray:
@@ -79,9 +106,9 @@ def expand(seed: bytes, length: int, bits: int, label: bytes) -> np.ndarray:
     _check_bits(bits)
     if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
         raise SecAggError(f"mask length must be an int in [0, {MAX_LENGTH}], got {length!r}")
-    out = np.zeros(length, dtype=np.uint64)
-    _add_stream(out, _check_seed(seed, "mask seed"), label, bits)
-    return out
+    acc = _Accumulator(np.zeros(length, dtype=np.uint64), bits)
+    acc.add(_check_seed(seed, "mask seed"), label)
+    return acc.result()
 
 
 def self_label(context: RoundContext, site: int) -> bytes:
@@ -95,10 +122,13 @@ def pair_label(context: RoundContext, a: int, b: int) -> bytes:
     return context.label("pair-mask", low, high)
 
 
-def _check_ring_vector(values: np.ndarray, bits: int, what: str) -> np.ndarray:
+def _check_ring_vector(values: np.ndarray, bits: int, what: str, words: bool = False) -> np.ndarray:
+    """A 1-D uint64 vector of ring elements (or, with ``words``, the ring's machine word)."""
     v = np.asarray(values)
-    if v.ndim != 1 or v.dtype != np.uint64:
-        raise SecAggError(f"{what} must be a 1-D uint64 vector, got {v.dtype} {v.shape}")
+    allowed = {np.dtype(np.uint64), word_dtype(bits)} if words else {np.dtype(np.uint64)}
+    if v.ndim != 1 or v.dtype not in allowed:
+        names = " or ".join(sorted(str(a) for a in allowed))
+        raise SecAggError(f"{what} must be a 1-D {names} vector, got {v.dtype} {v.shape}")
     if bits < 64 and v.size and int(v.max()) >> bits:
         raise SecAggError(f"{what} has values outside Z_(2^{bits})")
     return v
@@ -113,16 +143,28 @@ def mask_input(
     context: RoundContext,
 ) -> np.ndarray:
     """What site ``site`` sends: its ring vector plus its self mask and signed pair masks."""
+    return mask_words(encoded, site, self_seed, pair_seeds, bits, context).astype(np.uint64)
+
+
+def mask_words(
+    encoded: np.ndarray,
+    site: int,
+    self_seed: bytes,
+    pair_seeds: Mapping[int, bytes],
+    bits: int,
+    context: RoundContext,
+) -> np.ndarray:
+    """``mask_input`` in the ring's machine word (``word_dtype``): what travels, uncopied.
+    ``encoded`` may be uint64 or already in that word."""
     site = check_site_id(site)
-    out = _check_ring_vector(encoded, _check_bits(bits), "encoded input").copy()
-    _add_stream(out, _check_seed(self_seed, "self-mask seed"), self_label(context, site), bits)
+    encoded = _check_ring_vector(encoded, _check_bits(bits), "encoded input", words=True)
+    acc = _Accumulator(encoded, bits)
+    acc.add(_check_seed(self_seed, "self-mask seed"), self_label(context, site))
     for peer, seed in pair_seeds.items():
         peer = check_site_id(peer, "neighbour id")
         label = pair_label(context, site, peer)
-        _add_stream(
-            out, _check_seed(seed, f"seed for pair ({site}, {peer})"), label, bits, peer < site
-        )
-    return out
+        acc.add(_check_seed(seed, f"seed for pair ({site}, {peer})"), label, peer < site)
+    return acc.reduced()
 
 
 def ring_sum(vectors: Iterable[np.ndarray], bits: int) -> np.ndarray:
@@ -157,16 +199,10 @@ def unmask_sum(
     derived from the dropped site's rebuilt mask key. Pairs between two survivors cancel by
     themselves and must not be listed.
     """
-    out = _check_ring_vector(masked_sum, _check_bits(bits), "masked sum").copy()
+    acc = _Accumulator(_check_ring_vector(masked_sum, _check_bits(bits), "masked sum"), bits)
     for site, seed in self_seeds.items():
         site = check_site_id(site, "survivor id")
-        _add_stream(
-            out,
-            _check_seed(seed, f"self-mask seed of {site}"),
-            self_label(context, site),
-            bits,
-            True,
-        )
+        acc.add(_check_seed(seed, f"self-mask seed of {site}"), self_label(context, site), True)
     for (survivor, dropped), seed in dropped_pair_seeds.items():
         survivor = check_site_id(survivor, "survivor id")
         dropped = check_site_id(dropped, "dropped id")
@@ -174,11 +210,7 @@ def unmask_sum(
             raise SecAggError(f"pair ({survivor}, {dropped}) are both survivors: nothing to remove")
         label = pair_label(context, survivor, dropped)
         # the survivor added +mask if it is the lower id: remove it with the opposite sign
-        _add_stream(
-            out,
-            _check_seed(seed, f"seed for pair ({survivor}, {dropped})"),
-            label,
-            bits,
-            survivor < dropped,
+        acc.add(
+            _check_seed(seed, f"seed for pair ({survivor}, {dropped})"), label, survivor < dropped
         )
-    return out
+    return acc.result()

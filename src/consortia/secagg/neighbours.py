@@ -40,12 +40,12 @@ tests check against exhaustive enumeration on small graphs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import hypergeom
 
 from consortia.secagg.context import SecAggError, check_site_id, encode_parts
 
@@ -83,6 +83,10 @@ def _counts(n: int, dropout_rate: float, corrupt_fraction: float) -> tuple[int, 
 
 def _bounds(n: int, k: int, thresholds: np.ndarray, removed: int, corrupt: int) -> np.ndarray:
     """The union bound for each threshold in ``thresholds`` (vectorised over t)."""
+    # imported here: scipy.stats takes ~2 s to import, and only the server chooses k; every
+    # site process imports this module for the graph alone
+    from scipy.stats import hypergeom
+
     # neighbours are a uniform k-subset of the other n - 1 sites (counting the site itself
     # among D or C only makes the tails larger, so min(n - 1, .) is conservative)
     unavailable = hypergeom.sf(k - thresholds, n - 1, min(n - 1, removed), k)
@@ -152,13 +156,30 @@ def ring_order(sites: list[int] | tuple[int, ...], seed: bytes) -> list[int]:
     ids = [check_site_id(s) for s in sites]
     if len(set(ids)) != len(ids):
         raise SecAggError("site ids must be distinct")
+    return list(_ring_order(tuple(sorted(ids)), bytes(seed)))
+
+
+@functools.lru_cache(maxsize=4)
+def _ring_order(ids: tuple[int, ...], seed: bytes) -> tuple[int, ...]:
+    """Cached: the order is a function of public values only, and every site of a round
+    computes the same one (in simulation, a pool worker holds hundreds of those sites)."""
+    # rank(site) = SHA-256(encode_parts(domain, "ring", seed, site)); the common prefix is
+    # hashed once (every site ranks all n sites each round: at n = 500 this is most of it)
+    prefix = hashlib.sha256(encode_parts("consortia.secagg/v1", "ring", bytes(seed)))
 
     def rank(site: int) -> bytes:
-        return hashlib.sha256(
-            encode_parts("consortia.secagg/v1", "ring", bytes(seed), site)
-        ).digest()
+        h = prefix.copy()
+        h.update(encode_parts(site))
+        return h.digest()
 
-    return sorted(ids, key=rank)
+    return tuple(sorted(ids, key=rank))
+
+
+def _check_degree(k: int, n: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n - 1:
+        raise SecAggError(f"k must be an int in [2, n - 1 = {n - 1}], got {k!r}")
+    if k % 2 and k != n - 1:
+        raise SecAggError(f"k must be even below n - 1 (k/2 neighbours each side), got {k}")
 
 
 def neighbours(
@@ -167,14 +188,27 @@ def neighbours(
     """Each site's k neighbours in the Harary graph on the seeded ring order (symmetric)."""
     order = ring_order(sites, seed)
     n = _check_n(len(order))
-    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n - 1:
-        raise SecAggError(f"k must be an int in [2, n - 1 = {n - 1}], got {k!r}")
+    _check_degree(k, n)
     if k == n - 1:
         return {s: frozenset(order) - {s} for s in order}
-    if k % 2:
-        raise SecAggError(f"k must be even below n - 1 (k/2 neighbours each side), got {k}")
     half = k // 2
     return {
         s: frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d)
         for i, s in enumerate(order)
     }
+
+
+def neighbours_of(
+    sites: list[int] | tuple[int, ...], k: int, seed: bytes, site: int
+) -> frozenset[int]:
+    """``neighbours(sites, k, seed)[site]`` without building the other n - 1 sets: what a
+    site computes for itself each round."""
+    order = ring_order(sites, seed)
+    n = _check_n(len(order))
+    _check_degree(k, n)
+    if site not in order:
+        raise SecAggError(f"site {site} is not among the {n} sites")
+    i, half = order.index(site), k // 2
+    if k == n - 1:
+        return frozenset(order) - {site}
+    return frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d)

@@ -24,7 +24,7 @@ import numpy as np
 from consortia.core.messages import SecureInput, ring_dtype
 from consortia.secagg.context import RoundContext, SecAggError
 from consortia.secagg.keys import KEY_BYTES, KeyPair, pair_secret
-from consortia.secagg.masking import unmask_sum
+from consortia.secagg.masking import unmask_sum, word_dtype
 from consortia.secagg.messages import (
     BUNDLE_BYTES,
     MAX_PARTICIPANTS,
@@ -202,11 +202,12 @@ class ServerRound:
             raise SecAggError(f"site {site} was not asked for a masked input or sent two")
         bits = self.params.bits
         values = masked.view(np.uint32) if ring_dtype(bits) == np.int32 else masked
+        # summed in the ring's machine word, which wraps mod 2^32 or 2^64 (2^b divides
+        # either): reduced mod 2^b once, in ``result``
         if self._sum is None:
-            self._sum = values.astype(np.uint64)
+            self._sum = values.astype(word_dtype(bits))
         else:
-            self._sum += values
-            self._sum &= np.uint64((1 << bits) - 1)
+            np.add(self._sum, values, out=self._sum)
         self.masked.add(i)
 
     # -- unmask ----------------------------------------------------------------------------
@@ -264,7 +265,8 @@ class ServerRound:
                 pair_seeds[(u, v)] = pair_secret(
                     key.private, v, self.keys[u][1], u, self.context, "mask"
                 )
-        total = unmask_sum(self._sum, self_seeds, pair_seeds, self.params.bits, self.context)
+        masked_sum = self._sum.astype(np.uint64) & np.uint64((1 << self.params.bits) - 1)
+        total = unmask_sum(masked_sum, self_seeds, pair_seeds, self.params.bits, self.context)
         f = self.figures
         f.masked_inputs, f.dropouts_recovered = len(self.masked), len(dropped)
         f.individual_unmasked = len(set(self_seeds) & set(dropped))

@@ -11,8 +11,9 @@ element as it stands, so a secret is shared in one polynomial rather than split 
 (2^255 - 19 would drop one bit of each key). A share is (x, y) with y in [0, p): serialised as
 2 bytes of x and 33 bytes of y, fixed length.
 
-Reconstruction is Lagrange interpolation at 0 with Python's exact integers: t is of order
-log n (tens), so a share or a combine is tens of big-integer products, microseconds. With
+Reconstruction is Lagrange interpolation at 0 with Python's exact integers, in barycentric
+form (one modular inversion per secret, O(t) products per point): t is of order log n
+(tens), so a share or a combine takes tens of microseconds. With
 more than t shares, the extra ones are checked against the polynomial the first t define, so
 a tampered share is reported instead of silently giving a wrong secret.
 """
@@ -97,16 +98,39 @@ def split_int(
     return [Share(x, _evaluate(coefficients, x, prime)) for x in range(1, n_shares + 1)]
 
 
-def _lagrange_at(points: Sequence[Share], x: int, prime: int) -> int:
-    """The value at ``x`` of the unique polynomial of degree < len(points) through them."""
-    total = 0
+def _weights(points: Sequence[Share], prime: int) -> list[int]:
+    """Barycentric weights w_i = 1 / prod_{j != i} (x_i - x_j), with one modular inversion
+    for all of them (Montgomery's trick): the server rebuilds two secrets per site, each
+    checked against every extra share, so per-point inversions would dominate its round."""
+    dens = []
     for i, pi in enumerate(points):
-        num, den = 1, 1
+        den = 1
         for j, pj in enumerate(points):
             if i != j:
-                num = num * (x - pj.x) % prime
-                den = den * (pi.x - pj.x) % prime
-        total = (total + pi.y * num * pow(den, -1, prime)) % prime
+                den *= pi.x - pj.x  # 16-bit factors: reduced once, after the product
+        dens.append(den % prime)
+    prefix = [1]
+    for den in dens:
+        prefix.append(prefix[-1] * den % prime)
+    inverse = pow(prefix[-1], -1, prime)  # of the product of all denominators
+    weights = [0] * len(dens)
+    for i in range(len(dens) - 1, -1, -1):
+        weights[i] = inverse * prefix[i] % prime
+        inverse = inverse * dens[i] % prime
+    return weights
+
+
+def _lagrange_at(points: Sequence[Share], weights: Sequence[int], x: int, prime: int) -> int:
+    """The value at ``x`` of the unique polynomial of degree < len(points) through them."""
+    # prod_{j != i} (x - x_j) = (product over j < i) (product over j > i): O(t) per point
+    diffs = [(x - p.x) % prime for p in points]
+    suffix = [1] * (len(diffs) + 1)
+    for i in range(len(diffs) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] * diffs[i] % prime
+    total, prefix = 0, 1
+    for i, pi in enumerate(points):
+        total = (total + pi.y * weights[i] % prime * (prefix * suffix[i + 1] % prime)) % prime
+        prefix = prefix * diffs[i] % prime
     return total
 
 
@@ -125,10 +149,11 @@ def combine_int(shares: Sequence[Share], threshold: int, prime: int = PRIME) -> 
             raise SecAggError(f"duplicate share x-coordinate {share.x}")
         seen.add(share.x)
     base = shares[:threshold]
+    weights = _weights(base, prime)
     for extra in shares[threshold:]:
-        if _lagrange_at(base, extra.x, prime) != extra.y:
+        if _lagrange_at(base, weights, extra.x, prime) != extra.y:
             raise SecAggError(f"share at x = {extra.x} is inconsistent with the others")
-    return _lagrange_at(base, 0, prime)
+    return _lagrange_at(base, weights, 0, prime)
 
 
 def split(secret: bytes, threshold: int, n_shares: int) -> list[Share]:

@@ -29,12 +29,12 @@ from consortia.secagg.channel import open_sealed, seal
 from consortia.secagg.context import RoundContext, SecAggError
 from consortia.secagg.encoding import FixedPoint, UniformSource
 from consortia.secagg.keys import KEY_BYTES, KeyPair, pair_secret
-from consortia.secagg.masking import SEED_BYTES, mask_input
+from consortia.secagg.masking import SEED_BYTES, mask_words, word_dtype
 from consortia.secagg.messages import (
     BUNDLE_BYTES,
     KeysIns,
 )
-from consortia.secagg.neighbours import neighbours
+from consortia.secagg.neighbours import neighbours_of
 from consortia.secagg.shamir import SHARE_BYTES, Share, split
 
 KEYS, SHARED, MASKED, UNMASKED = "keys", "shares", "masked input", "unmask"
@@ -50,6 +50,9 @@ class _Round:
     graph: frozenset[int]
     step: str = KEYS
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (cipher, mask)
+    # the bundle key agreed with each peer at the shares step, kept to open its bundle at the
+    # masked-input step (one X25519 agreement per peer and round instead of two)
+    bundle_keys: dict[int, bytes] = field(default_factory=dict)
     # (self-mask seed share, mask-key share) of each peer, and this site's own pair
     held: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     masked_with: frozenset[int] = frozenset()
@@ -70,7 +73,7 @@ class SiteProtocol:
                 f"keys for round {ins.round} refused: round {current.ins.round} has started"
             )
         ids = list(range(1, ins.sites + 1))
-        graph = neighbours(ids, ins.neighbours, bytes.fromhex(ins.graph_seed))[ins.me]
+        graph = neighbours_of(ids, ins.neighbours, bytes.fromhex(ins.graph_seed), ins.me)
         state = _Round(
             ins,
             RoundContext(ins.job, ins.round),
@@ -111,6 +114,7 @@ class SiteProtocol:
             key = pair_secret(
                 r.cipher.private, r.ins.me, r.peers[holder][0], holder, r.context, "cipher"
             )
+            r.bundle_keys[holder] = key
             out += seal(key, pair[0] + pair[1], r.ins.me, holder, r.context)
         r.step = SHARED
         return bytes(out)
@@ -124,7 +128,8 @@ class SiteProtocol:
         ring_vector: np.ndarray,
     ) -> np.ndarray:
         """Open the bundles sealed for this site, then mask ``ring_vector`` with the self
-        mask and the pair masks of exactly the neighbours whose bundles arrived."""
+        mask and the pair masks of exactly the neighbours whose bundles arrived. The result
+        is in the ring's machine word (uint32 when bits <= 32, else uint64)."""
         r = self._expect(round_, SHARED, MASKED)
         if bits != r.ins.bits:
             raise SecAggError(f"masked input asked in {bits} bits, the round agreed {r.ins.bits}")
@@ -140,9 +145,7 @@ class SiteProtocol:
             raise SecAggError("share bundles do not match their senders")
         held: dict[int, tuple[bytes, bytes]] = {r.ins.me: r.held[r.ins.me]}
         for i, sender in enumerate(senders):
-            key = pair_secret(
-                r.cipher.private, r.ins.me, r.peers[sender][0], sender, r.context, "cipher"
-            )
+            key = r.bundle_keys[sender]  # senders are among the peers (checked above)
             plain = open_sealed(
                 key, bundles[BUNDLE_BYTES * i : BUNDLE_BYTES * (i + 1)], sender, r.ins.me, r.context
             )
@@ -153,9 +156,9 @@ class SiteProtocol:
             peer: pair_secret(r.mask.private, r.ins.me, r.peers[peer][1], peer, r.context, "mask")
             for peer in senders
         }
-        masked = mask_input(
-            np.asarray(ring_vector, np.uint64), r.ins.me, r.self_seed, pair_seeds, bits, r.context
-        )
+        ring = np.asarray(ring_vector)
+        ring = ring if ring.dtype == word_dtype(bits) else ring.astype(np.uint64)
+        masked = mask_words(ring, r.ins.me, r.self_seed, pair_seeds, bits, r.context)
         r.held, r.masked_with, r.step = held, frozenset(senders), MASKED
         return masked
 
@@ -212,9 +215,16 @@ class SiteProtocol:
 def encode_weighted(
     update: np.ndarray, num_examples: int, ins: KeysIns, rng: UniformSource
 ) -> np.ndarray:
-    """A float update as a ring vector: w * update, then w * clip as one more coordinate
-    (w = min(n, cap) / cap in [0, 1], so it is never clipped), so the server divides the sum
-    of the first part by the sum of the last (``decode_weighted``)."""
+    """A float update as a ring vector in the ring's machine word (``word_dtype``): w *
+    update, then w * clip as one more coordinate (w = min(n, cap) / cap in [0, 1], so it is
+    never clipped), so the server divides the sum of the first part by the sum of the last
+    (``decode_weighted``)."""
     weight = min(max(num_examples, 0), ins.weight_cap) / ins.weight_cap
-    values = np.append(np.asarray(update, np.float64) * weight, weight * ins.clip)
-    return FixedPoint(ins.clip, ins.scale, ins.bits).encode(values, rng)
+    ring = FixedPoint(ins.clip, ins.scale, ins.bits)
+    update = np.asarray(update)
+    if update.ndim != 1:
+        raise SecAggError(f"update must be a 1-D vector, got shape {update.shape}")
+    words = np.empty(update.size + 1, dtype=word_dtype(ins.bits))  # the words to be masked
+    ring.encode(update, rng, weight=weight, out=words[:-1])
+    ring.encode(np.array([weight * ins.clip]), rng, out=words[-1:])
+    return words

@@ -12,6 +12,7 @@ too few remain for some secret's threshold.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -47,9 +48,7 @@ def round_params(
     Float updates: the scale is the largest whose n-site sum of (weighted, clipped) values
     cannot wrap in ``bits`` (``FixedPoint.max_sites``); distributed DP brings its own ring.
     """
-    k, t = graph_for(cfg, n_sites)
-    bound = failure_bound(n_sites, k, t, cfg.dropout_rate, cfg.corrupt_fraction)
-    log2 = math.log2(bound) if bound > 0 else -math.inf
+    k, t, log2 = graph_for(cfg, n_sites)
     if privacy_bits is not None:
         return RoundParams(k, t, privacy_bits, log2_failure=log2)
     bits = cfg.bits or DEFAULT_BITS
@@ -61,22 +60,46 @@ def round_params(
     return RoundParams(k, t, bits, ring.clip, ring.scale, cfg.weight_cap, log2)
 
 
-def graph_for(cfg: SecureAggregationConfig, n_sites: int) -> tuple[int, int]:
-    """k and t for a round of ``n_sites``: the job's (capped to the round), else the
-    smallest k meeting 2^-failure_bits; when no k can (a few sites with dropouts assumed),
-    the complete graph with the lowest safe threshold, which tolerates the most dropouts:
-    the report then states the bound it does achieve (``failure_bound_log2``)."""
-    if cfg.neighbours is not None:
-        k = min(cfg.neighbours, n_sites - 1)
+def graph_for(cfg: SecureAggregationConfig, n_sites: int) -> tuple[int, int, float]:
+    """k, t and log2 of the failure bound for a round of ``n_sites`` (see ``_graph``)."""
+    return _graph(
+        n_sites,
+        cfg.neighbours,
+        cfg.threshold,
+        cfg.dropout_rate,
+        cfg.corrupt_fraction,
+        cfg.failure_bits,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _graph(
+    n_sites: int,
+    neighbours: int | None,
+    threshold: int | None,
+    dropout_rate: float,
+    corrupt: float,
+    failure_bits: float,
+) -> tuple[int, int, float]:
+    """The job's k and t (capped to the round), else the smallest k meeting
+    2^-failure_bits; when no k can (a few sites with dropouts assumed), the complete graph
+    with the lowest safe threshold, which tolerates the most dropouts: the report then
+    states the bound it does achieve. Cached per round size: the tail sums cost
+    milliseconds, every round."""
+    if neighbours is not None:
+        k = min(neighbours, n_sites - 1)
         k -= k % 2 if k < n_sites - 1 else 0
-        t = cfg.threshold if cfg.threshold is not None else k // 2 + 1
-        return k, min(max(t, (k + 1) // 2 + 1), k)
-    try:
-        choice = choose(n_sites, cfg.dropout_rate, cfg.corrupt_fraction, cfg.failure_bits)
-    except SecAggError:
-        k = n_sites - 1
-        return k, (k + 1) // 2 + 1
-    return choice.k, choice.threshold
+        t = threshold if threshold is not None else k // 2 + 1
+        t = min(max(t, (k + 1) // 2 + 1), k)
+    else:
+        try:
+            choice = choose(n_sites, dropout_rate, corrupt, failure_bits)
+            k, t = choice.k, choice.threshold
+        except SecAggError:
+            k = n_sites - 1
+            t = (k + 1) // 2 + 1
+    bound = failure_bound(n_sites, k, t, dropout_rate, corrupt)
+    return k, t, (math.log2(bound) if bound > 0 else -math.inf)
 
 
 def decode_weighted(total: np.ndarray, params: RoundParams, survivors: int) -> np.ndarray:
