@@ -28,10 +28,14 @@ class Phase:
     deadline_s: float
     min_replies: int
     grace_s: float | None = None
+    # Replies to wait for before the grace period may start (at least ``min_replies``):
+    # a protocol that tolerates losing only some sites (secure aggregation) waits for the
+    # rest, yet still succeeds with ``min_replies`` when the deadline comes.
+    wait_for: int = 0
 
     @property
     def timing(self) -> Timing:
-        return Timing(self.deadline_s, self.min_replies, self.grace_s)
+        return Timing(self.deadline_s, max(self.min_replies, self.wait_for), self.grace_s)
 
 
 def run_phase(

@@ -218,10 +218,17 @@ class SecureFitStep:
 
     def _phases(self, ctx: RoundContext, proto: ServerRound, minimum: int) -> np.ndarray:
         s, dp, rnd, prov = ctx.settings, self.privacy, ctx.number, self.provenance
-        ctx.exchange("secagg_keys", proto.keys_requests(), proto.accept_keys, min_replies=minimum)
-        ctx.exchange(
-            "secagg_shares", proto.shares_requests(), proto.accept_shares, min_replies=minimum
-        )
+        keep = 1.0 - self.cfg.dropout_rate
+
+        def phase(name: str, requests: list[Any], accept: Any, **kw: Any) -> None:
+            # The graph is sized for dropout_rate: wait for the sites it expects to answer
+            # before the grace period starts, so sites merely queued (a busy pool, a slow
+            # link) are not dropped in numbers the protocol cannot recover from.
+            wait = math.ceil(keep * len(requests))
+            ctx.exchange(name, requests, accept, wait_for=wait, **kw)
+
+        phase("secagg_keys", proto.keys_requests(), proto.accept_keys, min_replies=minimum)
+        phase("secagg_shares", proto.shares_requests(), proto.accept_shares, min_replies=minimum)
         train = dp.train_settings(self.strategy.train) if dp else self.strategy.train
         instructions = dp.client_privacy() if dp else None
         inputs = proto.secure_inputs()
@@ -238,9 +245,9 @@ class SecureFitStep:
                 dp.note_seeded(res)
             proto.accept_masked(site, res.delta)
 
-        ctx.exchange("fit", requests, accept, min_replies=minimum, deadline_s=s.fit_deadline_s)
+        phase("fit", requests, accept, min_replies=minimum, deadline_s=s.fit_deadline_s)
         ctx.values["train_settings"] = train
-        ctx.exchange("secagg_unmask", proto.unmask_requests(), proto.accept_unmask)
+        phase("secagg_unmask", proto.unmask_requests(), proto.accept_unmask)
         return proto.result()
 
     def _aggregate(self, ctx: RoundContext, proto: ServerRound, total: np.ndarray) -> None:

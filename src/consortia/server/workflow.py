@@ -101,13 +101,15 @@ class RoundContext:
         min_replies: int = 0,
         deadline_s: float | None = None,
         settle: Callable[[PhaseRecord], None] | None = None,
+        wait_for: int = 0,
     ) -> PhaseRecord:
         """Run one phase; its record is kept in the round whether it succeeds or not.
 
         The phase ends when every request is answered, or ``min_replies`` replies are in and
-        the job's grace period has passed, or after ``deadline_s`` (default: the job's fit
-        deadline). Too few accepted replies raise RoundFailedError. ``settle`` may still
-        refuse replies once all are in (the record is published after it).
+        the job's grace period has passed (``wait_for`` replies, if more), or after
+        ``deadline_s`` (default: the job's fit deadline). Too few accepted replies raise
+        RoundFailedError. ``settle`` may still refuse replies once all are in (the record
+        is published after it).
         """
         record = PhaseRecord(name, [s for s, _ in requests])
         self.phases.append(record)
@@ -118,6 +120,7 @@ class RoundContext:
             self.settings.fit_deadline_s if deadline_s is None else deadline_s,
             min_replies,
             self.settings.grace_s,
+            wait_for,
         )
         run_phase(self.fleet, phase, accept, record)
         if settle is not None:  # decisions that needed every reply, before anyone hears
