@@ -30,6 +30,7 @@ from consortia.core.messages import (
 )
 from consortia.fleet.base import Failure, Reply, Timing, grace_failure
 from consortia.fleet.grpc import GrpcFleet, JobEnded, SitesTimeoutError
+from consortia.fleet.grpc.codec import WELCOME_REQUEST_ID
 
 
 def _fit(round_: int, w: np.ndarray, seed: int = 0) -> FitIns:
@@ -141,6 +142,8 @@ def test_an_unsendable_request_withdraws_the_ones_already_dispatched(
     start_site(fleet, make_site("site-a", trainer=slow))
     start_site(fleet, make_site("site-b"))
     fleet.wait_for_sites(2, timeout=5)
+    # the join answer to the Welcome (request 0) is in before anything else is counted
+    assert wait_for(lambda: WELCOME_REQUEST_ID not in fleet._sessions["site-a"]._pending)
     w = np.zeros(2, np.float32)
     bad = EvaluateIns(1, np.zeros(2, np.complex64))
     try:
