@@ -237,3 +237,16 @@ def test_data_poisoning_attacks_run_through_secure_aggregation(tmp_path: Path) -
     attack = {"attack": {"kind": "label_flip", "fraction": 0.34}}
     result = simulate(_toy(tmp_path, simulation=attack), out=tmp_path / "run", base_dir=tmp_path)
     assert len(result.history) == 3 and np.all(np.isfinite(result.weights))
+
+
+def test_three_sites_run_on_the_complete_graph_and_the_report_gives_its_bound(
+    tmp_path: Path,
+) -> None:
+    """No k keeps the bound under 2^-40 for 3 sites with a 10% dropout assumption: the
+    round runs plain SecAgg (k = 2, t = 2) and says what bound that achieves."""
+    job = _toy(tmp_path, strategy={"sites_per_round": 3}, simulation={"sites": 3})
+    result = simulate(job, out=tmp_path / "run", base_dir=tmp_path)
+    rows = result.summary["secure_aggregation"]["per_round"]
+    assert [(r["neighbours"], r["threshold"]) for r in rows] == [(2, 2)] * 3
+    assert all(r["failure_bound_log2"] > 0 for r in rows)  # no promise under that assumption
+    np.testing.assert_allclose(result.weights, [1, 2, 3], atol=0.5)
