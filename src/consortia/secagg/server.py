@@ -247,7 +247,8 @@ class ServerRound:
         if self._sum is None:
             raise SecAggError("no masked input arrived")
         t = self.params.threshold
-        dropped = sorted(i for i in self.shared - self.masked if self._masked_with(i))
+        partners = self._pair_partners()
+        dropped = sorted(partners)
         short = [i for i in sorted(self.masked) if len(self.seed_shares.get(i, [])) < t]
         short += [i for i in dropped if len(self.key_shares.get(i, [])) < t]
         if short:
@@ -261,7 +262,7 @@ class ServerRound:
             key = KeyPair.from_private_bytes(combine(self.key_shares[v], t))
             if key.public != self.keys[v][1]:
                 raise SecAggError(f"rebuilt mask key of {self.names[v]} does not match its own")
-            for u in self._masked_with(v):
+            for u in partners[v]:
                 pair_seeds[(u, v)] = pair_secret(
                     key.private, v, self.keys[u][1], u, self.context, "mask"
                 )
@@ -273,9 +274,15 @@ class ServerRound:
         f.completed = True
         return total
 
-    def _masked_with(self, dropped: int) -> list[int]:
-        """The survivors whose masked input carries a pair mask with ``dropped``."""
-        return [u for u in sorted(self.masked) if dropped in self.senders_of.get(u, [])]
+    def _pair_partners(self) -> dict[int, list[int]]:
+        """For each site of U2 that sent no masked input, the survivors whose masked input
+        carries a pair mask with it (ascending); one pass over the survivors' senders."""
+        partners: dict[int, list[int]] = {}
+        for u in sorted(self.masked):
+            for v in self.senders_of.get(u, []):
+                if v in self.shared and v not in self.masked:
+                    partners.setdefault(v, []).append(u)
+        return partners
 
     @property
     def survivors(self) -> list[str]:
