@@ -7,10 +7,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from consortia.ledger import kinds as K
-from consortia.ledger.chain import SCHEMA, append, read_entries
+from consortia.ledger.chain import SCHEMA, LedgerError, append, canonical_json, read_entries
 from consortia.ledger.sign import LedgerKey, SiteSigner, update_message
-from consortia.ledger.verify import first_bad_site, verify_entries
+from consortia.ledger.verify import verify_entries
 
 
 def _ledger(tmp: Path, updates: list[tuple[str, SiteSigner | None, str]]) -> list[Any]:
@@ -59,12 +63,43 @@ def test_unsigned_updates_of_an_insecure_run_are_counted_not_failed(tmp_path: Pa
     assert report.ok and report.unsigned_updates == 2 and report.site_signatures == 0
 
 
-def test_the_parallel_check_finds_the_same_first_bad_signature(tmp_path: Path) -> None:
+def test_the_parallel_check_finds_the_same_first_problem(tmp_path: Path) -> None:
+    """Slices checked in forked processes report what one pass in order reports: the
+    first bad signature, and a broken link after it does not hide an earlier one."""
     s = SiteSigner.generate()
-    ok = [(i, s.identity, s.sign(b"m%d" % i), b"m%d" % i) for i in range(40)]
-    bad = list(ok)
-    for i in (29, 17):
-        bad[i] = (i, s.identity, ok[i][2], b"other")
-    assert first_bad_site(ok, workers=2, parallel_from=1) is None
-    assert first_bad_site(bad, workers=2, parallel_from=1) == 17
-    assert first_bad_site(bad, workers=1) == 17
+    updates: list[tuple[str, SiteSigner | None, str]] = [("a", s, "good")] * 40
+    good = _ledger(tmp_path / "good", updates)
+    for workers in (1, 2, 3):
+        report = verify_entries(good, workers=workers, parallel_from=1)
+        assert report.ok and report.site_signatures == 40
+    bad_sig = s.sign(b"something else")
+    tampered = list(updates)
+    tampered[29] = tampered[17] = ("a", s, bad_sig)
+    bad = _ledger(tmp_path / "bad", tampered)
+    serial = verify_entries(bad, workers=1)
+    assert serial.problem is not None and serial.problem.index == 2 + 17
+    for workers in (2, 3):
+        parallel = verify_entries(bad, workers=workers, parallel_from=1)
+        assert parallel.problem == serial.problem
+    # An entry moved late in the ledger: the first bad update still comes first.
+    moved = [*bad[:35], bad[36], bad[35], *bad[37:]]
+    for workers in (1, 2):
+        report = verify_entries(moved, workers=workers, parallel_from=1)
+        assert report.problem is not None and report.problem.index == 19
+
+
+@given(
+    job=st.text(max_size=40),
+    round_=st.integers(-(2**53), 2**53),
+    digest=st.text(max_size=70),
+)
+def test_the_signed_message_is_the_canonical_json_of_its_fields(
+    job: str, round_: int, digest: str
+) -> None:
+    obj = {"job": job, "round": round_, "update_sha256": digest}
+    assert update_message(job, round_, digest) == canonical_json(obj).encode()
+
+
+def test_a_round_beyond_json_integers_is_refused() -> None:
+    with pytest.raises(LedgerError, match="beyond"):
+        update_message("j", 2**53 + 1, "d")

@@ -2,7 +2,7 @@
 
 ``attach(app, signer, book)`` works on any SiteApp (the built-in Site or a user's own),
 in simulation and behind ``consortia client`` alike: the signature travels in the
-FitRes, the receipt arrives as its own message kind after the round is committed.
+FitRes, the receipt arrives as its own message kind some time after the round is committed.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 MakeSite = Callable[[str], Any]
 
-# Digests this site signed, per round, kept to check the receipt against; a few rounds
-# are enough (a receipt comes right after its round commits).
-_KEEP_ROUNDS = 8
+# Digests this site signed, per round, kept to check the receipt against. Receipts come
+# in batches, possibly only when the job ends: every round of a job is kept (a string a
+# round), up to this many.
+_KEEP_ROUNDS = 10_000
 
 
 def sign_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
@@ -38,8 +39,8 @@ def sign_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
     digest = update_digest(reply.delta)
     signed: dict[int, str] = app.__dict__.setdefault("ledger_signed", {})
     signed[message.round] = digest
-    for old in sorted(signed)[:-_KEEP_ROUNDS]:
-        del signed[old]
+    if len(signed) > _KEEP_ROUNDS:
+        del signed[min(signed)]
     return dataclasses.replace(
         reply, signature=signer.sign(update_message(message.job or "", message.round, digest))
     )

@@ -1,6 +1,7 @@
 """Site receipts: the server's signed ledger entry for each update, kept by the site.
 
-After a round commits, every site whose update was recorded gets a ``receipt`` message:
+Once a round commits, every site whose update was recorded is owed a ``receipt`` message
+(delivered in batches: server/receipt_outbox.py):
 the ``update_received`` entry (with the previous entry's signature, so the site can
 recompute the hash) and the ledger's public key. The site checks that the entry names
 its update (the digest it signed), that the hash matches and that the signature verifies,
@@ -124,18 +125,30 @@ class ReceiptBook:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def add(self, ins: ReceiptIns) -> None:
-        pinned = {r["ledger_public_key"] for r in self.read() if r.get("job") == ins.job}
+    def add(self, ins: ReceiptIns) -> bool:
+        """Keep ``ins``; False if this very receipt is already kept (a resumed server
+        sends again what it cannot know was delivered)."""
+        held = [r for r in self.read() if r.get("job") == ins.job]
+        pinned = {r.get("ledger_public_key") for r in held}
         if pinned and ins.public_key not in pinned:
             raise LedgerError(
                 f"job {ins.job!r}: this receipt's ledger key differs from earlier receipts'"
             )
+        entry = ins.entry.to_json()
+        for r in held:
+            if r["entry"].get("index") == ins.index:
+                if r["entry"] == entry:
+                    return False
+                raise LedgerError(
+                    f"job {ins.job!r}: entry {ins.index} differs from the receipt kept for it "
+                    "earlier (the earlier one is kept as it was)"
+                )
         line = {
             "job": ins.job,
             "round": ins.round,
             "ledger_public_key": ins.public_key,
             "prev_signature": ins.prev_signature,
-            "entry": ins.entry.to_json(),
+            "entry": entry,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -144,6 +157,7 @@ class ReceiptBook:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return True
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

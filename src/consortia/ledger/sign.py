@@ -7,6 +7,15 @@ with its certificate's ECDSA P-256 key, so that the server checks it against the
 certificate the TLS handshake authenticated (no second key to enrol or lose); in
 simulation each virtual site gets an Ed25519 key made for the run (there is no
 certificate to bind a key to, and Ed25519 signs faster).
+
+Ed25519 signing and verification go through libsodium (PyNaCl), keys are made, stored
+and parsed with ``cryptography``. Why: verification is what bounds ``audit verify`` (one
+site signature per update) and the server's check of each update, and libsodium verifies
+about 2.5x faster than cryptography's OpenSSL path on this project's machines (16,400
+against 6,600 a second on one core) and signs about 1.9x faster. Ed25519 is
+deterministic, so either library makes the same signature of the same key and message;
+libsodium refuses some non-canonical encodings and small-order keys that OpenSSL takes,
+and the server and the auditor both check with it, so they never disagree.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ import base64
 import binascii
 import functools
 import hashlib
+import json
+import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +35,11 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey, VerifyKey
 
 from consortia.core.spec import byte_view
-from consortia.ledger.chain import LedgerError, canonical_json
+from consortia.ledger.chain import MAX_SAFE_INT, LedgerError
 
 KEY_FILE = "ledger.key"
 PUBLIC_FILE = "ledger.pub"
@@ -85,6 +98,7 @@ class LedgerKey:
 
     def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
         self._key = key
+        self._signing = _signing_key(key)
         self.public = b64(
             key.public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -110,7 +124,7 @@ class LedgerKey:
         return LedgerKey(key)
 
     def sign(self, digest: bytes) -> str:
-        return b64(self._key.sign(digest))
+        return b64(self._signing.sign(digest).signature)
 
 
 def read_public_file(folder: Path) -> str | None:
@@ -127,22 +141,44 @@ def read_public_file(folder: Path) -> str | None:
     return b64(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
+def _signing_key(key: ed25519.Ed25519PrivateKey) -> SigningKey:
+    """The same key for libsodium (its 32-byte seed)."""
+    return SigningKey(
+        key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _ed25519_ok(key: VerifyKey, signature: bytes, message: bytes) -> bool:
+    if len(signature) != 64:
+        return False
+    try:
+        key.verify(message, signature)
+    except (BadSignatureError, CryptoError, ValueError):
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=64)
-def _server_key(public: str) -> ed25519.Ed25519PublicKey:
+def _server_key(public: str) -> VerifyKey:
     raw = unb64(public, "the ledger's public key")
     try:
-        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
+        return VerifyKey(raw)
+    except (CryptoError, ValueError, TypeError):
         raise LedgerError("the ledger's public key is not an Ed25519 key") from None
 
 
 def server_signature_ok(public: str, digest_hex: str, signature: str) -> bool:
     """Whether ``signature`` (base64) is the ledger key's over the hash ``digest_hex``."""
     try:
-        _server_key(public).verify(unb64(signature, "signature"), bytes.fromhex(digest_hex))
-    except (InvalidSignature, LedgerError, ValueError):
+        return _ed25519_ok(
+            _server_key(public), unb64(signature, "signature"), bytes.fromhex(digest_hex)
+        )
+    except (LedgerError, ValueError):
         return False
-    return True
 
 
 # ---- what a site signs ---------------------------------------------------------------
@@ -161,8 +197,19 @@ def update_digest(vector: np.ndarray) -> str:
 
 
 def update_message(job: str, round_: int, digest: str) -> bytes:
-    """The bytes a site signs: canonical JSON of the job id, the round and the digest."""
-    return canonical_json({"job": job, "round": round_, "update_sha256": digest}).encode()
+    """The bytes a site signs: canonical JSON of the job id, the round and the digest.
+
+    Written out rather than through ``canonical_json`` (the same text, its keys in sorted
+    order): ``audit verify`` builds one per update, and the generic path was a fifth of
+    its time. A test holds the two to the same bytes."""
+    number = operator.index(round_)
+    if not -MAX_SAFE_INT <= number <= MAX_SAFE_INT:
+        raise LedgerError(f"payload.round: integer {number} is beyond +-2**53")
+    job_text, digest_text = (
+        json.dumps(job, ensure_ascii=False),
+        json.dumps(digest, ensure_ascii=False),
+    )
+    return f'{{"job":{job_text},"round":{number},"update_sha256":{digest_text}}}'.encode()
 
 
 @dataclass(frozen=True)
@@ -187,6 +234,7 @@ class SiteSigner:
 
     def __init__(self, key: PrivateKey, certificate_serial: str | None = None) -> None:
         self._key = key
+        self._signing = _signing_key(key) if isinstance(key, ed25519.Ed25519PrivateKey) else None
         self.key_type = ED25519 if isinstance(key, ed25519.Ed25519PrivateKey) else ECDSA_P256
         der = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -205,8 +253,9 @@ class SiteSigner:
         _write_private(path, self._key)
 
     def sign(self, message: bytes) -> str:
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return b64(self._key.sign(message))
+        if self._signing is not None:
+            return b64(self._signing.sign(message).signature)
+        assert isinstance(self._key, ec.EllipticCurvePrivateKey)
         return b64(self._key.sign(message, ec.ECDSA(hashes.SHA256())))
 
     # Pickled into pool workers as the key's PEM (cryptography keys do not pickle).
@@ -231,7 +280,11 @@ def _site_key(key_type: str, public_key: str) -> Any:
     except ValueError:
         raise LedgerError("a site's public key is not a DER public key") from None
     if key_type == ED25519 and isinstance(key, ed25519.Ed25519PublicKey):
-        return key
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        try:
+            return VerifyKey(raw)
+        except (CryptoError, ValueError):
+            raise LedgerError("a site's public key is not a usable Ed25519 key") from None
     if (
         key_type == ECDSA_P256
         and isinstance(key, ec.EllipticCurvePublicKey)
@@ -249,9 +302,8 @@ def site_signature_ok(identity: SiteIdentity, signature: str, message: bytes) ->
         key = _site_key(identity.key_type, identity.public_key)
         raw = unb64(signature, "signature")
         if identity.key_type == ED25519:
-            key.verify(raw, message)
-        else:
-            key.verify(raw, message, ec.ECDSA(hashes.SHA256()))
+            return _ed25519_ok(key, raw, message)
+        key.verify(raw, message, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, LedgerError, ValueError):
         return False
     return True

@@ -50,7 +50,7 @@ from consortia.core.manifest import JobManifest, is_policy_refusal, printable
 from consortia.core.memory import MIB, peak_rss_bytes
 from consortia.core.spec import ModelSpec, model_digest
 from consortia.fleet.admitted import AdmittedFleet
-from consortia.fleet.base import Failure, Fleet, Timing
+from consortia.fleet.base import Fleet, Timing
 from consortia.ledger import kinds as K
 from consortia.ledger.chain import Entry, LedgerError
 from consortia.ledger.sign import KEY_FILE, PUBLIC_FILE, LedgerKey
@@ -59,6 +59,7 @@ from consortia.server.audit import Auditor, flagged_sites
 from consortia.server.build import loop_settings, privacy_from_config, strategy_from_config
 from consortia.server.manifest import job_manifest
 from consortia.server.provenance import IdentityOf, Provenance, checkpoint_payload
+from consortia.server.receipt_outbox import DEFAULT_BUDGET, ReceiptOutbox
 from consortia.server.run_folder import RunFolder, run_summary
 from consortia.server.store import (
     STORE_FILE,
@@ -173,6 +174,9 @@ class RunOptions:
     seeded: bool = False  # debug/test runs: DP noise and sampling from the job seed
     ledger: bool = True  # the signed ledger (docs/ledger.md); off only to measure its cost
     receipt_deadline_s: float = 30.0
+    # Receipts wait in an outbox and may take this share of the run's time (at least one
+    # delivery after each round of a second or more; always one before the job ends).
+    receipt_budget: float = DEFAULT_BUDGET
 
 
 @dataclass
@@ -241,6 +245,7 @@ class Run:
         # or the fleet's (the certificate a gRPC site authenticated with).
         self.site_identity = site_identity
         self._prov: Provenance | None = None
+        self._outbox = ReceiptOutbox(options.receipt_budget)
         self._fleet: Fleet | None = None
         self._admitted_fleet: Fleet | None = None
         self.min_sites = options.min_sites or cfg.strategy.min_sites
@@ -417,25 +422,32 @@ class Run:
         store.ledger_sign = key.sign
         self._prov = Provenance(key, row.id, self._identity, self._statement)
         self._prov.load(entries)
+        delivered = store.receipts_delivered()
+        self._outbox.add(
+            (site, r) for site, r in self._prov.receipts(entries) if r.index not in delivered
+        )
         store.append([(K.JOB_RESUMED, {"after_round": after})])
 
-    def _send_receipts(self, fleet: Fleet, entries: Sequence[Entry]) -> None:
-        """Each recorded update's entry back to its site (best effort: a site that misses
-        its receipt still has its own signature, and the run goes on)."""
+    def _send_receipts(
+        self, fleet: Fleet, store: ServerStore, entries: Sequence[Entry], final: bool = False
+    ) -> None:
+        """Put each recorded update's entry in the outbox for its site; deliver what waits
+        when it is due, or ``final``ly (best effort: a site that misses its receipt still
+        has its own signature, and the run goes on)."""
         if self._prov is None:
             return
-        requests = self._prov.receipts(entries)
-        if not requests:
+        self._outbox.add(self._prov.receipts(entries))
+        if not (final and len(self._outbox)) and not self._outbox.due():
             return
-        try:
-            for out in fleet.send(requests, Timing(self.options.receipt_deadline_s)):
-                if isinstance(out, Failure):
-                    log.warning("receipt for site %s not delivered: %s", out.site, out.reason)
-                elif not getattr(out.message, "stored", False):
-                    reason = str(getattr(out.message, "reason", ""))[:200]
-                    log.warning("site %s did not keep its receipt: %s", out.site, reason)
-        except Exception as exc:  # receipts never stop a run
-            log.warning("receipts of this round not delivered: %s", exc)
+        delivered = self._outbox.deliver(fleet, Timing(self.options.receipt_deadline_s))
+        with contextlib.suppress(OSError, sqlite3.Error, StoreError):
+            store.mark_receipts_delivered(delivered)
+        if final and len(self._outbox):
+            log.warning(
+                "receipts not delivered to %d site(s) before the job ended: %s",
+                len(self._outbox.undelivered()),
+                ", ".join(printable(s) for s in self._outbox.undelivered()[:10]),
+            )
 
     def _privacy(self, store: ServerStore) -> PrivacyController | None:
         """The job's DP wrapper, with what earlier rounds of this job already spent."""
@@ -539,6 +551,8 @@ class Run:
         finally:
             try:
                 workers = fleet.worker_peaks() if fleet is not None else []
+                if fleet is not None and status != "interrupted":
+                    self._send_receipts(fleet, store, [], final=True)
                 if fleet is not None:
                     fleet.end_job(status)
                     fleet.close()
@@ -657,7 +671,7 @@ class Run:
             failed_in_a_row = 0
             self._state = new_state
             del new_state
-            self._send_receipts(fleet, entries or [])
+            self._send_receipts(fleet, store, entries or [])
             self.bus.publish(RoundDone(record, self._state, rounds))
         return None, None
 

@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS participants (
     reason TEXT,
     PRIMARY KEY (round, site, phase)
 );
+-- Ledger entries whose receipt its site has answered (server/receipt_outbox.py).
+CREATE TABLE IF NOT EXISTS receipts_delivered (idx INTEGER PRIMARY KEY);
 """
 
 # (kind, payload) items appended to the ledger inside a state change's own transaction
@@ -291,6 +293,17 @@ class ServerStore:
 
     def ledger(self) -> list[Entry]:
         return ledger_chain.read_entries(self._db)
+
+    def mark_receipts_delivered(self, indexes: Sequence[int]) -> None:
+        if not indexes:
+            return
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO receipts_delivered VALUES (?)", [(i,) for i in indexes]
+            )
+
+    def receipts_delivered(self) -> set[int]:
+        return {int(r[0]) for r in self._db.execute("SELECT idx FROM receipts_delivered")}
 
     @staticmethod
     def _attempts(db: sqlite3.Connection, number: int) -> int:

@@ -1,0 +1,96 @@
+"""Receipts on their way to the sites: delivered in batches, outside the rounds' pace.
+
+Why an outbox: delivering a round's receipts right after it commits is one more exchange
+with every site of the round, and on short rounds that exchange was most of what the
+ledger cost (8-10 ms of a 55 ms digits round on the 2-CPU development machine). A site
+needs its receipt to hold the server to what it recorded, not to take part in the next
+round, so receipts wait here and go out when what the last delivery cost is at most
+``budget`` of the time since it (on rounds of seconds, that is after every round), and
+always before the job ends. A delivery is one exchange: each reachable site is sent every
+receipt it is owed, oldest first (fleets deliver one site's messages in order).
+
+A receipt stays waiting while its site cannot be reached; one the site answered (kept,
+or refused with a reason) is done. The store marks what was delivered, so a resumed job
+sends what a crash kept from its sites (a site keeps a receipt it already holds once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from consortia.core.messages import Failure
+from consortia.fleet.base import Fleet, Timing
+from consortia.ledger.receipts import ReceiptIns
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 0.01  # receipts may take this share of the run's time
+
+
+@dataclass
+class ReceiptOutbox:
+    budget: float = DEFAULT_BUDGET
+    clock: Callable[[], float] = time.perf_counter
+    waiting: dict[str, list[ReceiptIns]] = field(default_factory=dict)
+    _last_cost: float = 0.0
+    _since: float | None = None  # when the last delivery ended (None: none yet)
+
+    def add(self, receipts: Iterable[tuple[str, ReceiptIns]]) -> None:
+        for site, receipt in receipts:
+            self.waiting.setdefault(site, []).append(receipt)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.waiting.values())
+
+    def due(self) -> bool:
+        """Whether delivering now keeps receipts within their share of the time."""
+        if not self.waiting:
+            return False
+        if self._since is None:
+            return True
+        return self._last_cost <= self.budget * (self.clock() - self._since)
+
+    def deliver(self, fleet: Fleet, timing: Timing) -> list[int]:
+        """Send what is waiting to the sites that can be asked now; the ledger indexes of
+        the receipts their sites answered (to be marked delivered)."""
+        start = self.clock()
+        done: list[int] = []
+        answered: set[int] = set()  # id() of each receipt its site answered
+        missed: set[str] = set()
+        try:
+            reachable = set(fleet.sites())
+            requests = [
+                (site, receipt)
+                for site, queue in sorted(self.waiting.items())
+                if site in reachable
+                for receipt in queue
+            ]
+            for (site, receipt), out in zip(requests, fleet.send(requests, timing), strict=True):
+                if isinstance(out, Failure):
+                    if site not in missed:
+                        log.warning("receipts for site %s not delivered: %s", site, out.reason)
+                    missed.add(site)
+                    continue
+                if not getattr(out.message, "stored", False):
+                    reason = str(getattr(out.message, "reason", ""))[:200]
+                    log.warning("site %s did not keep its receipt: %s", site, reason)
+                answered.add(id(receipt))
+                done.append(receipt.index)
+        except Exception as exc:  # receipts never stop a run
+            log.warning("receipts not delivered: %s", exc)
+        finally:
+            self.waiting = {
+                site: kept
+                for site, queue in self.waiting.items()
+                if (kept := [r for r in queue if id(r) not in answered])
+            }
+            self._since = self.clock()
+            self._last_cost = self._since - start
+        return done
+
+    def undelivered(self) -> Sequence[str]:
+        """Sites still owed a receipt (said once the job is over)."""
+        return sorted(self.waiting)

@@ -1,0 +1,160 @@
+"""The receipts outbox: batched delivery within its share of the time, in order, retried
+for sites that could not be reached, and re-sent by a resumed job."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import consortia
+from consortia.core.messages import Failure, Reply
+from consortia.fleet.base import Fleet, Timing
+from consortia.ledger.chain import LedgerError, read_entries
+from consortia.ledger.receipts import ReceiptBook, ReceiptIns, ReceiptRes
+from consortia.server.receipt_outbox import ReceiptOutbox
+
+TOY_JOB = Path(__file__).parent.parent / "fixtures" / "toy_job.toml"
+
+
+def _receipt(index: int, round_: int = 1) -> ReceiptIns:
+    h = f"{index:064x}"
+    return ReceiptIns(round_, "j", index, h, "", "t", "update_received", "{}", h, "s", "k")
+
+
+class _Fleet(Fleet):
+    """Records what each exchange sent; some sites are down, some refuse."""
+
+    def __init__(
+        self,
+        sites: Sequence[str],
+        down: frozenset[str] = frozenset(),
+        refuse: frozenset[str] = frozenset(),
+    ) -> None:
+        self._sites = list(sites)
+        self.down, self.refuse = down, refuse
+        self.exchanges: list[list[tuple[str, int]]] = []
+
+    def sites(self) -> list[str]:
+        return list(self._sites)
+
+    def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Any]:
+        self.exchanges.append([(site, r.index) for site, r in requests])
+        for site, r in requests:
+            if site in self.down:
+                yield Failure(site, "unreachable")
+            else:
+                yield Reply(site, ReceiptRes(site, r.round, site not in self.refuse, "no"))
+
+
+def test_each_site_gets_all_its_receipts_in_order_in_one_exchange() -> None:
+    box = ReceiptOutbox()
+    box.add([("a", _receipt(3)), ("b", _receipt(4)), ("a", _receipt(9)), ("a", _receipt(12))])
+    fleet = _Fleet(["a", "b"])
+    assert sorted(box.deliver(fleet, Timing(1.0))) == [3, 4, 9, 12]
+    assert fleet.exchanges == [[("a", 3), ("a", 9), ("a", 12), ("b", 4)]]
+    assert len(box) == 0 and not box.due()
+
+
+def test_unreachable_sites_keep_their_receipts_a_refusal_is_an_answer() -> None:
+    box = ReceiptOutbox()
+    box.add([("a", _receipt(1)), ("gone", _receipt(2)), ("no", _receipt(3)), ("a", _receipt(4))])
+    box.add([("gone", _receipt(5)), ("offline", _receipt(6))])
+    fleet = _Fleet(["a", "gone", "no"], down=frozenset({"gone"}), refuse=frozenset({"no"}))
+    assert sorted(box.deliver(fleet, Timing(1.0))) == [1, 3, 4]
+    assert len(fleet.exchanges) == 1
+    assert "offline" not in [site for site, _ in fleet.exchanges[0]]  # not connected now
+    assert box.undelivered() == ["gone", "offline"] and len(box) == 3
+    back = _Fleet(["gone", "offline"])
+    assert sorted(box.deliver(back, Timing(1.0))) == [2, 5, 6]
+    assert back.exchanges == [[("gone", 2), ("gone", 5), ("offline", 6)]]
+
+
+def test_a_failing_fleet_never_stops_the_run() -> None:
+    class Broken(_Fleet):
+        def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Any]:
+            raise OSError("connection reset")
+
+    box = ReceiptOutbox()
+    box.add([("a", _receipt(1))])
+    assert box.deliver(Broken(["a"]), Timing(1.0)) == []
+    assert len(box) == 1
+
+
+def test_deliveries_take_at_most_their_share_of_the_time() -> None:
+    now = [0.0]
+    box = ReceiptOutbox(budget=0.01, clock=lambda: now[0])
+    assert not box.due()  # nothing waiting
+    box.add([("a", _receipt(1))])
+    assert box.due()  # the first delivery: its cost is not known yet
+
+    class Slow(_Fleet):
+        def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Any]:
+            now[0] += 0.5  # this exchange takes half a second
+            yield from super().send(requests, timing)
+
+    box.deliver(Slow(["a"]), Timing(1.0))
+    box.add([("a", _receipt(2))])
+    now[0] += 49.0
+    assert not box.due()  # 0.5 s of delivery is more than 1% of 49 s
+    now[0] += 1.0
+    assert box.due()
+
+
+def test_every_receipt_reaches_its_site_by_the_end_even_on_a_tight_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Budget zero: one delivery after the first round, then only the final one."""
+    import consortia.simulation
+    from consortia.server.run import RunOptions
+
+    tight = functools.partial(RunOptions, receipt_budget=0.0)
+    monkeypatch.setattr(consortia.simulation, "RunOptions", tight)
+    consortia.simulate(TOY_JOB, out=tmp_path / "run", rounds=4)
+    _assert_all_receipts_kept(tmp_path / "run")
+
+
+def _assert_all_receipts_kept(out: Path) -> None:
+    with sqlite3.connect(out / "state.sqlite") as db:
+        updates = [e.index for e in read_entries(db) if e.kind == "update_received"]
+        delivered = {r[0] for r in db.execute("SELECT idx FROM receipts_delivered")}
+    kept = [
+        r["entry"]["index"]
+        for p in (out / "sites").glob("*.receipts.jsonl")
+        for r in ReceiptBook(p).read()
+    ]
+    assert sorted(kept) == updates and delivered == set(updates)
+
+
+def test_a_resumed_job_sends_the_receipts_a_crash_kept_from_its_sites(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    consortia.simulate(TOY_JOB, out=out, rounds=2)
+    # What a crash between a commit and the delivery leaves: entries not marked delivered
+    # and sites without those receipts. One site keeps what it had.
+    books = sorted((out / "sites").glob("*.receipts.jsonl"))
+    kept = books[0].read_text()
+    for p in books[1:]:
+        p.unlink()
+    with sqlite3.connect(out / "state.sqlite") as db:
+        db.execute("DELETE FROM receipts_delivered")
+    consortia.simulate(TOY_JOB, out=out, rounds=4, resume=True)
+    _assert_all_receipts_kept(out)
+    assert books[0].read_text().startswith(kept)  # nothing kept twice, nothing rewritten
+
+
+def test_a_site_keeps_a_receipt_once_and_refuses_another_entry_under_its_index(
+    tmp_path: Path,
+) -> None:
+    book = ReceiptBook(tmp_path / "r.jsonl")
+    first = _receipt(7)
+    assert book.add(first) is True
+    assert book.add(first) is False
+    assert len(book.read()) == 1
+    with pytest.raises(LedgerError, match="entry 7 differs"):
+        book.add(replace(first, payload='{"site":"x"}'))
+    assert len(book.read()) == 1
