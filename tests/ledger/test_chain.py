@@ -17,6 +17,7 @@ from consortia.ledger.chain import (
     canonical_json,
     entry_hash,
     hash_text,
+    json_text,
     read_entries,
 )
 from consortia.ledger.sign import LedgerKey, server_signature_ok
@@ -118,3 +119,35 @@ def test_the_private_key_file_is_owner_only_and_never_overwritten(tmp_path: Path
     assert (tmp_path / "ledger.key").stat().st_mode & 0o777 == 0o600
     with pytest.raises(FileExistsError):
         LedgerKey.create(tmp_path)
+
+
+@given(st.text(max_size=80))
+def test_the_quick_string_quoting_is_json_dumps(value: str) -> None:
+    assert json_text(value) == json.dumps(value, ensure_ascii=False)
+
+
+@given(
+    prev=st.text(max_size=70),
+    prev_signature=st.text(max_size=90),
+    time=st.text(max_size=30),
+    kind=st.text(max_size=20),
+)
+def test_the_hashed_text_is_the_canonical_json_of_the_fields(
+    prev: str, prev_signature: str, time: str, kind: str
+) -> None:
+    """What ``hash_text`` splices together is what the documented rule writes (with
+    ``prev`` and ``prev_signature`` escaped to ASCII, as entries were always hashed)."""
+    payload = canonical_json({"a": [1, "é"]})
+    fields = {"index": 7, "kind": kind, "prev": prev, "time": time}
+    expected = json.dumps(
+        {**fields, "payload": json.loads(payload), "prev_signature": prev_signature},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    for name in ("prev", "prev_signature"):
+        text = prev if name == "prev" else prev_signature
+        expected = expected.replace(
+            f'"{name}":{json.dumps(text, ensure_ascii=False)}', f'"{name}":{json.dumps(text)}', 1
+        )
+    assert hash_text(7, prev, prev_signature, time, kind, payload) == expected.encode()

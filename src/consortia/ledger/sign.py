@@ -24,7 +24,6 @@ import base64
 import binascii
 import functools
 import hashlib
-import json
 import operator
 import os
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from consortia.core.spec import byte_view
-from consortia.ledger.chain import MAX_SAFE_INT, LedgerError
+from consortia.ledger.chain import MAX_SAFE_INT, LedgerError, json_text
 
 KEY_FILE = "ledger.key"
 PUBLIC_FILE = "ledger.pub"
@@ -205,10 +204,7 @@ def update_message(job: str, round_: int, digest: str) -> bytes:
     number = operator.index(round_)
     if not -MAX_SAFE_INT <= number <= MAX_SAFE_INT:
         raise LedgerError(f"payload.round: integer {number} is beyond +-2**53")
-    job_text, digest_text = (
-        json.dumps(job, ensure_ascii=False),
-        json.dumps(digest, ensure_ascii=False),
-    )
+    job_text, digest_text = json_text(job), json_text(digest)
     return f'{{"job":{job_text},"round":{number},"update_sha256":{digest_text}}}'.encode()
 
 

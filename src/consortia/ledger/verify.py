@@ -11,12 +11,14 @@ Why the work is split the way it is: what costs is per entry (a SHA-256, a JSON 
 site's Ed25519 verification), and every entry can be checked on its own once the few
 site_joined entries say which key each site had when. So those are read first, in
 order, and then contiguous slices of the ledger are checked side by side, one process
-per CPU (forked: the entries are not copied to them), each reporting its first problem.
+per CPU (this one and forked ones: the entries are not copied to them), each reporting
+its first problem.
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -194,11 +196,17 @@ def _check_all(
     size = -(-n // workers)
     bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
     _SHARED = (entries, public, job, joins)
+    # Frozen objects are left out of the children's garbage collections, which would
+    # otherwise touch (and so copy) every page of the entries they inherited.
+    gc.freeze()
     try:
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(len(bounds), mp_context=ctx) as pool:
-            return list(pool.map(_check_shared, bounds))
+        with ProcessPoolExecutor(len(bounds) - 1, mp_context=ctx) as pool:
+            rest = pool.map(_check_shared, bounds[1:])
+            first = _check_shared(bounds[0])  # this process takes a slice too
+            return [first, *rest]
     finally:
+        gc.unfreeze()
         _SHARED = None
 
 
