@@ -1,18 +1,18 @@
 """The ledger's cost: round time with and without it on the digits example, and how fast
 ``audit verify`` checks a 100,000-entry ledger. Prints its figures.
 
-    python bench/ledger.py [--rounds 30] [--repeats 3] [--entries 100000] [--verify-reps 3]
+    python bench/ledger.py [--rounds 30] [--repeats 6] [--entries 100000] [--verify-reps 3]
 
 Round time: the digits example (examples/digits: 100 sites, 10 per round, pool fleet) runs
-``--repeats`` times with the ledger and as often without, alternating, in this one
-process; a round's time is from RoundStarted to RoundDone (fit, aggregation, the commit
-with its ledger entries, any receipts delivered), the first round of each run (worker
-start-up) left out. On a shared machine the A/B medians carry the machine's noise, so the
-server's own ledger work is also timed directly where it runs (site signature checks,
-entries, appends, receipts), charged to the round it ran in (rounds 2..) or to the job
-(the first round, when every admitted site's site_joined entry is written, and after the
-last, when the receipts still waiting are delivered), and the sites' share (digest and
-signature of one update) measured on its own.
+``--repeats`` times with the ledger and as often without, in pairs whose order
+alternates, in this one process; a round's time is from RoundStarted to RoundDone (fit,
+aggregation, the commit with its ledger entries, any receipts delivered), the first round
+of each run (worker start-up) left out. On a shared machine the A/B medians carry the
+machine's noise, so the server's own ledger work is also timed directly where it runs
+(site signature checks, entries, appends, receipts), charged to the round it ran in
+(rounds 2..) or to the job (the first round, when every admitted site's site_joined entry
+is written, and after the last, when the receipts still waiting are delivered), and the
+sites' share (digest and signature of one update) measured on its own.
 
 Verification: a synthetic ledger of the given size written by the real append path (one
 job, 100 sites with Ed25519 keys, rounds of 100 signed updates), then ``verify_entries``
@@ -103,20 +103,29 @@ def round_overhead(rounds: int, repeats: int) -> None:
     _instrument(spent, now)
     times: dict[bool, list[float]] = {True: [], False: []}
     ledger_rounds = jobs = 0
+    ratios = []  # each pair of runs: median round with / without
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
-            for ledger in (False, True):
+            medians = {}
+            # ABBA: the order alternates, so that a drift of the machine favours neither.
+            for ledger in (False, True) if rep % 2 == 0 else (True, False):
                 clock = _RoundClock(now)
                 out = Path(tmp) / f"r{rep}-{int(ledger)}"
                 simulate(DIGITS_JOB, rounds=rounds, out=out, listeners=[clock], ledger=ledger)
                 kept = [s for r, s in sorted(clock.seconds.items()) if r > 1]
                 times[ledger] += kept
+                medians[ledger] = statistics.median(kept)
                 ledger_rounds += len(kept) if ledger else 0
                 jobs += int(ledger)
+            ratios.append(medians[True] / medians[False])
     on, off = statistics.median(times[True]), statistics.median(times[False])
     print(f"digits example, {rounds} rounds x {repeats} runs per mode, rounds 2.. kept")
     print(f"  round time, median: without ledger {off:.3f} s, with ledger {on:.3f} s")
-    print(f"  A/B overhead: {100 * (on / off - 1):+.2f}% (machine noise included)")
+    print(
+        f"  A/B overhead: {100 * (on / off - 1):+.2f}% pooled, "
+        f"{100 * (statistics.median(ratios) - 1):+.2f}% median of the {repeats} paired runs "
+        f"({', '.join(f'{100 * (r - 1):+.0f}%' for r in ratios)}; machine noise included)"
+    )
     site = _site_share()
     in_round = sum(v for (when, _), v in spent.items() if when == "round") / ledger_rounds
     per_round = in_round + site  # the sites sign in parallel: one site's share is on the path
@@ -265,7 +274,7 @@ def verify_speed(n: int, reps: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--verify-reps", type=int, default=3)
     ap.add_argument("--skip-rounds", action="store_true", help="only the verification figure")
