@@ -4,19 +4,21 @@ for sites that could not be reached, and re-sent by a resumed job."""
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import consortia
-from consortia.core.messages import Failure, Reply
+from consortia.core.messages import Failure, InvalidMessageError, Reply
 from consortia.fleet.base import Fleet, Timing
 from consortia.ledger.chain import LedgerError, read_entries
-from consortia.ledger.receipts import ReceiptBook, ReceiptIns, ReceiptRes
+from consortia.ledger.receipts import MAX_BATCH, ReceiptBook, ReceiptIns, ReceiptsIns, ReceiptsRes
 from consortia.server.receipt_outbox import ReceiptOutbox
 
 TOY_JOB = Path(__file__).parent.parent / "fixtures" / "toy_job.toml"
@@ -25,6 +27,47 @@ TOY_JOB = Path(__file__).parent.parent / "fixtures" / "toy_job.toml"
 def _receipt(index: int, round_: int = 1) -> ReceiptIns:
     h = f"{index:064x}"
     return ReceiptIns(round_, "j", index, h, "", "t", "update_received", "{}", h, "s", "k")
+
+
+def test_a_batch_travels_as_json_and_comes_back_the_same() -> None:
+    batch = [_receipt(3, round_=2), _receipt(9, round_=5)]
+    ins = ReceiptsIns.of(batch)
+    assert ins.round == 5 and ins.receipts.dtype == np.uint8
+    assert ins.items() == batch
+    with pytest.raises(ValueError, match="one job"):
+        ReceiptsIns.of([_receipt(1), replace(_receipt(2), job="other")])
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        (b"not json", "not UTF-8 JSON"),
+        (b"\xff\xfe", "not UTF-8 JSON"),
+        (b"[]", "list of 1 to"),
+        (b'{"round": 1}', "list of 1 to"),
+        (b'[{"round": 1}]', "exactly the fields"),
+    ],
+)
+def test_a_malformed_batch_is_refused_naming_what_is_wrong(text: bytes, why: str) -> None:
+    ins = replace(ReceiptsIns.of([_receipt(1)]), receipts=np.frombuffer(text, np.uint8))
+    with pytest.raises(InvalidMessageError, match=why):
+        ins.items()
+
+
+def test_a_receipt_of_the_wrong_shape_inside_a_batch_is_refused() -> None:
+    good = ReceiptsIns.of([_receipt(1)])
+    item = json.loads(good.receipts.tobytes())[0]
+    for field, value, why in [
+        ("index", "1", "integers"),
+        ("round", True, "integers"),
+        ("hash", "zz" * 32, "SHA-256"),
+        ("kind", "round_closed", "update_received"),
+        ("payload", "x" * 17_000, "longer than"),
+        ("signature", "s" * 500, "longer than"),
+    ]:
+        bad = json.dumps([{**item, field: value}]).encode()
+        with pytest.raises(InvalidMessageError, match=why):
+            replace(good, receipts=np.frombuffer(bad, np.uint8)).items()
 
 
 class _Fleet(Fleet):
@@ -38,18 +81,21 @@ class _Fleet(Fleet):
     ) -> None:
         self._sites = list(sites)
         self.down, self.refuse = down, refuse
-        self.exchanges: list[list[tuple[str, int]]] = []
+        self.exchanges: list[list[tuple[str, list[int]]]] = []
 
     def sites(self) -> list[str]:
         return list(self._sites)
 
     def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Any]:
-        self.exchanges.append([(site, r.index) for site, r in requests])
-        for site, r in requests:
+        self.exchanges.append([(site, [r.index for r in b.items()]) for site, b in requests])
+        for site, batch in requests:
+            n = len(batch.items())
             if site in self.down:
                 yield Failure(site, "unreachable")
+            elif site in self.refuse:
+                yield Reply(site, ReceiptsRes(site, batch.round, 0, 0, n, "no"))
             else:
-                yield Reply(site, ReceiptRes(site, r.round, site not in self.refuse, "no"))
+                yield Reply(site, ReceiptsRes(site, batch.round, n, 0, 0))
 
 
 def test_each_site_gets_all_its_receipts_in_order_in_one_exchange() -> None:
@@ -57,7 +103,7 @@ def test_each_site_gets_all_its_receipts_in_order_in_one_exchange() -> None:
     box.add([("a", _receipt(3)), ("b", _receipt(4)), ("a", _receipt(9)), ("a", _receipt(12))])
     fleet = _Fleet(["a", "b"])
     assert sorted(box.deliver(fleet, Timing(1.0))) == [3, 4, 9, 12]
-    assert fleet.exchanges == [[("a", 3), ("a", 9), ("a", 12), ("b", 4)]]
+    assert fleet.exchanges == [[("a", [3, 9, 12]), ("b", [4])]]
     assert len(box) == 0 and not box.due()
 
 
@@ -68,11 +114,11 @@ def test_unreachable_sites_keep_their_receipts_a_refusal_is_an_answer() -> None:
     fleet = _Fleet(["a", "gone", "no"], down=frozenset({"gone"}), refuse=frozenset({"no"}))
     assert sorted(box.deliver(fleet, Timing(1.0))) == [1, 3, 4]
     assert len(fleet.exchanges) == 1
-    assert "offline" not in [site for site, _ in fleet.exchanges[0]]  # not connected now
+    assert [site for site, _ in fleet.exchanges[0]] == ["a", "gone", "no"]  # not "offline"
     assert box.undelivered() == ["gone", "offline"] and len(box) == 3
     back = _Fleet(["gone", "offline"])
     assert sorted(box.deliver(back, Timing(1.0))) == [2, 5, 6]
-    assert back.exchanges == [[("gone", 2), ("gone", 5), ("offline", 6)]]
+    assert back.exchanges == [[("gone", [2, 5]), ("offline", [6])]]
 
 
 def test_a_failing_fleet_never_stops_the_run() -> None:
@@ -158,3 +204,12 @@ def test_a_site_keeps_a_receipt_once_and_refuses_another_entry_under_its_index(
     with pytest.raises(LedgerError, match="entry 7 differs"):
         book.add(replace(first, payload='{"site":"x"}'))
     assert len(book.read()) == 1
+
+
+def test_a_site_owed_more_than_a_batch_gets_several_in_one_exchange() -> None:
+    box = ReceiptOutbox()
+    box.add([("a", _receipt(i)) for i in range(MAX_BATCH + 5)])
+    fleet = _Fleet(["a"])
+    assert len(box.deliver(fleet, Timing(1.0))) == MAX_BATCH + 5
+    (exchange,) = fleet.exchanges
+    assert [len(indexes) for _, indexes in exchange] == [MAX_BATCH, 5]

@@ -16,7 +16,7 @@ from typing import Any
 from consortia.client.app import Handler, SiteApp
 from consortia.core.messages import FitIns, FitRes
 from consortia.ledger.chain import LedgerError
-from consortia.ledger.receipts import ReceiptBook, ReceiptIns, ReceiptRes, check_receipt
+from consortia.ledger.receipts import ReceiptBook, ReceiptsIns, ReceiptsRes, check_receipt
 from consortia.ledger.sign import SiteSigner, update_digest, update_message
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,32 @@ def sign_update(app: SiteApp, message: Any, call_next: Handler) -> Any:
 
 
 def keep_receipts(app: SiteApp, message: Any, call_next: Handler) -> Any:
-    """Check and store the server's receipt for one of this site's updates."""
-    if not isinstance(message, ReceiptIns):
+    """Check and store a batch of the server's receipts for this site's updates."""
+    if not isinstance(message, ReceiptsIns):
         return call_next(message)
     book: ReceiptBook | None = getattr(app, "receipt_book", None)
+    items = message.items()  # checked for shape on arrival (InvalidMessageError otherwise)
     if book is None:
-        return ReceiptRes(app.site_id, message.round, False, "this site keeps no receipts")
-    signed = getattr(app, "ledger_signed", {}).get(message.round)
+        return ReceiptsRes(
+            app.site_id, message.round, 0, 0, len(items), "this site keeps no receipts"
+        )
+    signed = getattr(app, "ledger_signed", {})
+    good, reasons = [], []
+    for ins in items:
+        try:
+            check_receipt(ins, app.site_id, signed.get(ins.round))
+            good.append(ins)
+        except LedgerError as exc:
+            reasons.append(f"entry {ins.index}: {exc}")
     try:
-        check_receipt(message, app.site_id, signed)
-        book.add(message)
+        kept, held, refused = book.add_many(good)
     except (LedgerError, OSError) as exc:
-        log.warning("site %s: receipt for round %d refused: %s", app.site_id, message.round, exc)
-        return ReceiptRes(app.site_id, message.round, False, str(exc)[:2000])
-    return ReceiptRes(app.site_id, message.round, True)
+        kept, held, refused = 0, 0, [f"{book.path}: {exc}"] * len(good)
+    reasons += refused
+    for reason in reasons[:3]:
+        log.warning("site %s: receipt refused: %s", app.site_id, reason)
+    first = reasons[0][:2000] if reasons else ""
+    return ReceiptsRes(app.site_id, message.round, kept, held, len(reasons), first)
 
 
 def attach(app: SiteApp, signer: SiteSigner | None, book: ReceiptBook | None) -> SiteApp:

@@ -1,13 +1,14 @@
 """Site receipts: the server's signed ledger entry for each update, kept by the site.
 
-Once a round commits, every site whose update was recorded is owed a ``receipt`` message
-(delivered in batches: server/receipt_outbox.py):
-the ``update_received`` entry (with the previous entry's signature, so the site can
-recompute the hash) and the ledger's public key. The site checks that the entry names
-its update (the digest it signed), that the hash matches and that the signature verifies,
-and appends it to its own file (JSON lines). Later, ``audit verify --site FILE RUN_DIR``
-proves whether the run still holds each receipted entry unchanged: a dropped or altered
-contribution shows, even if the operator re-signed a rewritten chain with a new key.
+Once a round commits, every site whose update was recorded is owed a receipt: the
+``update_received`` entry (with the previous entry's signature, so the site can recompute
+the hash) and the ledger's public key. Receipts travel in batches, a ``receipts`` message
+carrying every receipt one site is owed (server/receipt_outbox.py says when). The site
+checks that each entry names its update (the digest it signed), that the hash matches and
+that the signature verifies, and appends the receipts to its own file (JSON lines, one
+write and one fsync a batch). Later, ``audit verify --site FILE RUN_DIR`` proves whether
+the run still holds each receipted entry unchanged: a dropped or altered contribution
+shows, even if the operator re-signed a rewritten chain with a new key.
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from consortia.core.messages import InvalidMessageError, register_kind
 from consortia.ledger import kinds as K
 from consortia.ledger.chain import Entry, LedgerError, entry_hash
 from consortia.ledger.sign import server_signature_ok
 from consortia.ledger.verify import Problem
 
-MAX_PAYLOAD_CHARS = 4000  # under the gRPC codec's 4096-character limit on one text
+MAX_PAYLOAD_CHARS = 16_000  # a receipt's payload (an update_received entry's is ~400)
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
 class ReceiptIns:
-    """Server -> site: the ledger entry recording this site's update of ``round``."""
+    """One receipt: the ledger entry recording a site's update of ``round``."""
 
     round: int
     job: str
@@ -68,37 +72,133 @@ class ReceiptIns:
         )
 
 
-@dataclass(frozen=True)
-class ReceiptRes:
-    site: str
-    round: int
-    stored: bool
-    reason: str = ""
-
-
-def _check_request(ins: ReceiptIns) -> None:
+def check_fields(ins: ReceiptIns) -> None:
+    """A receipt's shape, before anything is computed from it."""
     if ins.index < 0 or ins.kind != K.UPDATE_RECEIVED:
         raise InvalidMessageError("a receipt is the update_received entry of a site's update")
     if len(ins.payload) > MAX_PAYLOAD_CHARS:
         raise InvalidMessageError(f"receipt payload longer than {MAX_PAYLOAD_CHARS} characters")
     for name in ("prev", "hash"):
         value = getattr(ins, name)
-        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        if len(value) != 64 or not set(value) <= _HEX:
             raise InvalidMessageError(f"receipt {name} is not a SHA-256 in hex")
+    for name in ("prev_signature", "signature", "time"):
+        if len(getattr(ins, name)) > _MAX_FIELD_CHARS:
+            raise InvalidMessageError(
+                f"receipt {name} is longer than {_MAX_FIELD_CHARS} characters"
+            )
 
 
-def _check_reply(reply: ReceiptRes, request: ReceiptIns) -> None:
+# One receipt is at most ~4.5 KB of JSON; a batch holds at most this many (a site owed
+# more gets several batches in the same exchange).
+MAX_BATCH = 200
+_MAX_FIELD_CHARS = 200
+_FIELDS = (
+    "round",
+    "index",
+    "prev",
+    "prev_signature",
+    "time",
+    "kind",
+    "payload",
+    "hash",
+    "signature",
+)
+MAX_BATCH_BYTES = MAX_BATCH * (MAX_PAYLOAD_CHARS + 1000)
+
+
+@dataclass(frozen=True)
+class ReceiptsIns:
+    """Server -> site: receipts of this site's updates, oldest first. ``round`` is the
+    newest receipt's; ``receipts`` is UTF-8 JSON, a list of objects with the fields of
+    ``ReceiptIns`` other than ``job`` and ``public_key`` (which the batch holds once)."""
+
+    round: int
+    job: str
+    public_key: str
+    receipts: np.ndarray  # uint8
+
+    @staticmethod
+    def of(batch: Sequence[ReceiptIns]) -> ReceiptsIns:
+        if not 0 < len(batch) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} receipts, not {len(batch)}")
+        first = batch[0]
+        if any((r.job, r.public_key) != (first.job, first.public_key) for r in batch):
+            raise ValueError("a batch holds receipts of one job under one key")
+        text = json.dumps([{f: getattr(r, f) for f in _FIELDS} for r in batch])
+        data = np.frombuffer(text.encode(), dtype=np.uint8)
+        return ReceiptsIns(max(r.round for r in batch), first.job, first.public_key, data)
+
+    def items(self) -> list[ReceiptIns]:
+        """The receipts, each checked for shape; InvalidMessageError if any is not."""
+        if self.receipts.dtype != np.uint8 or self.receipts.size > MAX_BATCH_BYTES:
+            raise InvalidMessageError(f"a receipts batch is at most {MAX_BATCH_BYTES} bytes")
+        try:
+            raw = json.loads(self.receipts.tobytes().decode())
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidMessageError("a receipts batch is not UTF-8 JSON") from None
+        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_BATCH:
+            raise InvalidMessageError(f"a receipts batch is a list of 1 to {MAX_BATCH} receipts")
+        out = []
+        for item in raw:
+            if not isinstance(item, dict) or set(item) != set(_FIELDS):
+                raise InvalidMessageError(f"a receipt has exactly the fields {', '.join(_FIELDS)}")
+            ints = (item["round"], item["index"])
+            texts = [item[f] for f in _FIELDS[2:]]
+            if not all(type(v) is int for v in ints) or not all(type(v) is str for v in texts):
+                raise InvalidMessageError("a receipt's round and index are integers, the rest text")
+            ins = ReceiptIns(
+                round=item["round"],
+                job=self.job,
+                index=item["index"],
+                prev=item["prev"],
+                prev_signature=item["prev_signature"],
+                time=item["time"],
+                kind=item["kind"],
+                payload=item["payload"],
+                hash=item["hash"],
+                signature=item["signature"],
+                public_key=self.public_key,
+            )
+            check_fields(ins)
+            out.append(ins)
+        return out
+
+
+@dataclass(frozen=True)
+class ReceiptsRes:
+    """How many of the batch's receipts the site newly kept, already held, refused (with
+    the first refusal's reason)."""
+
+    site: str
+    round: int
+    kept: int
+    held: int
+    refused: int
+    reason: str = ""
+
+
+def _check_batch(ins: ReceiptsIns) -> None:
+    if len(ins.job) > _MAX_FIELD_CHARS or len(ins.public_key) > _MAX_FIELD_CHARS:
+        raise InvalidMessageError("a receipts batch's job or key is too long")
+    ins.items()
+
+
+def _check_reply(reply: ReceiptsRes, request: ReceiptsIns) -> None:
+    counts = (reply.kept, reply.held, reply.refused)
+    if not all(type(c) is int and 0 <= c <= MAX_BATCH for c in counts):
+        raise InvalidMessageError(f"receipt counts must be integers 0..{MAX_BATCH}")
     if len(reply.reason) > 2000:
         raise InvalidMessageError("receipt reply reason is too long")
 
 
-RECEIPT = register_kind(
-    "receipt",
-    ReceiptIns,
-    ReceiptRes,
+RECEIPTS = register_kind(
+    "receipts",
+    ReceiptsIns,
+    ReceiptsRes,
     check=_check_reply,
     reply_arrays=lambda req: {},
-    check_request=_check_request,
+    check_request=_check_batch,
 )
 
 
@@ -126,38 +226,61 @@ class ReceiptBook:
         self.path = Path(path)
 
     def add(self, ins: ReceiptIns) -> bool:
-        """Keep ``ins``; False if this very receipt is already kept (a resumed server
-        sends again what it cannot know was delivered)."""
-        held = [r for r in self.read() if r.get("job") == ins.job]
-        pinned = {r.get("ledger_public_key") for r in held}
-        if pinned and ins.public_key not in pinned:
-            raise LedgerError(
-                f"job {ins.job!r}: this receipt's ledger key differs from earlier receipts'"
-            )
-        entry = ins.entry.to_json()
-        for r in held:
-            if r["entry"].get("index") == ins.index:
-                if r["entry"] == entry:
-                    return False
-                raise LedgerError(
-                    f"job {ins.job!r}: entry {ins.index} differs from the receipt kept for it "
-                    "earlier (the earlier one is kept as it was)"
+        """Keep ``ins``; False if this very receipt is already kept; LedgerError if it is
+        refused."""
+        kept, _, refused = self.add_many([ins])
+        if refused:
+            raise LedgerError(refused[0])
+        return kept == 1
+
+    def add_many(self, batch: Sequence[ReceiptIns]) -> tuple[int, int, list[str]]:
+        """Keep each receipt of ``batch`` not already kept, in one write and one fsync;
+        (newly kept, already held, why each other one was refused). A resumed server sends
+        again what it cannot know was delivered, so a receipt already kept is skipped; one
+        under another ledger key than the job's first, or another entry under an index
+        already held, is refused (the earlier receipt stays as it was: evidence)."""
+        held: dict[tuple[str, int], dict[str, Any]] = {}
+        pinned: dict[str, str] = {}
+        for r in self.read():
+            job = str(r.get("job"))
+            pinned.setdefault(job, str(r.get("ledger_public_key")))
+            held[(job, int(r["entry"].get("index", -1)))] = r["entry"]
+        lines, old, refused = [], 0, []
+        for ins in batch:
+            if pinned.setdefault(ins.job, ins.public_key) != ins.public_key:
+                refused.append(
+                    f"job {ins.job!r}: this receipt's ledger key differs from earlier receipts'"
                 )
-        line = {
-            "job": ins.job,
-            "round": ins.round,
-            "ledger_public_key": ins.public_key,
-            "prev_signature": ins.prev_signature,
-            "entry": entry,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return True
+                continue
+            entry = ins.entry.to_json()
+            before = held.get((ins.job, ins.index))
+            if before is not None:
+                if before == entry:
+                    old += 1
+                else:
+                    refused.append(
+                        f"job {ins.job!r}: entry {ins.index} differs from the receipt kept for "
+                        "it earlier (the earlier one is kept as it was)"
+                    )
+                continue
+            held[(ins.job, ins.index)] = entry
+            line = {
+                "job": ins.job,
+                "round": ins.round,
+                "ledger_public_key": ins.public_key,
+                "prev_signature": ins.prev_signature,
+                "entry": entry,
+            }
+            lines.append(json.dumps(line, sort_keys=True) + "\n")
+        if lines:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, "".join(lines).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return len(lines), old, refused
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

@@ -25,7 +25,7 @@ from consortia.core.messages import FitRes, InvalidMessageError
 from consortia.core.version import consortia_version
 from consortia.ledger import kinds as K
 from consortia.ledger.chain import Entry
-from consortia.ledger.receipts import ReceiptIns
+from consortia.ledger.receipts import MAX_PAYLOAD_CHARS, ReceiptIns
 from consortia.ledger.sign import (
     LedgerKey,
     SiteIdentity,
@@ -260,7 +260,9 @@ class Provenance:
         for prev, e in itertools.pairwise(entries):
             if e.kind == K.UPDATE_RECEIVED:
                 site = e.data()["site"]
-                if self.joined.get(site, UNSIGNED) != UNSIGNED:
+                if len(e.payload) > MAX_PAYLOAD_CHARS:  # a site would refuse the whole batch
+                    log.warning("entry %d is too long for a receipt; none is sent", e.index)
+                elif self.joined.get(site, UNSIGNED) != UNSIGNED:
                     out.append(
                         (site, ReceiptIns.of(self.job_id, e, prev.signature, self.key.public))
                     )

@@ -7,7 +7,8 @@ needs its receipt to hold the server to what it recorded, not to take part in th
 round, so receipts wait here and go out when what the last delivery cost is at most
 ``budget`` of the time since it (on rounds of seconds, that is after every round), and
 always before the job ends. A delivery is one exchange: each reachable site is sent every
-receipt it is owed, oldest first (fleets deliver one site's messages in order).
+receipt it is owed, oldest first, in ``receipts`` batches of up to 200 (a site keeps a
+batch with one write and one fsync).
 
 A receipt stays waiting while its site cannot be reached; one the site answered (kept,
 or refused with a reason) is done. The store marks what was delivered, so a resumed job
@@ -21,9 +22,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from consortia.core.manifest import printable
 from consortia.core.messages import Failure
 from consortia.fleet.base import Fleet, Timing
-from consortia.ledger.receipts import ReceiptIns
+from consortia.ledger.receipts import MAX_BATCH, ReceiptIns, ReceiptsIns
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +61,28 @@ class ReceiptOutbox:
         start = self.clock()
         done: list[int] = []
         answered: set[int] = set()  # id() of each receipt its site answered
-        missed: set[str] = set()
         try:
             reachable = set(fleet.sites())
-            requests = [
-                (site, receipt)
+            batches = [
+                (site, queue[i : i + MAX_BATCH])
                 for site, queue in sorted(self.waiting.items())
                 if site in reachable
-                for receipt in queue
+                for i in range(0, len(queue), MAX_BATCH)
             ]
-            for (site, receipt), out in zip(requests, fleet.send(requests, timing), strict=True):
+            requests = [(site, ReceiptsIns.of(batch)) for site, batch in batches]
+            missed: set[str] = set()
+            for (site, batch), out in zip(batches, fleet.send(requests, timing), strict=True):
                 if isinstance(out, Failure):
                     if site not in missed:
                         log.warning("receipts for site %s not delivered: %s", site, out.reason)
                     missed.add(site)
                     continue
-                if not getattr(out.message, "stored", False):
-                    reason = str(getattr(out.message, "reason", ""))[:200]
-                    log.warning("site %s did not keep its receipt: %s", site, reason)
-                answered.add(id(receipt))
-                done.append(receipt.index)
+                refused = getattr(out.message, "refused", 0)
+                if refused:
+                    reason = printable(str(getattr(out.message, "reason", "")))[:200]
+                    log.warning("site %s refused %d receipt(s): %s", site, refused, reason)
+                answered.update(id(r) for r in batch)
+                done.extend(r.index for r in batch)
         except Exception as exc:  # receipts never stop a run
             log.warning("receipts not delivered: %s", exc)
         finally:

@@ -1,0 +1,64 @@
+"""A site keeping a batch of receipts: the good ones kept in one write, each bad one
+refused with its reason, a repeated one kept once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from consortia.client.signing import keep_receipts
+from consortia.ledger import kinds as K
+from consortia.ledger.chain import GENESIS, Entry, canonical_json, entry_hash
+from consortia.ledger.receipts import ReceiptBook, ReceiptIns, ReceiptsIns, ReceiptsRes
+from consortia.ledger.sign import LedgerKey
+
+
+def _chain(tmp: Path, sites: list[str], digest: str = "ab" * 32) -> list[ReceiptIns]:
+    """One update_received entry per name in ``sites`` (round i + 1), chained and signed."""
+    key = LedgerKey.create(tmp)
+    out, prev, prev_sig = [], GENESIS, ""
+    for i, site in enumerate(sites):
+        payload = canonical_json({"round": i + 1, "site": site, "update_sha256": digest})
+        h = entry_hash(i, prev, prev_sig, "t", K.UPDATE_RECEIVED, payload)
+        e = Entry(i, prev, "t", K.UPDATE_RECEIVED, payload, h, key.sign(bytes.fromhex(h)))
+        out.append(ReceiptIns.of("job", e, prev_sig, key.public))
+        prev, prev_sig = e.hash, e.signature
+    return out
+
+
+def _site(tmp: Path, signed: dict[int, str] | None = None) -> Any:
+    book = ReceiptBook(tmp / "mine.receipts.jsonl")
+    return SimpleNamespace(site_id="a", receipt_book=book, ledger_signed=signed or {})
+
+
+def _keep(app: Any, batch: list[ReceiptIns]) -> ReceiptsRes:
+    reply = keep_receipts(app, ReceiptsIns.of(batch), lambda m: None)
+    assert isinstance(reply, ReceiptsRes)
+    return reply
+
+
+def test_the_good_receipts_of_a_batch_are_kept_and_each_bad_one_refused(tmp_path: Path) -> None:
+    good = _chain(tmp_path, ["a", "a", "b", "a"])
+    forged = replace(good[3], signature=good[0].signature)
+    app = _site(tmp_path, signed={2: "cd" * 32})  # round 2: the site signed another digest
+    reply = _keep(app, [good[0], good[1], good[2], forged])
+    assert (reply.kept, reply.held, reply.refused) == (1, 0, 3)
+    assert "another update" in reply.reason  # the first refusal: entry 1's digest
+    assert [r["entry"]["index"] for r in app.receipt_book.read()] == [0]
+
+
+def test_a_batch_sent_again_is_kept_once(tmp_path: Path) -> None:
+    batch = _chain(tmp_path, ["a", "a", "a"])
+    app = _site(tmp_path)
+    assert (_keep(app, batch[:2]).kept, _keep(app, batch).kept) == (2, 1)
+    again = _keep(app, batch)
+    assert (again.kept, again.held, again.refused) == (0, 3, 0)
+    assert [r["entry"]["index"] for r in app.receipt_book.read()] == [0, 1, 2]
+
+
+def test_a_site_without_a_receipts_file_refuses_the_batch(tmp_path: Path) -> None:
+    app = SimpleNamespace(site_id="a", receipt_book=None)
+    reply = _keep(app, _chain(tmp_path, ["a", "a"]))
+    assert (reply.kept, reply.refused) == (0, 2) and "keeps no receipts" in reply.reason
