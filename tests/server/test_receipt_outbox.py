@@ -213,3 +213,23 @@ def test_a_site_owed_more_than_a_batch_gets_several_in_one_exchange() -> None:
     assert len(box.deliver(fleet, Timing(1.0))) == MAX_BATCH + 5
     (exchange,) = fleet.exchanges
     assert [len(indexes) for _, indexes in exchange] == [MAX_BATCH, 5]
+
+
+def test_a_hostile_reply_counts_as_not_delivered_and_spoils_nothing_else() -> None:
+    class Hostile(_Fleet):
+        def send(self, requests: Sequence[tuple[str, Any]], timing: Timing) -> Iterator[Any]:
+            for site, batch in requests:
+                n = len(batch.items())
+                if site == "liar":  # claims another site's name
+                    yield Reply(site, ReceiptsRes("a", batch.round, n, 0, 0))
+                elif site == "huge":  # counts beyond the batch
+                    yield Reply(site, ReceiptsRes(site, batch.round, 10**9, 0, 0))
+                elif site == "odd":  # not a receipts reply at all
+                    yield Reply(site, "\x1b[2Jstored")
+                else:
+                    yield Reply(site, ReceiptsRes(site, batch.round, n, 0, 0))
+
+    box = ReceiptOutbox()
+    box.add([(s, _receipt(i)) for i, s in enumerate(["a", "huge", "liar", "odd", "z"])])
+    assert sorted(box.deliver(Hostile(["a", "huge", "liar", "odd", "z"]), Timing(1.0))) == [0, 4]
+    assert box.undelivered() == ["huge", "liar", "odd"]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from consortia.core.manifest import printable
-from consortia.core.messages import Failure
+from consortia.core.messages import Failure, InvalidMessageError, check_reply
 from consortia.fleet.base import Fleet, Timing
 from consortia.ledger.receipts import MAX_BATCH, ReceiptIns, ReceiptsIns
 
@@ -71,16 +71,21 @@ class ReceiptOutbox:
             ]
             requests = [(site, ReceiptsIns.of(batch)) for site, batch in batches]
             missed: set[str] = set()
-            for (site, batch), out in zip(batches, fleet.send(requests, timing), strict=True):
-                if isinstance(out, Failure):
+            outcomes = fleet.send(requests, timing)
+            for (site, batch), request, out in zip(batches, requests, outcomes, strict=True):
+                try:
+                    if isinstance(out, Failure):
+                        raise InvalidMessageError(out.reason)
+                    reply = check_reply(out.message, request[1], site)
+                except InvalidMessageError as exc:
                     if site not in missed:
-                        log.warning("receipts for site %s not delivered: %s", site, out.reason)
+                        why = printable(str(exc))[:200]
+                        log.warning("receipts for site %s not delivered: %s", site, why)
                     missed.add(site)
                     continue
-                refused = getattr(out.message, "refused", 0)
-                if refused:
-                    reason = printable(str(getattr(out.message, "reason", "")))[:200]
-                    log.warning("site %s refused %d receipt(s): %s", site, refused, reason)
+                if reply.refused:
+                    reason = printable(reply.reason)[:200]
+                    log.warning("site %s refused %d receipt(s): %s", site, reply.refused, reason)
                 answered.update(id(r) for r in batch)
                 done.extend(r.index for r in batch)
         except Exception as exc:  # receipts never stop a run
