@@ -145,10 +145,14 @@ def test_deliveries_take_at_most_their_share_of_the_time() -> None:
             yield from super().send(requests, timing)
 
     box.deliver(Slow(["a"]), Timing(1.0))
-    box.add([("a", _receipt(2))])
+    box.add([("a", _receipt(2)), ("a", _receipt(3))])
     now[0] += 49.0
-    assert not box.due()  # 0.5 s of delivery is more than 1% of 49 s
+    assert not box.due()  # 0.5 s for one site's delivery is more than 1% of 49 s
     now[0] += 1.0
+    assert box.due()  # one site waiting, however many receipts it is owed
+    box.add([("b", _receipt(4))])
+    assert not box.due()  # two sites: 1 s expected, more than 1% of 50 s
+    now[0] += 50.0
     assert box.due()
 
 

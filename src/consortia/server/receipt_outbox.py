@@ -4,9 +4,10 @@ Why an outbox: delivering a round's receipts right after it commits is one more 
 with every site of the round, and on short rounds that exchange was most of what the
 ledger cost (8-10 ms of a 55 ms digits round on the 2-CPU development machine). A site
 needs its receipt to hold the server to what it recorded, not to take part in the next
-round, so receipts wait here and go out when what the last delivery cost is at most
-``budget`` of the time since it (on rounds of seconds, that is after every round), and
-always before the job ends. A delivery is one exchange: each reachable site is sent every
+round, so receipts wait here and go out when what delivering them should cost (the last
+delivery's cost per site, times the sites now waiting) is at most ``budget`` of the time
+since the last delivery (on rounds of seconds, that is after every round), and always
+before the job ends. A delivery is one exchange: each reachable site is sent every
 receipt it is owed, oldest first, in ``receipts`` batches of up to 200 (a site keeps a
 batch with one write and one fsync).
 
@@ -37,7 +38,7 @@ class ReceiptOutbox:
     budget: float = DEFAULT_BUDGET
     clock: Callable[[], float] = time.perf_counter
     waiting: dict[str, list[ReceiptIns]] = field(default_factory=dict)
-    _last_cost: float = 0.0
+    _per_site: float = 0.0  # what the last delivery cost, per site it went to
     _since: float | None = None  # when the last delivery ended (None: none yet)
 
     def add(self, receipts: Iterable[tuple[str, ReceiptIns]]) -> None:
@@ -48,12 +49,15 @@ class ReceiptOutbox:
         return sum(len(q) for q in self.waiting.values())
 
     def due(self) -> bool:
-        """Whether delivering now keeps receipts within their share of the time."""
+        """Whether delivering now keeps receipts within their share of the time: what
+        the last delivery cost per site, times the sites waiting now (a site's share is
+        mostly fixed: one message, one file write and fsync, however many receipts)."""
         if not self.waiting:
             return False
         if self._since is None:
             return True
-        return self._last_cost <= self.budget * (self.clock() - self._since)
+        expected = self._per_site * len(self.waiting)
+        return expected <= self.budget * (self.clock() - self._since)
 
     def deliver(self, fleet: Fleet, timing: Timing) -> list[int]:
         """Send what is waiting to the sites that can be asked now; the ledger indexes of
@@ -61,6 +65,7 @@ class ReceiptOutbox:
         start = self.clock()
         done: list[int] = []
         answered: set[int] = set()  # id() of each receipt its site answered
+        batches: list[tuple[str, list[ReceiptIns]]] = []
         try:
             reachable = set(fleet.sites())
             batches = [
@@ -97,7 +102,8 @@ class ReceiptOutbox:
                 if (kept := [r for r in queue if id(r) not in answered])
             }
             self._since = self.clock()
-            self._last_cost = self._since - start
+            sent_to = len({site for site, _ in batches}) if batches else 0
+            self._per_site = (self._since - start) / max(sent_to, 1)
         return done
 
     def undelivered(self) -> Sequence[str]:
