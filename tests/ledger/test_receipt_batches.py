@@ -62,3 +62,24 @@ def test_a_site_without_a_receipts_file_refuses_the_batch(tmp_path: Path) -> Non
     app = SimpleNamespace(site_id="a", receipt_book=None)
     reply = _keep(app, _chain(tmp_path, ["a", "a"]))
     assert (reply.kept, reply.refused) == (0, 2) and "keeps no receipts" in reply.reason
+
+
+def test_the_book_reads_its_file_once_and_again_only_when_someone_else_wrote(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    batch = _chain(tmp_path, ["a", "a", "a", "a"])
+    book = ReceiptBook(tmp_path / "mine.receipts.jsonl")
+    reads = []
+    inner = ReceiptBook.read
+    monkeypatch.setattr(ReceiptBook, "read", lambda self: reads.append(1) or inner(self))
+    book.add_many(batch[:1])
+    book.add_many(batch[1:2])
+    book.add_many(batch[:2])  # both held already
+    assert len(reads) == 1
+    # Another writer appends a different entry under index 2; the book sees it.
+    other = ReceiptBook(book.path)
+    forged = replace(batch[2], time="another time")
+    assert other.add(forged) is True
+    kept, held, refused = book.add_many(batch[2:])
+    assert (kept, held) == (1, 0) and refused and "entry 2 differs" in refused[0]
+    assert len(reads) == 3  # the other book's first read, and this book's second

@@ -13,6 +13,7 @@ shows, even if the operator re-signed a rewritten chain with a new key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -219,11 +220,53 @@ def check_receipt(ins: ReceiptIns, site: str, signed_digest: str | None) -> None
         raise LedgerError("the receipt's signature does not verify with its public key")
 
 
+Stamp = tuple[int, int, int]  # a file's inode, size and modification time (ns)
+
+
+def _entry_key(entry: dict[str, Any]) -> bytes:
+    """What tells two receipts of one index apart, in 32 bytes."""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).digest()
+
+
+@dataclass
+class _Index:
+    """What a receipts file holds, as of ``stamp``: each job's pinned key and, per (job,
+    index), a digest of the entry kept."""
+
+    stamp: Stamp | None
+    pinned: dict[str, str]
+    held: dict[tuple[str, int], bytes]
+
+
 class ReceiptBook:
-    """A site's receipts: one JSON line each, appended and fsynced."""
+    """A site's receipts: one JSON line each, appended and fsynced.
+
+    What the file holds is indexed once and kept up to date with this book's own
+    writes, so a site that has kept thousands of receipts does not parse its whole file
+    again for every batch; a file changed by anyone else (another stamp) is read again."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._index: _Index | None = None
+
+    def _stamp(self) -> Stamp | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _current(self) -> _Index:
+        stamp = self._stamp()
+        if self._index is not None and self._index.stamp == stamp:
+            return self._index
+        index = _Index(stamp, {}, {})
+        for r in self.read():
+            job = str(r.get("job"))
+            index.pinned.setdefault(job, str(r.get("ledger_public_key")))
+            index.held[(job, int(r["entry"].get("index", -1)))] = _entry_key(r["entry"])
+        self._index = index
+        return index
 
     def add(self, ins: ReceiptIns) -> bool:
         """Keep ``ins``; False if this very receipt is already kept; LedgerError if it is
@@ -239,12 +282,8 @@ class ReceiptBook:
         again what it cannot know was delivered, so a receipt already kept is skipped; one
         under another ledger key than the job's first, or another entry under an index
         already held, is refused (the earlier receipt stays as it was: evidence)."""
-        held: dict[tuple[str, int], dict[str, Any]] = {}
-        pinned: dict[str, str] = {}
-        for r in self.read():
-            job = str(r.get("job"))
-            pinned.setdefault(job, str(r.get("ledger_public_key")))
-            held[(job, int(r["entry"].get("index", -1)))] = r["entry"]
+        index = self._current()
+        pinned, held = dict(index.pinned), dict(index.held)
         lines, old, refused = [], 0, []
         for ins in batch:
             if pinned.setdefault(ins.job, ins.public_key) != ins.public_key:
@@ -253,9 +292,10 @@ class ReceiptBook:
                 )
                 continue
             entry = ins.entry.to_json()
+            key = _entry_key(entry)
             before = held.get((ins.job, ins.index))
             if before is not None:
-                if before == entry:
+                if before == key:
                     old += 1
                 else:
                     refused.append(
@@ -263,7 +303,7 @@ class ReceiptBook:
                         "it earlier (the earlier one is kept as it was)"
                     )
                 continue
-            held[(ins.job, ins.index)] = entry
+            held[(ins.job, ins.index)] = key
             line = {
                 "job": ins.job,
                 "round": ins.round,
@@ -274,12 +314,19 @@ class ReceiptBook:
             lines.append(json.dumps(line, sort_keys=True) + "\n")
         if lines:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = "".join(lines).encode()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                os.write(fd, "".join(lines).encode())
+                os.write(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            # Only now does the file hold them (a failed write leaves the index as it was);
+            # a size other than ours plus what we wrote means someone else wrote too.
+            stamp = self._stamp()
+            ours = (index.stamp[1] if index.stamp else 0) + len(data)
+            ok = stamp is not None and stamp[1] == ours
+            self._index = _Index(stamp, pinned, held) if ok else None
         return len(lines), old, refused
 
     def read(self) -> list[dict[str, Any]]:
