@@ -96,7 +96,7 @@ def parse_manifest(text: str) -> JobManifest:
 def printable(text: str, limit: int = 500) -> str:
     """``text`` from a peer made safe for a console or a log line: shortened to ``limit``
     characters, control and format characters (terminal escapes, bidi overrides,
-    newlines that forge log lines) written as ``\\uXXXX`` escapes."""
+    newlines that forge log lines) written as backslash-u escapes with four hex digits."""
     out = []
     for ch in text[:limit]:
         if unicodedata.category(ch)[0] in ("C", "Z") and ch != " ":

@@ -101,7 +101,8 @@ def hash_text(
     """The canonical JSON of an entry's hashed fields, built around the stored payload
     text (which is canonical already) so that verifying never re-parses it. Keys sorted:
     index, kind, payload, prev, prev_signature, time. ``prev`` and ``prev_signature``
-    are written ASCII-only (``\\uXXXX`` escapes), as they always were."""
+    are written ASCII-only (any other character as a backslash-u escape), as they always
+    were."""
     pv = json_text(prev) if prev.isascii() else json.dumps(prev)
     ps = json_text(prev_signature) if prev_signature.isascii() else json.dumps(prev_signature)
     return (

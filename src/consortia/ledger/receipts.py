@@ -31,6 +31,22 @@ from consortia.ledger.verify import Problem
 
 MAX_PAYLOAD_CHARS = 16_000  # a receipt's payload (an update_received entry's is ~400)
 _HEX = frozenset("0123456789abcdef")
+# A batch holds at most this many receipts (a site owed more gets several batches in the
+# same exchange).
+MAX_BATCH = 200
+_MAX_FIELD_CHARS = 200
+_FIELDS = (
+    "round",
+    "index",
+    "prev",
+    "prev_signature",
+    "time",
+    "kind",
+    "payload",
+    "hash",
+    "signature",
+)
+MAX_BATCH_BYTES = MAX_BATCH * (MAX_PAYLOAD_CHARS + 1000)
 
 
 @dataclass(frozen=True)
@@ -88,24 +104,6 @@ def check_fields(ins: ReceiptIns) -> None:
             raise InvalidMessageError(
                 f"receipt {name} is longer than {_MAX_FIELD_CHARS} characters"
             )
-
-
-# One receipt is at most ~4.5 KB of JSON; a batch holds at most this many (a site owed
-# more gets several batches in the same exchange).
-MAX_BATCH = 200
-_MAX_FIELD_CHARS = 200
-_FIELDS = (
-    "round",
-    "index",
-    "prev",
-    "prev_signature",
-    "time",
-    "kind",
-    "payload",
-    "hash",
-    "signature",
-)
-MAX_BATCH_BYTES = MAX_BATCH * (MAX_PAYLOAD_CHARS + 1000)
 
 
 @dataclass(frozen=True)
