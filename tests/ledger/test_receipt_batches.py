@@ -9,23 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from consortia.client.signing import keep_receipts
-from consortia.ledger import kinds as K
-from consortia.ledger.chain import GENESIS, Entry, canonical_json, entry_hash
 from consortia.ledger.receipts import ReceiptBook, ReceiptIns, ReceiptsIns, ReceiptsRes
-from consortia.ledger.sign import LedgerKey
-
-
-def _chain(tmp: Path, sites: list[str], digest: str = "ab" * 32) -> list[ReceiptIns]:
-    """One update_received entry per name in ``sites`` (round i + 1), chained and signed."""
-    key = LedgerKey.create(tmp)
-    out, prev, prev_sig = [], GENESIS, ""
-    for i, site in enumerate(sites):
-        payload = canonical_json({"round": i + 1, "site": site, "update_sha256": digest})
-        h = entry_hash(i, prev, prev_sig, "t", K.UPDATE_RECEIVED, payload)
-        e = Entry(i, prev, "t", K.UPDATE_RECEIVED, payload, h, key.sign(bytes.fromhex(h)))
-        out.append(ReceiptIns.of("job", e, prev_sig, key.public))
-        prev, prev_sig = e.hash, e.signature
-    return out
+from receipt_helpers import signed_receipts
 
 
 def _site(tmp: Path, signed: dict[int, str] | None = None) -> Any:
@@ -40,7 +25,7 @@ def _keep(app: Any, batch: list[ReceiptIns]) -> ReceiptsRes:
 
 
 def test_the_good_receipts_of_a_batch_are_kept_and_each_bad_one_refused(tmp_path: Path) -> None:
-    good = _chain(tmp_path, ["a", "a", "b", "a"])
+    good = signed_receipts(tmp_path, ["a", "a", "b", "a"])
     forged = replace(good[3], signature=good[0].signature)
     app = _site(tmp_path, signed={2: "cd" * 32})  # round 2: the site signed another digest
     reply = _keep(app, [good[0], good[1], good[2], forged])
@@ -50,7 +35,7 @@ def test_the_good_receipts_of_a_batch_are_kept_and_each_bad_one_refused(tmp_path
 
 
 def test_a_batch_sent_again_is_kept_once(tmp_path: Path) -> None:
-    batch = _chain(tmp_path, ["a", "a", "a"])
+    batch = signed_receipts(tmp_path, ["a", "a", "a"])
     app = _site(tmp_path)
     assert (_keep(app, batch[:2]).kept, _keep(app, batch).kept) == (2, 1)
     again = _keep(app, batch)
@@ -60,14 +45,14 @@ def test_a_batch_sent_again_is_kept_once(tmp_path: Path) -> None:
 
 def test_a_site_without_a_receipts_file_refuses_the_batch(tmp_path: Path) -> None:
     app = SimpleNamespace(site_id="a", receipt_book=None)
-    reply = _keep(app, _chain(tmp_path, ["a", "a"]))
+    reply = _keep(app, signed_receipts(tmp_path, ["a", "a"]))
     assert (reply.kept, reply.refused) == (0, 2) and "keeps no receipts" in reply.reason
 
 
 def test_the_book_reads_its_file_once_and_again_only_when_someone_else_wrote(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    batch = _chain(tmp_path, ["a", "a", "a", "a"])
+    batch = signed_receipts(tmp_path, ["a", "a", "a", "a"])
     book = ReceiptBook(tmp_path / "mine.receipts.jsonl")
     reads = []
     inner = ReceiptBook.read

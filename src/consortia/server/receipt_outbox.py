@@ -102,7 +102,7 @@ class ReceiptOutbox:
                 if (kept := [r for r in queue if id(r) not in answered])
             }
             self._since = self.clock()
-            sent_to = len({site for site, _ in batches}) if batches else 0
+            sent_to = len({site for site, _ in batches})
             self._per_site = (self._since - start) / max(sent_to, 1)
         return done
 

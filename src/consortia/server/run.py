@@ -437,7 +437,7 @@ class Run:
         if self._prov is None:
             return
         self._outbox.add(self._prov.receipts(entries))
-        if not (final and len(self._outbox)) and not self._outbox.due():
+        if not (self._outbox.due() or (final and len(self._outbox))):
             return
         delivered = self._outbox.deliver(fleet, Timing(self.options.receipt_deadline_s))
         with contextlib.suppress(OSError, sqlite3.Error, StoreError):
