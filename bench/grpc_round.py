@@ -55,6 +55,8 @@ MIB = 2**20
 class AddTrainer:
     """'Training' that adds a small constant: the cost of a round is then the transport."""
 
+    returns_fresh_vectors = True  # fit returns a new array, as the built-in trainers do
+
     def __init__(self, size: int) -> None:
         self.size = size
 

@@ -348,3 +348,54 @@ def test_insecure_mode_works_and_warns(
         np.testing.assert_array_equal(out.message.delta, [1, 1])
     finally:
         f.close()
+
+
+class _KeepingSite(SiteApp):
+    """Keeps every model it is sent, as received (no copy), and answers with a delta that
+    names the round; so a receive buffer reused too early would show in what it kept."""
+
+    def __init__(self, site_id: str) -> None:
+        super().__init__(site_id)
+        self.kept: list[np.ndarray] = []
+
+    def on_fit(self, ins: FitIns) -> FitRes:
+        self.kept.append(ins.weights)
+        return FitRes(self.site_id, ins.round, np.full_like(ins.weights, -ins.round), 1, {})
+
+
+def test_models_and_updates_kept_from_earlier_rounds_are_never_overwritten(
+    fleet: GrpcFleet, start_site: SiteStarter
+) -> None:
+    site = _KeepingSite("site-a")
+    start_site(fleet, site)
+    fleet.wait_for_sites(1, timeout=5)
+    n = 2**20  # 4 MiB of float32: large enough for the receive buffers to be pooled
+    kept_replies: list[np.ndarray] = []
+    for r in range(1, 5):
+        (out,) = fleet.send([("site-a", _fit(r, np.full(n, float(r), np.float32)))], Timing(10))
+        assert isinstance(out, Reply) and isinstance(out.message, FitRes)
+        kept_replies.append(out.message.delta)
+    for r, (model, delta) in enumerate(zip(site.kept, kept_replies, strict=True), start=1):
+        assert model[0] == model[-1] == r and np.all(model == r)
+        assert np.all(delta == -r)
+    # Every array is its own memory: nothing kept was lent out again.
+    arrays = [*site.kept, *kept_replies]
+    assert len({int(a.__array_interface__["data"][0]) for a in arrays}) == len(arrays)
+
+
+def test_replies_nobody_keeps_land_in_the_same_memory_round_after_round(
+    fleet: GrpcFleet, start_site: SiteStarter
+) -> None:
+    start_site(fleet, make_site("site-a"))
+    fleet.wait_for_sites(1, timeout=5)
+    n = 2**20
+    addresses = set()
+    for r in range(1, 6):
+        w = np.full(n, float(r), np.float32)
+        (out,) = fleet.send([("site-a", _fit(r, w))], Timing(10))
+        assert isinstance(out, Reply) and isinstance(out.message, FitRes)
+        np.testing.assert_array_equal(out.message.delta, np.ones(n, np.float32))
+        addresses.add(int(out.message.delta.__array_interface__["data"][0]))
+        del out
+    assert len(addresses) == 1
+    assert fleet.buffers.retained_bytes == 4 * n

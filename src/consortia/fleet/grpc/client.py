@@ -30,6 +30,7 @@ from consortia.core.messages import InvalidMessageError, decode, encode, kind_na
 from consortia.fleet.base import SiteHandler
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
+from consortia.fleet.grpc.buffers import BufferPool
 from consortia.fleet.grpc.credentials import site_credentials
 
 log = logging.getLogger("consortia.client")
@@ -137,10 +138,18 @@ class _Connection:
 class _Receiver:
     """Turns the server's stream into work items, checking each message on the way."""
 
-    def __init__(self, conn: _Connection, work: queue.Queue[_Work], max_model_bytes: int):
+    def __init__(
+        self,
+        conn: _Connection,
+        work: queue.Queue[_Work],
+        max_model_bytes: int,
+        buffers: BufferPool | None = None,
+    ):
         self.conn = conn
         self.work = work
         self.max_model_bytes = max_model_bytes
+        # run_site keeps one pool across connections: a reconnect reuses the memory.
+        self.buffers = buffers if buffers is not None else BufferPool()
         self.current: tuple[pb.Request, codec.PayloadAssembler] | None = None
 
     def _refuse(self, binding: pb.Binding, reason: str) -> None:
@@ -190,6 +199,7 @@ class _Receiver:
                 b.request_id,
                 self.conn.chunk_bytes_in,
                 self.max_model_bytes,
+                alloc=self.buffers.take,
             )
         except InvalidMessageError as exc:
             self._refuse(b, str(exc))
@@ -335,11 +345,12 @@ def run_site(
     failures = 0
     conn: _Connection | None = None
     ended: JobEnded | None = None
+    buffers = BufferPool()
     try:
         while not stop.is_set():
             conn = _Connection(site, stop, chunk_bytes, heartbeat_s)
             welcomed = _serve_once(
-                server_address, site, site_dir, conn, work, max_model_bytes, server_name
+                server_address, site, site_dir, conn, work, max_model_bytes, server_name, buffers
             )
             if conn.refused is not None:
                 raise SiteRefusedJob(conn.refused)
@@ -458,9 +469,10 @@ def _serve_once(
     work: queue.Queue[Any],
     max_model_bytes: int,
     server_name: str | None,
+    buffers: BufferPool,
 ) -> bool:
     """One connection's life; True if the server welcomed us (resets the backoff)."""
-    receiver = _Receiver(conn, work, max_model_bytes)
+    receiver = _Receiver(conn, work, max_model_bytes, buffers)
     welcomed = False
     hello = pb.Hello(
         site_name=site.site_id,

@@ -12,7 +12,7 @@ data.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,6 +241,10 @@ def serialize_message(message: Any) -> bytes:
     return data
 
 
+# Makes an uninitialised 1-D array (length, dtype): ``np.empty``, or a ``BufferPool``'s.
+Allocate = Callable[[int, np.dtype], np.ndarray]
+
+
 class VectorAssembler:
     """Receives one array's chunks in order into a preallocated array; checks every step.
 
@@ -255,6 +259,7 @@ class VectorAssembler:
         max_chunk_bytes: int,
         max_bytes: int,
         first_index: int = 0,
+        alloc: Allocate = np.empty,
     ) -> None:
         dt = dtype_of(info.dtype)
         nbytes = info.length * dt.itemsize
@@ -270,7 +275,7 @@ class VectorAssembler:
                 f"(at most {max_chunk_bytes} bytes per chunk)"
             )
         self.request_id = request_id
-        self.array = np.empty(info.length, dtype=dt)
+        self.array = alloc(info.length, dt)
         self._raw = self.array.view(np.uint8)
         self._expected_chunks = info.num_chunks
         self._max_chunk = max_chunk_bytes
@@ -449,6 +454,7 @@ class PayloadAssembler:
         max_chunk_bytes: int,
         max_bytes: int,
         expected: dict[str, tuple[int, np.dtype]] | None = None,
+        alloc: Allocate = np.empty,
     ) -> None:
         check_names(body)
         self.kind, self.round, self.request_id = kind, round_, request_id
@@ -470,7 +476,7 @@ class PayloadAssembler:
         index = 0
         for info in body.arrays:
             self._parts.append(
-                VectorAssembler(info, request_id, max_chunk_bytes, max(total, 1), index)
+                VectorAssembler(info, request_id, max_chunk_bytes, max(total, 1), index, alloc)
             )
             index += info.num_chunks
         self._names = [a.name for a in body.arrays]

@@ -30,6 +30,7 @@ from consortia.core.messages import InvalidMessageError, kind_of
 from consortia.fleet.base import Failure, Fleet, Outcome, Reply, Timing, grace_failure
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
+from consortia.fleet.grpc.buffers import BufferPool
 from consortia.fleet.grpc.credentials import server_credentials
 from consortia.fleet.grpc.session import Pending, Session
 from consortia.ledger.chain import LedgerError
@@ -126,6 +127,7 @@ class GrpcFleet(Fleet):
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = dead_after_s if dead_after_s is not None else 3 * heartbeat_s
         self.stalled_send_s = stalled_send_s
+        self.buffers = BufferPool()  # the sites' replies land in the last round's memory
         self.insecure = insecure
         self._revocations = None if insecure else RevocationWatcher(Path(str(pki_dir)))
         self._sessions: dict[str, Session] = {}
@@ -366,6 +368,7 @@ class GrpcFleet(Fleet):
         for s in list(self._sessions.values()):
             s.close("server shutting down")
         self._server.stop(grace=0.5).wait(2.0)
+        self.buffers.clear()
 
     # ---- bookkeeping used by sessions ----------------------------------------------------
 

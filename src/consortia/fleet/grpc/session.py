@@ -23,6 +23,7 @@ from consortia.core.messages import InvalidMessageError, MessageKind, decode, en
 from consortia.fleet.base import Failure, Outcome, Reply
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
+from consortia.fleet.grpc.buffers import BufferPool
 
 
 class SessionHost(Protocol):
@@ -33,6 +34,7 @@ class SessionHost(Protocol):
     heartbeat_s: float
     dead_after_s: float
     stalled_send_s: float
+    buffers: BufferPool
 
     def refuse(self, site: str, reason: str) -> None: ...
 
@@ -313,6 +315,7 @@ class Session:
                 self.fleet.chunk_bytes,
                 budget,
                 exact,
+                alloc=self.fleet.buffers.take,
             )
         except InvalidMessageError as exc:
             self._skip = b.request_id
