@@ -102,3 +102,25 @@ def test_all_finite_finds_one_bad_value_in_any_chunk(bad):
         w = v.copy()
         w[i] = bad
         assert not all_finite(w)
+
+
+def test_a_vouched_array_is_trusted_only_while_it_stays_read_only(monkeypatch):
+    from consortia.core import spec
+
+    v = np.ones(3_000_001, np.float32)
+    spec.vouch_finite(v)
+    assert not v.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        v[5] = np.nan
+    # Trusted without reading it: the finiteness check is not even called.
+    monkeypatch.setattr(spec.np, "isfinite", lambda *_a, **_k: pytest.fail("re-read"))
+    assert spec.all_finite(v)
+    monkeypatch.undo()
+    # Made writable again, the mark no longer counts: a NaN written now is found.
+    v.flags.writeable = True
+    v[5] = np.nan
+    assert not spec.all_finite(v)
+    # An equal array that was never vouched for is checked as usual.
+    w = np.ones(3, np.float32)
+    w[1] = np.inf
+    assert not spec.all_finite(w)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import prod
@@ -166,11 +167,29 @@ def byte_view(array: np.ndarray) -> memoryview:
 
 
 _FINITE_CHUNK = 1 << 20
+# Arrays a transport checked value by value as they arrived (``vouch_finite``).
+_VOUCHED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
+
+def vouch_finite(array: np.ndarray) -> None:
+    """Record that every value of ``array`` was found finite as it arrived, and make it
+    read-only so that it stays so.
+
+    Why: the gRPC server checks each chunk of an update while the bytes are in cache, and
+    the reply's own checks (``all_finite``) then read the whole update from memory again,
+    on the thread that aggregates; with ten 40 MB updates that second pass was about
+    50 ms at the end of every round. ``all_finite`` trusts the mark only while the array
+    is still read-only, so making it writable again voids it.
+    """
+    array.flags.writeable = False
+    _VOUCHED[id(array)] = array
 
 
 def all_finite(vector: np.ndarray) -> bool:
     """Whether every value is finite, checked in chunks: ``np.isfinite(v).all()`` would
     allocate a mask of a quarter of a float32 model for a yes or no."""
+    if _VOUCHED.get(id(vector)) is vector and not vector.flags.writeable:
+        return True
     flat = vector.reshape(-1)
     return all(
         bool(np.isfinite(flat[i : i + _FINITE_CHUNK]).all())

@@ -395,6 +395,7 @@ def test_replies_nobody_keeps_land_in_the_same_memory_round_after_round(
         (out,) = fleet.send([("site-a", _fit(r, w))], Timing(10))
         assert isinstance(out, Reply) and isinstance(out.message, FitRes)
         np.testing.assert_array_equal(out.message.delta, np.ones(n, np.float32))
+        assert not out.message.delta.flags.writeable  # checked on arrival and vouched for
         addresses.add(int(out.message.delta.__array_interface__["data"][0]))
         del out
     assert len(addresses) == 1

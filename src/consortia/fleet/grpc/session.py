@@ -20,6 +20,7 @@ import numpy as np
 
 from consortia.core.manifest import printable
 from consortia.core.messages import InvalidMessageError, MessageKind, decode, encode
+from consortia.core.spec import vouch_finite
 from consortia.fleet.base import Failure, Outcome, Reply
 from consortia.fleet.grpc import codec
 from consortia.fleet.grpc import federation_pb2 as pb
@@ -327,8 +328,12 @@ class Session:
             self._assembly = (p, asm)
 
     def _finish(self, p: Pending, asm: codec.PayloadAssembler) -> None:
+        payload = asm.result()
+        for array in payload.arrays.values():
+            if array.dtype.kind == "f":  # checked finite chunk by chunk as it arrived
+                vouch_finite(array)
         try:
-            message = decode(asm.result(), reply=True, site=self.site)
+            message = decode(payload, reply=True, site=self.site)
         except InvalidMessageError as exc:
             self._fail(p, str(exc))
             return
