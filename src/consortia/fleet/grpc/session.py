@@ -328,11 +328,11 @@ class Session:
             self._assembly = (p, asm)
 
     def _finish(self, p: Pending, asm: codec.PayloadAssembler) -> None:
-        payload = asm.result()
-        for array in payload.arrays.values():
-            if array.dtype.kind == "f":  # checked finite chunk by chunk as it arrived
-                vouch_finite(array)
         try:
+            payload = asm.result()
+            for array in payload.arrays.values():
+                if array.dtype.kind == "f":  # checked finite chunk by chunk as it arrived
+                    vouch_finite(array)
             message = decode(payload, reply=True, site=self.site)
         except InvalidMessageError as exc:
             self._fail(p, str(exc))
