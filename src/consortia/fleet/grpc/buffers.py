@@ -38,6 +38,9 @@ def _free_refs() -> int:
 
 
 _FREE_REFS = _free_refs()
+# A free-threaded CPython counts references per thread (biased counting), so a count read
+# here may not include another thread's references: there, nothing is pooled.
+_COUNTS_ARE_WHOLE = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 
 
 class BufferPool:
@@ -57,7 +60,7 @@ class BufferPool:
         """An uninitialised 1-D array of ``length`` values of ``dtype``, as ``np.empty``."""
         dt = np.dtype(dtype)
         nbytes = length * dt.itemsize
-        if nbytes < MIN_POOLED_BYTES:
+        if nbytes < MIN_POOLED_BYTES or not _COUNTS_ARE_WHOLE:
             return np.empty(length, dt)
         with self._lock:
             bucket = self._buckets.setdefault(nbytes, [])
