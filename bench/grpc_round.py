@@ -1,27 +1,37 @@
 """grpc_round: a real round over gRPC + mutual TLS on loopback, against a plain socket.
 
 Usage: ``python bench/grpc_round.py [--sites 10] [--params 10_000_000] [--rounds 5]
-[--reps 3] [--chunk-mib 2] [--big-gib 1] [--skip-big]``.
+[--reps 3] [--chunk-mib 2] [--big-gib 1] [--skip-big] [--glibc-defaults]``.
 
 Part 1 starts ``--sites`` site processes (``run_site``, each with its own certificate) and
-runs ``--rounds`` FedAvg rounds of a ``--params`` float32 model through the real round
-steps (the standard ``Workflow`` over ``GrpcFleet``). Local training is a NumPy add (the
-sites report how long it took), so the round time is almost all transport. In the same
-run, the same bytes (model down, update up, every site at once) move over plain loopback
-TCP sockets, and over loopback TLS sockets with the federation's certificates, between the
-same number of processes: the raw transfer times. Bytes on the wire are the loopback
-interface's counters (``/proc/net/dev``, IP packets included) during the rounds. Targets:
-bytes per site per round <= 1.05 x (model down + update up) (issue 3); round time beyond
-local training <= 1.5 x the raw TLS transfer time (issue 7).
+runs FedAvg rounds of a ``--params`` float32 model through the real round steps (the
+standard ``Workflow`` over ``GrpcFleet``). Local training is a NumPy add (the sites report
+how long it took), so the round time is almost all transport. Beside them, the same number
+of processes move the same bytes (model down, update up, every site at once) over plain
+loopback TCP sockets, and as many again over loopback TLS sockets with the federation's
+certificates: the raw transfer times. After warming up (two gRPC rounds, one transfer
+each), the three alternate step by step, ``--rounds`` times per rep: a gRPC round and a
+TLS transfer (which of the two goes first alternates), then a plain transfer. So every
+round has a TLS transfer measured right beside it; on a shared machine whose speed drifts
+over minutes, the ratio of such neighbours is the steadier figure. Both it (the median of
+the per-round ratios) and the ratio of the two medians are printed. Bytes on the wire are
+the loopback interface's counters (``/proc/net/dev``, IP packets included) during each
+gRPC round. Targets: bytes per site per round <= 1.05 x (model down + update up) (issue
+3); round time beyond local training <= 1.5 x the raw TLS transfer time (issue 7).
 
 Part 2 moves a ``--big-gib`` GiB model to one site and its update back (one fit round
 trip through ``GrpcFleet``), with both ends in fresh processes, and reports the time and
 each end's peak RSS next to what the arrays alone need.
+
+Every process (ours and the raw transfers' alike) first calls ``keep_freed_memory``, as
+``consortia server`` and ``consortia client`` do; ``--glibc-defaults`` leaves glibc's
+allocator as it is, to see what that call is worth.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import socket
@@ -38,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from consortia.client.runtime import Site, SiteData
-from consortia.core.events import RoundRecord
+from consortia.core.memory import keep_freed_memory
 from consortia.core.messages import FitIns, TrainSettings
 from consortia.core.spec import ModelSpec
 from consortia.fleet.base import Reply, Timing
@@ -111,7 +121,7 @@ def role_site(args: argparse.Namespace) -> None:
 
 def role_raw_site(args: argparse.Namespace) -> None:
     """Plain TCP (or TLS with --pki): per round, receive the model, send back an update of
-    the same size."""
+    the same size; until the server closes the connection."""
     nbytes = args.params * 4
     buf = bytearray(nbytes)
     view = memoryview(buf)
@@ -121,7 +131,7 @@ def role_raw_site(args: argparse.Namespace) -> None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.load_verify_locations(str(Path(args.pki) / "ca.pem"))
             s = ctx.wrap_socket(plain, server_hostname="localhost")
-        for _ in range(args.rounds):
+        while True:
             got = 0
             while got < nbytes:
                 n = s.recv_into(view[got:], nbytes - got)
@@ -155,9 +165,12 @@ def role_big_server(args: argparse.Namespace) -> None:
 # ---- parent -----------------------------------------------------------------------------
 
 
+_CHILD_FLAGS: list[str] = []  # what every child process inherits (--glibc-defaults)
+
+
 def _child(role: str, *extra: str, stdin: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, "--role", role, *extra],
+        [sys.executable, __file__, "--role", role, *_CHILD_FLAGS, *extra],
         stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         text=True,
@@ -176,105 +189,143 @@ def _stop_sites(procs: list[subprocess.Popen[str]]) -> list[str]:
     return outs
 
 
-def grpc_rounds(args: argparse.Namespace, pki: Path) -> dict[str, list[float]]:
-    names = [f"site-{i}" for i in range(args.sites)]
-    fleet = GrpcFleet(
-        "127.0.0.1:0",
-        job_id="bench",
-        pki_dir=pki,
-        chunk_bytes=args.chunk_mib * MIB,
-        max_sites=args.sites + 4,
-    )
-    common = ["--pki", str(pki), "--params", str(args.params), "--chunk-mib", str(args.chunk_mib)]
-    procs = [
-        _child("site", "--address", fleet.address, "--name", n, *common, stdin=True) for n in names
-    ]
-    records: list[RoundRecord] = []
-    try:
-        fleet.wait_for_sites(args.sites, timeout=120)
+class GrpcFederation:
+    """The server (this process) and ``args.sites`` site processes, one round at a time."""
+
+    def __init__(self, args: argparse.Namespace, pki: Path) -> None:
+        self.sites = args.sites
+        self.fleet = GrpcFleet(
+            "127.0.0.1:0",
+            job_id="bench",
+            pki_dir=pki,
+            chunk_bytes=args.chunk_mib * MIB,
+            max_sites=args.sites + 4,
+        )
+        common = ["--pki", str(pki), "--params", str(args.params)]
+        common += ["--chunk-mib", str(args.chunk_mib)]
+        self.procs = [
+            _child(
+                "site", "--address", self.fleet.address, "--name", f"site-{i}", *common, stdin=True
+            )
+            for i in range(args.sites)
+        ]
+        self.fleet.wait_for_sites(args.sites, timeout=120)
         spec, w = AddTrainer(args.params).initial()
         strategy = make_strategy(
             "fedavg", selection=UniformSelection(count=args.sites), train=TrainSettings()
         )
         settings = LoopSettings(
-            rounds=args.rounds + 1, min_fit_replies=args.sites, central_every=0, grace_s=None
+            rounds=10**6, min_fit_replies=args.sites, central_every=0, grace_s=None
         )
-        workflow = Workflow(spec, standard_steps(strategy, settings), settings)
-        # warm-up: connections, allocations
-        state, record = workflow.run_round(workflow.initial_state(w), fleet)
-        records.append(record)
-        wire: list[float] = []
-        for _ in range(args.rounds):
-            before = lo_bytes()
-            state, record = workflow.run_round(state, fleet)
-            records.append(record)
-            wire.append((lo_bytes() - before) / args.sites)
-        assert all(r.replies == args.sites for r in records)
-    finally:
-        rss = [float(o.split()[-1]) for o in _stop_sites(procs) if o.strip()]
-        fleet.close()
-    timed = records[1:]
-    return {
-        "round_s": [r.seconds for r in timed],
-        "train_s": [r.metrics["train_train_s"] for r in timed],
-        "wire_bytes_per_site": wire,
-        "site_peak_rss_mib": rss,
-    }
+        self.workflow = Workflow(spec, standard_steps(strategy, settings), settings)
+        self.state = self.workflow.initial_state(w)
+        # Warm-up: connections, then allocations. Two rounds, because the receive buffers
+        # of one round are still referenced (the model in the loop state, the sites'
+        # deltas) while the next round's arrive: only from the third round on does every
+        # message land in a buffer that an earlier round left (profiled: the first timed
+        # round cost twice the CPU of the later ones).
+        self.round()
+        self.round()
+
+    def round(self) -> tuple[float, float, float]:
+        """One round: its seconds, the sites' median training seconds, bytes per site."""
+        before = lo_bytes()
+        self.state, record = self.workflow.run_round(self.state, self.fleet)
+        wire = (lo_bytes() - before) / self.sites
+        assert record.replies == self.sites, record
+        return record.seconds, record.metrics["train_train_s"], wire
+
+    def close(self) -> list[float]:
+        """Stop the sites; their peak RSS in MiB."""
+        try:
+            return [float(o.split()[-1]) for o in _stop_sites(self.procs) if o.strip()]
+        finally:
+            self.fleet.close()
 
 
-def raw_rounds(args: argparse.Namespace, pki: Path | None = None) -> dict[str, list[float]]:
+class RawTransfers:
     """The same bytes over loopback TCP: every site at once, down then up. With ``pki``,
     over TLS with the federation's server certificate: the floor any TLS transport has."""
-    nbytes = args.params * 4
-    model = np.full(args.params, 0.5, np.float32).view(np.uint8)
-    with socket.create_server(("127.0.0.1", 0), backlog=args.sites) as srv:
-        port = srv.getsockname()[1]
-        rounds = args.rounds + 1
+
+    def __init__(self, args: argparse.Namespace, pki: Path | None = None) -> None:
+        self.sites, self.nbytes = args.sites, args.params * 4
+        self.model = np.full(args.params, 0.5, np.float32).view(np.uint8)
+        self.srv = socket.create_server(("127.0.0.1", 0), backlog=args.sites)
+        port = self.srv.getsockname()[1]
         tls = ["--pki", str(pki)] if pki else []
-        procs = [
-            _child(
-                "raw-site",
-                "--port",
-                str(port),
-                "--params",
-                str(args.params),
-                "--rounds",
-                str(rounds),
-                *tls,
-            )
+        self.procs = [
+            _child("raw-site", "--port", str(port), "--params", str(args.params), *tls)
             for _ in range(args.sites)
         ]
-        conns: list[socket.socket] = [srv.accept()[0] for _ in range(args.sites)]
+        conns: list[socket.socket] = [self.srv.accept()[0] for _ in range(args.sites)]
         if pki is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
             conns = [ctx.wrap_socket(c, server_side=True) for c in conns]
-        bufs = [bytearray(nbytes) for _ in conns]
+        self.conns = conns
+        self.bufs = [bytearray(self.nbytes) for _ in conns]
+        self.transfer()  # warm-up
 
-        def one(c: socket.socket, buf: bytearray) -> None:
-            c.sendall(model)
-            view, got = memoryview(buf), 0
-            while got < nbytes:
-                got += c.recv_into(view[got:], nbytes - got)
+    def _one(self, c: socket.socket, buf: bytearray) -> None:
+        c.sendall(self.model)
+        view, got = memoryview(buf), 0
+        while got < self.nbytes:
+            got += c.recv_into(view[got:], self.nbytes - got)
 
-        times, wire = [], []
-        for r in range(rounds):
-            before, t0 = lo_bytes(), time.perf_counter()
-            threads = [
-                threading.Thread(target=one, args=cb) for cb in zip(conns, bufs, strict=True)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if r:  # round 0 warms up
-                times.append(time.perf_counter() - t0)
-                wire.append((lo_bytes() - before) / args.sites)
-        for c in conns:
+    def transfer(self) -> tuple[float, float]:
+        """One round's bytes: seconds, and bytes per site on the wire."""
+        before, t0 = lo_bytes(), time.perf_counter()
+        threads = [
+            threading.Thread(target=self._one, args=cb)
+            for cb in zip(self.conns, self.bufs, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - t0, (lo_bytes() - before) / self.sites
+
+    def close(self) -> None:
+        for c in self.conns:
             c.close()
-        for p in procs:
+        self.srv.close()
+        for p in self.procs:
             p.wait(30)
-    return {"transfer_s": times, "wire_bytes_per_site": wire}
+
+
+def paired_rounds(args: argparse.Namespace, pki: Path) -> dict[str, list[float]]:
+    """One rep: gRPC rounds, TLS and plain transfers, alternating step by step (all three
+    sets of processes stay up; the two that are not moving bytes sit idle)."""
+    out: dict[str, list[float]] = {}
+
+    def note(**figures: float) -> None:
+        for k, v in figures.items():
+            out.setdefault(k, []).append(v)
+
+    grpc = GrpcFederation(args, pki)
+    rss: list[float] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            tls = RawTransfers(args, pki)
+            stack.callback(tls.close)
+            plain = RawTransfers(args)
+            stack.callback(plain.close)
+            for i in range(args.rounds):
+                # Which goes first alternates, so that neither always follows the other.
+                if i % 2 == 0:
+                    round_s, train_s, wire = grpc.round()
+                    tls_s, _ = tls.transfer()
+                else:
+                    tls_s, _ = tls.transfer()
+                    round_s, train_s, wire = grpc.round()
+                plain_s, plain_wire = plain.transfer()
+                note(round_s=round_s, train_s=train_s, wire_bytes_per_site=wire)
+                note(tls_s=tls_s, plain_s=plain_s, plain_wire_bytes_per_site=plain_wire)
+                note(paired_ratio=(round_s - train_s) / tls_s)
+    finally:
+        rss = grpc.close()
+    out["site_peak_rss_mib"] = rss
+    return out
 
 
 def big_transfer(args: argparse.Namespace, pki: Path) -> dict[str, float]:
@@ -321,11 +372,16 @@ def main() -> None:
     p.add_argument("--chunk-mib", type=int, default=DEFAULT_CHUNK_BYTES // MIB)
     p.add_argument("--big-gib", type=float, default=1.0)
     p.add_argument("--skip-big", action="store_true")
+    p.add_argument("--glibc-defaults", action="store_true", help="do not call keep_freed_memory()")
     p.add_argument("--address", help=argparse.SUPPRESS)  # child processes only
     p.add_argument("--pki", help=argparse.SUPPRESS)
     p.add_argument("--name", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.glibc_defaults:
+        _CHILD_FLAGS.append("--glibc-defaults")
+    else:
+        keep_freed_memory()
     roles = {"site": role_site, "raw-site": role_raw_site, "big-server": role_big_server}
     if args.role in roles:
         roles[args.role](args)
@@ -335,35 +391,34 @@ def main() -> None:
     print(
         f"grpc_round: {args.sites} sites, {args.params:,} float32 parameters "
         f"({args.params * 4 / MIB:.1f} MiB), chunks of {args.chunk_mib} MiB, "
-        f"{args.reps} x {args.rounds} rounds, {os.cpu_count()} CPUs"
+        f"{args.reps} x {args.rounds} rounds, {os.cpu_count()} CPUs, "
+        f"glibc malloc {'defaults' if args.glibc_defaults else 'as consortia server/client'}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         pki = init_pki(Path(tmp) / "pki")
         for i in range(args.sites):
             add_site(pki, f"site-{i}")
-        grpc: dict[str, list[float]] = {}
-        raw: dict[str, list[float]] = {}
-        raw_tls: dict[str, list[float]] = {}
-        for _ in range(args.reps):  # interleaved, so all see the same machine state
-            for k, v in grpc_rounds(args, pki).items():
-                grpc.setdefault(k, []).extend(v)
-            for k, v in raw_rounds(args).items():
-                raw.setdefault(k, []).extend(v)
-            for k, v in raw_rounds(args, pki).items():
-                raw_tls.setdefault(k, []).extend(v)
-        round_s, train_s = _med(grpc["round_s"]), _med(grpc["train_s"])
-        beyond = _med([r - t for r, t in zip(grpc["round_s"], grpc["train_s"], strict=True)])
-        raw_s = _med(raw["transfer_s"])
-        wire, raw_wire = _med(grpc["wire_bytes_per_site"]), _med(raw["wire_bytes_per_site"])
+        runs: dict[str, list[float]] = {}
+        for _ in range(args.reps):
+            for k, v in paired_rounds(args, pki).items():
+                runs.setdefault(k, []).extend(v)
+        round_s, train_s = _med(runs["round_s"]), _med(runs["train_s"])
+        beyond = _med([r - t for r, t in zip(runs["round_s"], runs["train_s"], strict=True)])
+        raw_s, tls_s = _med(runs["plain_s"]), _med(runs["tls_s"])
+        wire, raw_wire = _med(runs["wire_bytes_per_site"]), _med(runs["plain_wire_bytes_per_site"])
+        paired = runs["paired_ratio"]
         print(
             f"  round (gRPC + mTLS, Workflow)   median {round_s:.3f} s "
             f"(local training {train_s * 1e3:.1f} ms)"
         )
         print(f"  raw loopback TCP, same bytes    median {raw_s:.3f} s")
         print(f"  round beyond training / raw     {beyond / raw_s:.2f} x")
-        tls_s = _med(raw_tls["transfer_s"])
         print(f"  raw loopback TLS, same bytes    median {tls_s:.3f} s ({tls_s / raw_s:.2f} x raw)")
-        print(f"  round beyond training / raw TLS {beyond / tls_s:.2f} x   (target <= 1.5)")
+        print(f"  round beyond training / raw TLS {beyond / tls_s:.2f} x   (ratio of the medians)")
+        print(
+            f"    round by round, each against the TLS transfer beside it: median "
+            f"{_med(paired):.2f} x, range {min(paired):.2f}-{max(paired):.2f} x   (target <= 1.5)"
+        )
         print(
             f"  bytes per site per round        {wire / MIB:.2f} MiB on the wire = "
             f"{wire / payload:.4f} x payload {payload / MIB:.2f} MiB   (target <= 1.05)"
@@ -372,7 +427,7 @@ def main() -> None:
             f"  raw socket bytes per site       {raw_wire / MIB:.2f} MiB = "
             f"{raw_wire / payload:.4f} x payload"
         )
-        print(f"  site process peak RSS           median {_med(grpc['site_peak_rss_mib']):.0f} MiB")
+        print(f"  site process peak RSS           median {_med(runs['site_peak_rss_mib']):.0f} MiB")
         if not args.skip_big:
             big = big_transfer(args, pki)
             gib = big["model_mib"] / 1024

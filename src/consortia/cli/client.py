@@ -168,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     from consortia.cli.output import setup_output
 
     console = setup_output(args.verbose)  # before gRPC loads
+    from consortia.core.memory import keep_freed_memory
+
+    keep_freed_memory()  # models travel in MiB-sized messages: reuse their buffers
 
     # Connection state and round progress come from the connector's log at INFO.
     logging.getLogger("consortia.client").setLevel(logging.INFO)

@@ -119,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     from consortia.cli.output import setup_output
 
     console = setup_output(args.verbose)  # before gRPC loads
+    from consortia.core.memory import keep_freed_memory
+
+    keep_freed_memory()  # models travel in MiB-sized messages: reuse their buffers
 
     from consortia.core.errors import ConfigError
     from consortia.deployment import Deployment, DeployOptions, prepare_job

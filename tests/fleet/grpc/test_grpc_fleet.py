@@ -400,3 +400,16 @@ def test_replies_nobody_keeps_land_in_the_same_memory_round_after_round(
         del out
     assert len(addresses) == 1
     assert fleet.buffers.retained_bytes == 4 * n
+
+
+def test_two_requests_to_one_site_in_one_call_are_told_apart(
+    fleet: GrpcFleet, start_site: SiteStarter
+) -> None:
+    start_site(fleet, make_site("site-a", trainer=AddTrainer(step=1)))
+    fleet.wait_for_sites(1, timeout=5)
+    w = np.zeros(3, np.float32)
+    out = list(fleet.send([("site-a", _fit(1, w)), ("site-a", EvaluateIns(1, w))], Timing(10)))
+    assert [type(o.message).__name__ for o in out if isinstance(o, Reply)] == [
+        "FitRes",
+        "EvaluateRes",
+    ]
