@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 import consortia
@@ -86,8 +87,12 @@ def test_sigkilled_simulation_resumes_to_the_uninterrupted_model(job: Path, tmp_
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             assert time.monotonic() < end, "the run did not reach round 3 in 60 s"
             time.sleep(0.02)
+        workers = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGKILL)  # mid-run: no handler, no cleanup, no summary
         proc.wait(10)
+        # Its site workers notice and exit rather than wait forever for work.
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert workers and not alive, f"{len(alive)} pool workers outlived the killed run"
     finally:
         if proc.poll() is None:
             proc.kill()

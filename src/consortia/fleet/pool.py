@@ -60,8 +60,19 @@ def _init_worker() -> None:
         torch.set_num_threads(1)
 
 
-def _serve(conn: Connection, make_site: MakeSite, directory: Path, slots: bulk.ReplySlots) -> None:
-    """A worker's life: handle batches of (position, site, message) with the site's one app."""
+def _serve(
+    conn: Connection,
+    make_site: MakeSite,
+    directory: Path,
+    slots: bulk.ReplySlots,
+    parent_end: Connection,
+) -> None:
+    """A worker's life: handle batches of (position, site, message) with the site's one app.
+
+    The fork gave this process a copy of the server's end of its own pipe; closed here, the
+    server's death (even by SIGKILL, with no cleanup) closes the pipe's last writer, so that
+    ``recv_bytes`` ends with EOF and the worker exits instead of waiting forever."""
+    parent_end.close()
     _init_worker()
     apps: dict[str, SiteHandler] = {}
     writer = bulk.ReplyWriter(directory, slots)
@@ -109,7 +120,7 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_serve,
-            args=(child, make_site, directory, slots),
+            args=(child, make_site, directory, slots, self.conn),
             name=f"consortia-site-worker-{index}",
         )
         self.process.daemon = True
