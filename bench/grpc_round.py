@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from consortia.client.runtime import Site, SiteData
 from consortia.core.memory import keep_freed_memory
@@ -325,6 +326,7 @@ def paired_rounds(args: argparse.Namespace, pki: Path) -> dict[str, list[float]]
     finally:
         rss = grpc.close()
     out["site_peak_rss_mib"] = rss
+    out["server_rss_mib"] = [psutil.Process().memory_info().rss / MIB]  # this process
     return out
 
 
@@ -428,6 +430,10 @@ def main() -> None:
             f"{raw_wire / payload:.4f} x payload"
         )
         print(f"  site process peak RSS           median {_med(runs['site_peak_rss_mib']):.0f} MiB")
+        print(
+            f"  server process RSS after a rep  {max(runs['server_rss_mib']):.0f} MiB at most "
+            "(it also ran the raw transfers' server end)"
+        )
         if not args.skip_big:
             big = big_transfer(args, pki)
             gib = big["model_mib"] / 1024
