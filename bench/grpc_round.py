@@ -308,7 +308,6 @@ def paired_rounds(args: argparse.Namespace, pki: Path) -> dict[str, list[float]]
             out.setdefault(k, []).append(v)
 
     grpc = GrpcFederation(args, pki)
-    rss: list[float] = []
     try:
         with contextlib.ExitStack() as stack:
             tls = RawTransfers(args, pki)
@@ -328,8 +327,7 @@ def paired_rounds(args: argparse.Namespace, pki: Path) -> dict[str, list[float]]
                 note(tls_s=tls_s, plain_s=plain_s, plain_wire_bytes_per_site=plain_wire)
                 note(paired_ratio=(round_s - train_s) / tls_s)
     finally:
-        rss = grpc.close()
-    out["site_peak_rss_mib"] = rss
+        out["site_peak_rss_mib"] = grpc.close()
     out["server_rss_mib"] = [psutil.Process().memory_info().rss / MIB]  # this process
     return out
 
