@@ -4,7 +4,8 @@ distributed DP and secure aggregation, as headless Chromium shows it.
 The run is the digits example's task (examples/digits/app.py: scikit-learn's 8x8 digits,
 the example's MLP) over 10 virtual sites for 10 rounds, the distributed discrete Gaussian
 summed by SecAgg+ at sample rate 0.8, every site requiring secure aggregation and
-declaring the same data-use agreement; it takes well under a minute on two cores. Needs the dev extra (selenium) and Debian's chromium and chromium-driver.
+declaring the same data-use agreement; it takes well under a minute on two cores. Needs
+the dev extra (selenium) and Debian's chromium and chromium-driver.
 
     python scripts/report_screenshot.py [--out docs/report_screenshot.png] [--keep DIR]
 """
