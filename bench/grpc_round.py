@@ -131,7 +131,12 @@ def peak_rss_mib() -> float:
 
 def role_site(args: argparse.Namespace) -> None:
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def stop_at_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=stop_at_eof, daemon=True).start()
     site = _site(args.name, args.params)
     run_site(
         args.address,
@@ -274,7 +279,7 @@ class RawTransfers:
 
     def __init__(self, args: argparse.Namespace, pki: Path | None = None) -> None:
         self.sites, self.nbytes = args.sites, args.params * 4
-        self.model = np.full(args.params, 0.5, np.float32).view(np.uint8)
+        self.model = np.full(args.params, 0.5, np.float32).view(np.uint8).data
         self.srv = socket.create_server(("127.0.0.1", 0), backlog=args.sites)
         port = self.srv.getsockname()[1]
         tls = ["--pki", str(pki)] if pki else []
